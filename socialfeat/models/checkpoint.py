@@ -1,0 +1,262 @@
+"""Reading, writing and building models from checkpoints.
+
+Two formats are accepted everywhere a checkpoint is:
+- socialfeat's own: {'format': 'socialfeat', 'config': {...}, 'state_dict': {...}} with
+  the architecture kwargs, preprocessing spec, class and head metadata, so it
+  needs no other flags;
+- official (bare) state dicts of the released models, with or without the
+  DataParallel ``module.`` prefix; their configuration comes from a registry
+  entry, an explicit config, or, for the released ViT-B shapes, from the keys.
+
+Everything is read with ``torch.load(weights_only=True)``: a file that needs
+arbitrary pickled code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from socialfeat.models.cav_mae import CAVMAE, CAVMAEFT
+from socialfeat.models.registry import get_arch_config, get_pretrained_cfg, list_pretrained
+from socialfeat.models.social_mae import SocialMAE, SocialMAEFT
+from socialfeat.preprocess import PreprocessSpec
+
+FORMAT = "socialfeat"
+FORMAT_VERSION = 1
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "CAVMAE": CAVMAE, "CAVMAEFT": CAVMAEFT, "SocialMAE": SocialMAE, "SocialMAEFT": SocialMAEFT}
+_CLASS_BY_FAMILY = {("cav-mae", "pretrain"): "CAVMAE", ("cav-mae", "finetune"): "CAVMAEFT",
+                    ("social-mae", "pretrain"): "SocialMAE", ("social-mae", "finetune"): "SocialMAEFT"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class ModelInfo:
+    """What a loaded model is: attached to every model built here as ``model.info``."""
+
+    name: str
+    model_class: str
+    model_kwargs: dict[str, Any]
+    preprocess: PreprocessSpec
+    task: str | None = None
+    task_name: str | None = None
+    label_names: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    source: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.preprocess.family
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "model_class": self.model_class, "model_kwargs": dict(self.model_kwargs),
+                "preprocess": self.preprocess.to_dict(), "task": self.task, "task_name": self.task_name,
+                "label_names": list(self.label_names)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(name=d["name"], model_class=d["model_class"], model_kwargs=dict(d["model_kwargs"]),
+                   preprocess=PreprocessSpec.from_dict(d["preprocess"]), task=d.get("task"),
+                   task_name=d.get("task_name"), label_names=list(d.get("label_names") or []))
+
+
+def build_model(info: ModelInfo) -> nn.Module:
+    """Instantiate the class named in ``info`` (random init) and attach ``info``."""
+    if info.model_class not in MODEL_CLASSES:
+        raise CheckpointError(f"unknown model class {info.model_class!r}")
+    model = MODEL_CLASSES[info.model_class](**info.model_kwargs)
+    model.info = info
+    model.preprocess = info.preprocess
+    return model
+
+
+def create_model(arch: str, kind: str = "pretrain", label_names: list[str] | None = None,
+                 task: str | None = None, task_name: str | None = None, **overrides: Any) -> nn.Module:
+    """A randomly initialised model of a registered architecture (for pretraining
+    from scratch and for tests). kind 'finetune' adds a head over ``label_names``."""
+    cfg = get_arch_config(arch)
+    kwargs = cfg["model"]
+    if kind == "finetune":
+        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            kwargs.pop(key, None)
+        kwargs["label_dim"] = len(label_names or [])
+    kwargs.update(overrides)
+    info = ModelInfo(name=arch, model_class=_CLASS_BY_FAMILY[(cfg["family"], kind)], model_kwargs=kwargs,
+                     preprocess=PreprocessSpec.from_dict(cfg["preprocess"]), task=task,
+                     task_name=task_name, label_names=list(label_names or []))
+    return build_model(info)
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Remove a DataParallel/DDP prefix when every key carries it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains pickled Python objects beyond tensors "
+            f"(weights_only=True failed: {str(e).splitlines()[0]}). Re-save only its state_dict "
+            f"from a trusted environment.") from e
+    except Exception as e:  # truncated or not a torch file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("no tensors found in checkpoint")
+    return strip_prefix(sd)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with the mismatch explained in words."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        def show(keys):
+            return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {show(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {show(unexpected)}")
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:4]))
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def infer_info(state_dict: dict[str, torch.Tensor], name: str) -> ModelInfo:
+    """Configuration of a bare official state dict from its keys and shapes.
+
+    Family from the visual patch embedding (Conv3d -> Social-MAE), class from the
+    presence of a decoder or head, sizes from shapes. Head count is not visible
+    in shapes; 64-dim heads (ViT-B: 12) are assumed, as in every released model.
+    """
+    try:
+        w_v = state_dict["patch_embed_v.proj.weight"]
+        pos_a = state_dict["pos_embed_a"]
+    except KeyError as e:
+        raise CheckpointError(f"{name}: not a CAV-MAE / Social-MAE state dict (no {e.args[0]})") from None
+    family = "social-mae" if w_v.dim() == 5 else "cav-mae"
+    kind = "finetune" if "mlp_head.1.weight" in state_dict else "pretrain"
+    cfg = get_arch_config(family)
+    kwargs = cfg["model"]
+    embed_dim, patch = w_v.shape[0], w_v.shape[2]
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks_a.")})
+    n_tokens_v = state_dict["pos_embed_v"].shape[1]
+    kwargs.update(embed_dim=embed_dim, patch_size=patch, in_chans=w_v.shape[1], modality_specific_depth=depth,
+                  num_heads=max(1, embed_dim // 64), audio_length=pos_a.shape[1] * patch // (128 // patch),
+                  tr_pos=kind == "finetune" or kwargs["tr_pos"])
+    if family == "social-mae":
+        kwargs["stride"] = w_v.shape[4]
+        kwargs["n_frame"] = n_tokens_v // (kwargs["img_size"] // patch) ** 2 * kwargs["stride"]
+    else:
+        kwargs["img_size"] = int(round(n_tokens_v ** 0.5)) * patch
+    if kind == "finetune":
+        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            kwargs.pop(key, None)
+        kwargs["label_dim"] = state_dict["mlp_head.1.weight"].shape[0]
+    else:
+        kwargs["decoder_embed_dim"] = state_dict["decoder_embed.weight"].shape[0]
+        kwargs["decoder_depth"] = len({k.split(".")[1] for k in state_dict if k.startswith("decoder_blocks.")})
+        kwargs["decoder_num_heads"] = max(1, kwargs["decoder_embed_dim"] // 32)
+    n_labels = kwargs.get("label_dim", 0)
+    return ModelInfo(name=name, model_class=_CLASS_BY_FAMILY[(family, kind)], model_kwargs=kwargs,
+                     preprocess=PreprocessSpec.from_dict(cfg["preprocess"]),
+                     label_names=[f"class_{i}" for i in range(n_labels)])
+
+
+def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | None = None,
+               cache: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready model (eval mode) from a registry name, a socialfeat checkpoint or an
+    official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
+    registry name) describes a bare state dict whose shapes are not the released ones."""
+    from socialfeat.models.hub import fetch, sha256_file
+
+    name = str(path_or_name)
+    registry_cfg = None
+    if name in list_pretrained() and not Path(name).exists():
+        registry_cfg = get_pretrained_cfg(name)
+        path = fetch(name, cache)
+    else:
+        path = Path(path_or_name)
+    obj = read_checkpoint(path)
+    if obj.get("format") == FORMAT:
+        info = ModelInfo.from_dict(obj["config"])
+        state_dict = strip_prefix(obj["state_dict"])
+    else:
+        state_dict = _unwrap_state_dict(obj)
+        if isinstance(config, str) and config in list_pretrained():
+            registry_cfg = get_pretrained_cfg(config)
+            config = None
+        if registry_cfg is not None:
+            info = ModelInfo(name=registry_cfg.name,
+                             model_class=_CLASS_BY_FAMILY[(get_arch_config(registry_cfg.arch)["family"],
+                                                           registry_cfg.kind)],
+                             model_kwargs=registry_cfg.model_kwargs(), preprocess=registry_cfg.preprocess,
+                             task=registry_cfg.task, task_name=registry_cfg.task_name,
+                             label_names=list(registry_cfg.label_names))
+        elif config is not None:
+            if not isinstance(config, dict):
+                import json
+                config = json.loads(Path(config).read_text())
+            info = ModelInfo.from_dict(config)
+        else:
+            info = infer_info(state_dict, path.stem)
+    model = build_model(info)
+    load_state_dict_strict(model, state_dict, str(path))
+    info.sha256 = sha256_file(path)
+    info.source = str(path)
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights + config + preprocessing spec atomically (temp file, then rename)."""
+    info: ModelInfo = getattr(model, "info", None)
+    if info is None:
+        raise CheckpointError("model has no .info; build it with create_model or load_model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": info.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if extra:
+        payload["extra"] = extra
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
