@@ -1,0 +1,111 @@
+"""Command line: a thin click layer over the library (one function per command).
+
+Exit codes of ``socialfeat extract``: 0 every video processed cleanly;
+3 finished, but at least one video failed or was damaged (see the errors
+table); 1 the run could not start or crashed (nothing new assembled);
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from socialfeat import __version__
+
+EXIT_PARTIAL = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="socialfeat")
+@click.option("-v", "--verbose", count=True, help="More log output (stderr).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+def main(verbose: int, quiet: bool) -> None:
+    """Face and voice descriptors for behavioral research (CAV-MAE / Social-MAE)."""
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Weights cache (default $SOCIALFEAT_HOME or ~/.cache/socialfeat).")
+def models(cache_dir: str | None) -> None:
+    """List the named weights: what they are, where they come from, whether cached."""
+    from socialfeat.models import get_pretrained_cfg, list_pretrained
+    from socialfeat.models.hub import cached_path
+
+    for name in list_pretrained():
+        cfg = get_pretrained_cfg(name)
+        path = cached_path(name, cache_dir)
+        cached = f"cached ({path.stat().st_size / 2**20:.0f} MiB)" if path.is_file() else "not cached"
+        task = f" [{cfg.task_name}: {', '.join(cfg.label_names[:6])}{'...' if len(cfg.label_names) > 6 else ''}]" \
+            if cfg.task_name else ""
+        click.echo(f"{name:26s} {cfg.kind:8s} {cached:20s} {cfg.description}{task}")
+        click.echo(f"{'':26s} source: {cfg.url or 'no public URL (use --weights PATH)'}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output HDF5 file (.h5), or .csv for one flat CSV with embeddings.")
+@click.option("--file-list", type=click.Path(exists=True, dir_okay=False), help="Text/CSV file listing videos.")
+@click.option("--include", multiple=True, help="Glob of files to take (relative path or name); repeatable.")
+@click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable.")
+@click.option("--model", default="social-mae", help="Registry name of the weights (see `socialfeat models`).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+              help="A checkpoint file (socialfeat or official); overrides --model.")
+@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Window length [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
+@click.option("--hop-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Step between window starts [default: the window length].")
+@click.option("--segments", type=click.Path(exists=True, dir_okay=False),
+              help="CSV with video,start,end (+ any columns to carry): clips come from these segments.")
+@click.option("--missing-audio", type=click.Choice(["nan", "silence"]), default="nan",
+              help="Videos without audio: NaN audio/joint embeddings, or embed silence.")
+@click.option("--csv", "csv_dir", type=click.Path(file_okay=False), help="Also write videos/clips/errors CSVs here.")
+@click.option("--csv-embeddings", is_flag=True, help="Put embeddings (wide columns) into the clips CSV.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16)
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
+            missing_audio, csv_dir, csv_embeddings, device, batch_size, workers, no_progress) -> None:
+    """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
+    from socialfeat.extract import extract as run_extract
+    from socialfeat.export import export_csv, h5_to_flat_csv
+
+    if not inputs and not file_list:
+        raise click.UsageError("give at least one input directory/file or --file-list")
+    out = Path(output)
+    as_csv = out.suffix.lower() == ".csv"
+    h5_out = out.with_name(out.name + ".h5") if as_csv else out
+    summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
+                          include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
+                          hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
+                          batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
+                          command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
+    if as_csv:
+        h5_to_flat_csv(h5_out, out)
+    if csv_dir:
+        export_csv(h5_out, csv_dir, embeddings=csv_embeddings)
+    click.echo(f"{summary.output if not as_csv else out}: {summary.n_videos} videos, {summary.n_clips} clips, "
+               f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run)", err=True)
+    if not summary.all_ok:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def info(path: str) -> None:
+    """Summarise a features file: provenance, counts, statuses, errors."""
+    from socialfeat.export import describe
+
+    click.echo(describe(path))
+
+
+if __name__ == "__main__":
+    main()

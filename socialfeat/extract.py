@@ -1,0 +1,248 @@
+"""``socialfeat extract``: videos in, per-clip embeddings and predictions out.
+
+walk inputs -> plan clips -> decode -> preprocess (DataLoader workers,
+``pipeline.py``) -> encode in batches that span videos (here) -> journal each
+finished video (``store.Journal``) -> assemble the HDF5 (``store.assemble``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from socialfeat import __version__
+from socialfeat.clips import read_segments
+from socialfeat.inputs import VideoRef, find_videos
+from socialfeat.models import load_model
+from socialfeat.pipeline import ClipDataset, ClipItem, PlanSettings, VideoDone, worker_init
+from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "social-mae"
+OK_STATUSES = ("ok",)
+
+
+@dataclass
+class ExtractSummary:
+    output: Path
+    n_videos: int
+    n_clips: int
+    n_failed: int  # videos with status other than ok
+    n_reused: int  # videos taken from the journal of an earlier run
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def all_ok(self) -> bool:
+        return self.n_failed == 0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float) -> str:
+    payload = {"weights": model_info.sha256, "model": model_info.to_dict(), "plan": plan.__dict__,
+               "segments": segments, "path": ref.relpath, "size": size, "mtime": mtime}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
+    if table is None:
+        return None
+    for key in (ref.relpath, ref.path.name, str(ref.path)):
+        if key in table:
+            return table[key]
+    return []
+
+
+class _Encoder:
+    """Batches clips (across videos) through the model and routes results back."""
+
+    def __init__(self, model, device: torch.device, batch_size: int):
+        self.model, self.device, self.batch_size = model, device, batch_size
+        info = model.info
+        self.task = info.task_name or (info.task and "task")
+        self.task_kind = info.task
+        self.buffer: list[ClipItem] = []
+
+    def add(self, item: ClipItem) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
+        self.buffer.append(item)
+        return self.flush() if len(self.buffer) >= self.batch_size else []
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)
+
+    def flush(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
+        items, self.buffer = self.buffer, []
+        if not items:
+            return []
+        dim = self.model.norm.normalized_shape[0]
+        out = {k: np.full((len(items), dim), np.nan, np.float32) for k in EMBEDDING_KINDS}
+        n_labels = len(self.model.info.label_names)
+        if self.task:
+            out["pred"] = np.full((len(items), n_labels), np.nan, np.float32)
+        with_audio = [i for i, it in enumerate(items) if it.audio is not None]
+        without = [i for i, it in enumerate(items) if it.audio is None]
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            for idx, use_audio in ((with_audio, True), (without, False)):
+                if not idx:
+                    continue
+                video = self._to(torch.stack([items[i].video for i in idx]))
+                audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
+                enc = self.model.encode(audio, video)
+                for kind in EMBEDDING_KINDS:
+                    val = getattr(enc, kind)
+                    if val is not None:
+                        out[kind][idx] = val.float().cpu().numpy()
+                if self.task and enc.logits is not None:
+                    logits = enc.logits.float()
+                    if self.task_kind == "classification":
+                        logits = torch.softmax(logits, dim=-1)
+                    elif self.task_kind == "multilabel":
+                        logits = torch.sigmoid(logits)
+                    out["pred"][idx] = logits.cpu().numpy()
+        return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
+
+
+def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
+            weights: str | Path | None = None, *, file_list: str | Path | None = None,
+            include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+            clip_seconds: float | None = None, hop_seconds: float | None = None,
+            segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int = 16,
+            workers: int = 2, device: str = "auto", progress: bool = True,
+            command_line: str | None = None) -> ExtractSummary:
+    """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
+
+    Resumable: finished videos are journalled in ``<output>.parts`` and reused on
+    a rerun when the file (size, mtime) and every setting are unchanged.
+    """
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    output = Path(output)
+    dev = resolve_device(device)
+    net = load_model(weights if weights is not None else model).to(dev).eval()
+    info = net.info
+    spec = info.preprocess
+    plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
+                        hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio)
+    seg_table = read_segments(segments) if segments is not None else None
+    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    journal = Journal(output)
+
+    results: dict[int, VideoResult] = {}
+    fingerprints: dict[int, str] = {}
+    jobs = []
+    for pos, ref in enumerate(refs):
+        segs = _segments_for(ref, seg_table)
+        try:
+            st = ref.path.stat()
+            size, mtime = st.st_size, st.st_mtime
+        except OSError:
+            size, mtime = -1, 0.0
+        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime)
+        done = journal.read(ref.video_id)
+        if done is not None and done[1] == fingerprints[pos]:
+            results[pos] = done[0]
+        else:
+            jobs.append((pos, ref, segs))
+    n_reused = len(results)
+    if n_reused:
+        log.info("resuming: %d of %d videos already done", n_reused, len(refs))
+
+    if jobs:
+        with logging_redirect_tqdm():
+            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results)
+
+    task_meta = {}
+    if info.task:
+        name = info.task_name or "task"
+        values = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
+                  "regression": "raw head outputs on the training labels' scale"}[info.task]
+        task_meta[name] = {"label_names": list(info.label_names), "task": info.task, "values": values}
+    ordered = [results[p] for p in range(len(refs))]
+    attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
+             "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
+             "model_config": info.to_dict(), "preprocess": spec.to_dict(),
+             "settings": {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
+                          "missing_audio": missing_audio, "segments": str(segments) if segments else ""},
+             "command_line": command_line or " ".join(sys.argv), "started_at": started,
+             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    assemble(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0], prediction_labels=task_meta)
+    statuses: dict[str, int] = {}
+    for r in ordered:
+        statuses[r.video["status"]] = statuses.get(r.video["status"], 0) + 1
+    n_failed = sum(v for k, v in statuses.items() if k not in OK_STATUSES)
+    return ExtractSummary(output=output, n_videos=len(refs), n_clips=sum(len(r.clips) for r in ordered),
+                          n_failed=n_failed, n_reused=n_reused, statuses=statuses)
+
+
+def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results):
+    dataset = ClipDataset(jobs, spec, plan)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
+                        worker_init_fn=worker_init if workers else None,
+                        prefetch_factor=4 if workers else None)
+    encoder = _Encoder(net, dev, batch_size)
+    partial: dict[int, VideoResult] = {}
+    finished: dict[int, VideoDone] = {}
+    open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
+    bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
+    bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
+
+    def collect(done_items):
+        for item, vecs in done_items:
+            res = partial[item.video_pos]
+            res.clips.append(item.clip)
+            for kind in EMBEDDING_KINDS:
+                res.embeddings.setdefault(kind, []).append(vecs[kind])
+            if "pred" in vecs:
+                res.predictions.setdefault(encoder.task, []).append(vecs["pred"])
+            open_clips[item.video_pos] -= 1
+        bar_c.update(len(done_items))
+        for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
+            write(pos, finished.pop(pos))
+
+    def write(pos: int, done: VideoDone):
+        res = partial.pop(pos, None) or VideoResult(video={})
+        if done.video["status"] == "error":  # anything already encoded for it is discarded
+            res = VideoResult(video={})
+        res.video, res.errors = done.video, done.errors
+        res.video["n_clips"] = len(res.clips)
+        res.embeddings = {k: np.stack(v) for k, v in res.embeddings.items()} if res.clips else {}
+        res.predictions = {k: np.stack(v) for k, v in res.predictions.items()} if res.clips else {}
+        journal.write(res, fingerprints[pos])
+        results[pos] = res
+        for e in done.errors:
+            log.warning("%s: %s: %s", e["path"], e["stage"], e["message"])
+        bar_v.update(1)
+
+    for item in loader:
+        if isinstance(item, ClipItem):
+            partial.setdefault(item.video_pos, VideoResult(video={}))
+            open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
+            collect(encoder.add(item))
+        else:
+            partial.setdefault(item.video_pos, VideoResult(video={}))
+            finished[item.video_pos] = item
+            if open_clips.get(item.video_pos, 0) == 0:
+                write(item.video_pos, finished.pop(item.video_pos))
+    collect(encoder.flush())
+    for pos in list(finished):
+        write(pos, finished.pop(pos))
+    bar_c.close()
+    bar_v.close()

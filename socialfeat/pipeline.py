@@ -1,0 +1,239 @@
+"""Worker side of extraction: one video in, model-ready clips out.
+
+Runs inside DataLoader worker processes. For each video: read the container
+facts, decode the audio once, plan the clips, then decode the frames front to
+back and emit each clip as soon as its frames are in (so memory does not grow
+with the recording's length), followed by one record describing the video.
+Problems become error rows; they never raise out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from socialfeat.clips import MIN_COVERAGE, Clip, plan_video
+from socialfeat.inputs import VideoRef
+from socialfeat.media import TRUNCATION_TOLERANCE_S, FrameStream, MediaError, load_audio, probe
+from socialfeat.preprocess import PreprocessSpec, fbank, frames_tensor, video_input
+
+log = logging.getLogger(__name__)
+FRAME_GAP_S = 0.5  # a sampled frame further than this from its requested time is flagged
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    clip_seconds: float
+    hop_seconds: float | None
+    missing_audio: str  # 'nan' (no audio embedding) or 'silence' (embed silence)
+
+
+@dataclass
+class ClipItem:
+    video_pos: int
+    clip: dict[str, Any]  # a row of the clips table (without embeddings)
+    audio: torch.Tensor | None  # (target_length, 128) fbank or None
+    video: torch.Tensor  # model layout
+
+
+@dataclass
+class VideoDone:
+    video_pos: int
+    video: dict[str, Any]  # a row of the videos table
+    errors: list[dict[str, Any]]
+    n_clips: int
+
+
+def _error(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
+    return {"video_id": ref.video_id, "path": ref.relpath, "stage": stage, "message": message}
+
+
+def _pad_frames(frames: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], int]:
+    """Repeat the sequence as the Social-MAE reference does for short videos
+    (tile, then keep the first n); returns the frames and how many are repeats."""
+    if len(frames) >= n:
+        return frames[:n], 0
+    reps = n // len(frames) + 1
+    return (frames * reps)[:n], n - len(frames)
+
+
+def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
+                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
+    """Clips of one video, then its VideoDone record."""
+    video: dict[str, Any] = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
+                             "status": "ok", "error": "", "n_clips": 0}
+    errors: list[dict[str, Any]] = []
+    try:
+        st = ref.path.stat()
+        video.update(size_bytes=st.st_size, mtime=st.st_mtime)
+    except OSError:
+        pass
+    try:
+        info = probe(ref.path)
+    except MediaError as e:
+        video.update(status="error", error=f"{e.stage}: {e.cause}")
+        errors.append(_error(ref, e.stage, e.cause))
+        yield VideoDone(pos, video, errors, 0)
+        return
+    video.update(size_bytes=info.size_bytes, mtime=info.mtime, duration_s=info.duration, fps=info.fps,
+                 width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
+
+    audio = None
+    if info.has_audio:
+        try:
+            audio = load_audio(info, spec.sample_rate)
+            video["audio_duration_s"] = audio.duration
+            if audio.duration < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+                errors.append(_error(ref, "decode-audio", f"audio decoded for {audio.duration:.2f} s of "
+                                     f"{info.duration:.2f} s (damaged or truncated audio)"))
+            elif audio.decode_errors:
+                errors.append(_error(ref, "decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped"))
+        except (MediaError, OSError, ValueError) as e:  # the video is still usable
+            errors.append(_error(ref, "decode-audio", f"audio unreadable ({e})"))
+            audio = None
+    video["has_audio"] = audio is not None and len(audio.samples) > 0
+
+    if segments is not None and not segments:
+        video.update(status="skipped", error="no segments for this video")
+        errors.append(_error(ref, "plan", "no segments for this video in the segments file"))
+        yield VideoDone(pos, video, errors, 0)
+        return
+    clips = plan_video(ref.video_id, info.duration, plan.clip_seconds, plan.hop_seconds, segments)
+
+    # Frame requests of all clips, sorted by time (overlapping windows interleave).
+    requests: list[tuple[float, int, int]] = []
+    slots_of: list[int] = []
+    for ci, clip in enumerate(clips):
+        times = spec.frame_times(clip.start, clip.window)
+        valid = [t for t in times if t < clip.end - 1e-6]
+        if not valid:  # window shorter than the first sampling offset
+            valid = [clip.start + (clip.end - clip.start) * spec.frame_offset]
+        slots_of.append(len(valid))
+        requests += [(t, ci, k) for k, t in enumerate(valid)]
+    requests.sort()
+    got: dict[int, dict[int, tuple[float, torch.Tensor]]] = {}
+    stream = FrameStream(info)
+    n_emitted = 0
+
+    def finish(ci: int, frames_in: dict[int, tuple[float, torch.Tensor]], content_end: float) -> ClipItem | None:
+        clip = clips[ci]
+        end = min(clip.end, content_end)
+        ordered = [frames_in[k] for k in sorted(frames_in)]
+        if not ordered or end <= clip.start:
+            return None
+        req = spec.frame_times(clip.start, clip.window)
+        gap = max(abs(t - req[k]) for k, (t, _) in zip(sorted(frames_in), ordered)) if ordered else 0.0
+        tensors, n_rep = _pad_frames([x for _, x in ordered], spec.num_frames)
+        return make_item(clip, end, tensors, n_rep, gap)
+
+    def make_item(clip: Clip, end: float, tensors: list[torch.Tensor], n_rep: int, gap: float) -> ClipItem:
+        coverage = min(1.0, (end - clip.start) / clip.window)
+        flags = []
+        if coverage < 1.0 - 1e-6:
+            flags.append("partial_window")
+        if n_rep:
+            flags.append("frames_repeated")
+        if gap > FRAME_GAP_S:
+            flags.append("frame_gap")
+        a_tensor, a_cov = None, 0.0
+        if audio is not None:
+            i0 = int(round(clip.start * audio.sample_rate))
+            i1 = int(round(end * audio.sample_rate))
+            seg = audio.samples[i0:i1]
+            a_cov = len(seg) / max(1, i1 - i0)
+            if len(seg):
+                a_tensor = fbank(torch.from_numpy(seg.copy()), audio.sample_rate, spec)
+                if a_cov < 0.99:
+                    flags.append("audio_partial")
+        if a_tensor is None:
+            flags.append("no_audio")
+            if plan.missing_audio == "silence":
+                a_tensor = fbank(torch.zeros(max(1, int(round((end - clip.start) * spec.sample_rate)))),
+                                 spec.sample_rate, spec)
+                flags.append("silence_embedded")
+        row = {"video_id": clip.video_id, "path": ref.relpath, "clip_index": clip.clip_index,
+               "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
+               "coverage": round(coverage, 6), "n_frames": spec.num_frames - n_rep, "n_frames_padded": n_rep,
+               "has_audio": a_cov > 0, "audio_coverage": round(min(1.0, a_cov), 6),
+               "qc_flags": ";".join(flags), **clip.extra}
+        v = video_input(torch.stack(tensors), spec)
+        return ClipItem(pos, row, a_tensor, v)
+
+    next_clip = 0
+    frames = stream.at_times(r[0] for r in requests)
+    try:
+        for (t, ci, k), (_, frame) in zip(requests, frames):
+            if frame is None:
+                continue
+            got.setdefault(ci, {})[k] = (frame.time, frames_tensor(frame.rgb[None], spec)[0])
+            # emit, in order, every clip whose frames are all in
+            while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
+                item = finish(next_clip, got.pop(next_clip), clips[next_clip].end)
+                if item is not None:
+                    n_emitted += 1
+                    yield item
+                next_clip += 1
+        for _ in frames:  # decode the tail too, so the decodable extent is known
+            pass
+    except (MediaError, OSError) as e:
+        errors.append(_error(ref, "decode-video", str(e)))
+    decoded_end = (stream.last_time or 0.0) + stream.frame_interval
+    video["decoded_duration_s"] = round(min(decoded_end, max(info.duration, decoded_end)), 6)
+    video["decode_errors"] = stream.decode_errors
+    # clips cut short by the end of the decodable video
+    while next_clip < len(clips):
+        clip = clips[next_clip]
+        item = None
+        if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or next_clip == 0:
+            item = finish(next_clip, got.pop(next_clip, {}), decoded_end)
+        if item is not None:
+            n_emitted += 1
+            yield item
+        next_clip += 1
+    if stream.last_time is None:
+        video.update(status="error", error="decode-video: no decodable video frames")
+        errors.append(_error(ref, "decode-video", "no decodable video frames"))
+    elif decoded_end < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+        msg = f"video decoded for {decoded_end:.2f} s of {info.duration:.2f} s (truncated or damaged file)"
+        video.update(status="truncated", error=f"decode-video: {msg}")
+        errors.append(_error(ref, "decode-video", msg))
+    elif stream.decode_errors:
+        msg = f"{stream.decode_errors} damaged video packet(s) skipped"
+        video.update(status="damaged", error=f"decode-video: {msg}")
+        errors.append(_error(ref, "decode-video", msg))
+    if video["status"] == "ok" and any(e["stage"] == "decode-audio" for e in errors):
+        video.update(status="damaged", error=errors[-1]["stage"] + ": " + errors[-1]["message"])
+    if n_emitted == 0 and video["status"] in ("ok", "damaged"):
+        video.update(status="no_clips", error="plan: no clip could be formed")
+        errors.append(_error(ref, "plan", "no clip could be formed (video too short or undecodable)"))
+    video["n_clips"] = n_emitted
+    yield VideoDone(pos, video, errors, n_emitted)
+
+
+class ClipDataset(IterableDataset):
+    """Videos split round-robin over DataLoader workers; yields ClipItem / VideoDone."""
+
+    def __init__(self, jobs: list[tuple[int, VideoRef, list[dict[str, Any]] | None]],
+                 spec: PreprocessSpec, plan: PlanSettings):
+        self.jobs, self.spec, self.plan = jobs, spec, plan
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info else (0, 1)
+        for pos, ref, segs in self.jobs[wid::n]:
+            try:
+                yield from video_items(pos, ref, self.spec, self.plan, segs)
+            except Exception as e:  # never let one file stop the batch
+                log.exception("unexpected failure on %s", ref.path)
+                video = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
+                         "status": "error", "error": f"internal: {type(e).__name__}: {e}", "n_clips": 0}
+                yield VideoDone(pos, video, [_error(ref, "internal", f"{type(e).__name__}: {e}")], -1)
+
+
+def worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # parallelism comes from the workers themselves

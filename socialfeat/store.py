@@ -1,0 +1,248 @@
+"""Durable results: a per-video journal, the assembled HDF5 file, and readers.
+
+During a run each finished video is written to its own small HDF5 file in
+``<output>.parts/`` (temp file + atomic rename), so a killed run loses at most
+the videos in flight and a rerun skips what is done. At the end the parts are
+assembled, in input order, into the output file -- again through a temp file
+and a rename, so the output is never half-written.
+
+The output uses only plain HDF5 (column datasets, UTF-8 strings, numeric
+attributes) so that R (hdf5r, rhdf5), MATLAB and Python read it alike;
+docs/format.md describes every dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+EMBEDDING_KINDS = ("joint", "audio", "visual")
+STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class VideoResult:
+    """Everything one video contributes to the output."""
+
+    video: dict[str, Any]  # one row of the videos table
+    clips: list[dict[str, Any]] = field(default_factory=list)  # rows of the clips table
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (n_clips, D)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (n_clips, K)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # rows of the errors table
+
+
+def _atomic_h5(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    raise TypeError(type(o).__name__)
+
+
+class Journal:
+    """Per-video part files under ``<output>.parts``."""
+
+    def __init__(self, output: str | Path):
+        self.dir = Path(str(output) + ".parts")
+
+    def part_path(self, video_id: str) -> Path:
+        return self.dir / f"{video_id}.h5"
+
+    def write(self, result: VideoResult, fingerprint: str) -> None:
+        path = self.part_path(result.video["video_id"])
+        tmp = _atomic_h5(path)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["fingerprint"] = fingerprint
+                f.attrs["video"] = json.dumps(result.video, default=_json_default)
+                f.attrs["clips"] = json.dumps(result.clips, default=_json_default)
+                f.attrs["errors"] = json.dumps(result.errors, default=_json_default)
+                for kind, arr in result.embeddings.items():
+                    f.create_dataset(f"embeddings/{kind}", data=np.asarray(arr, np.float32))
+                for task, arr in result.predictions.items():
+                    f.create_dataset(f"predictions/{task}", data=np.asarray(arr, np.float32))
+                f.flush()
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def read(self, video_id: str) -> tuple[VideoResult, str] | None:
+        """A finished part and its fingerprint, or None when absent or unreadable."""
+        path = self.part_path(video_id)
+        if not path.is_file():
+            return None
+        try:
+            with h5py.File(path, "r") as f:
+                res = VideoResult(video=json.loads(f.attrs["video"]), clips=json.loads(f.attrs["clips"]),
+                                  errors=json.loads(f.attrs["errors"]))
+                for kind in f.get("embeddings", {}):
+                    res.embeddings[kind] = f[f"embeddings/{kind}"][()]
+                for task in f.get("predictions", {}):
+                    res.predictions[task] = f[f"predictions/{task}"][()]
+                return res, str(f.attrs["fingerprint"])
+        except (OSError, KeyError, ValueError):
+            return None
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """A list of python values -> an HDF5-friendly column (float64, int64, int8 for bools, or UTF-8)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+        return np.array([int(bool(v)) if v is not None else -1 for v in values], dtype=np.int8)
+    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present) \
+            and len(present) == len(values):
+        return np.array(values, dtype=np.int64)
+    if present and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                       for v in present):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.array(["" if v is None else str(v) for v in values], dtype=object)
+
+
+def _write_table(group: h5py.Group, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    group.attrs["columns"] = json.dumps(columns)
+    group.attrs["n_rows"] = len(rows)
+    for col in columns:
+        data = _column([r.get(col) for r in rows])
+        if data.dtype == object:
+            group.create_dataset(col, data=data.astype(STR), dtype=STR)
+        else:
+            group.create_dataset(col, data=data)
+
+
+def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
+    cols = list(first)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+VIDEO_COLUMNS = ["video_id", "path", "source_path", "status", "error", "n_clips", "size_bytes", "mtime",
+                 "duration_s", "decoded_duration_s", "fps", "width", "height", "rotation", "has_audio",
+                 "audio_duration_s", "decode_errors"]
+CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s", "coverage", "n_frames",
+                "n_frames_padded", "has_audio", "audio_coverage", "qc_flags"]
+ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
+
+
+def assemble(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
+             embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
+    """Write the final HDF5 (atomically) from per-video results in input order."""
+    output = Path(output)
+    videos = [r.video for r in results]
+    clips = [c for r in results for c in r.clips]
+    errors = [e for r in results for e in r.errors]
+    tmp = _atomic_h5(output)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
+            f.attrs["n_videos"], f.attrs["n_clips"], f.attrs["n_errors"] = len(videos), len(clips), len(errors)
+            f.attrs["embedding_dim"] = embedding_dim
+            _write_table(f.create_group("videos"), videos, _columns(videos, VIDEO_COLUMNS))
+            _write_table(f.create_group("clips"), clips, _columns(clips, CLIP_COLUMNS))
+            _write_table(f.create_group("errors"), errors, ERROR_COLUMNS)
+            emb = f.create_group("embeddings")
+            for kind in EMBEDDING_KINDS:
+                parts = [r.embeddings[kind] for r in results if kind in r.embeddings and len(r.clips)]
+                data = np.concatenate(parts) if parts else np.zeros((0, embedding_dim), np.float32)
+                emb.create_dataset(kind, data=data.astype(np.float32), chunks=True if len(data) else None)
+            pred = f.create_group("predictions")
+            for task, meta in prediction_labels.items():
+                parts = [r.predictions[task] for r in results if task in r.predictions and len(r.clips)]
+                data = np.concatenate(parts) if parts else np.zeros((0, len(meta["label_names"])), np.float32)
+                ds = pred.create_dataset(task, data=data.astype(np.float32))
+                ds.attrs["label_names"] = np.array(meta["label_names"], dtype=object).astype(STR)
+                ds.attrs["task"] = meta["task"]
+                ds.attrs["values"] = meta["values"]
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return output
+
+
+# ---------------------------------------------------------------- readers
+def _read_table(group: h5py.Group) -> pd.DataFrame:
+    cols = json.loads(group.attrs["columns"])
+    data = {}
+    for c in cols:
+        arr = group[c][()]
+        if arr.dtype.kind in ("O", "S"):
+            arr = np.array([x.decode("utf-8") if isinstance(x, bytes) else x for x in arr], dtype=object)
+        elif arr.dtype == np.int8:
+            arr = arr.astype(bool) if not (arr < 0).any() else pd.array(
+                [None if x < 0 else bool(x) for x in arr], dtype="boolean")
+        data[c] = arr
+    return pd.DataFrame(data, columns=cols)
+
+
+def load_videos(path: str | Path) -> pd.DataFrame:
+    """The videos table (one row per input file, status and error included)."""
+    with h5py.File(path, "r") as f:
+        return _read_table(f["videos"])
+
+
+def load_errors(path: str | Path) -> pd.DataFrame:
+    """The errors table: one row per problem (file, stage, one-line cause)."""
+    with h5py.File(path, "r") as f:
+        return _read_table(f["errors"])
+
+
+def load_features(path: str | Path, embeddings: str | list[str] | None = "joint",
+                  predictions: bool = True) -> pd.DataFrame:
+    """One DataFrame: clip metadata, video facts, prediction columns
+    (``<task>_<label>``) and embedding columns (``<kind>_000`` ...).
+
+    embeddings: 'joint', 'audio', 'visual', a list of them, 'all', or None.
+    """
+    if embeddings == "all":
+        kinds = list(EMBEDDING_KINDS)
+    elif embeddings is None:
+        kinds = []
+    else:
+        kinds = [embeddings] if isinstance(embeddings, str) else list(embeddings)
+    bad = set(kinds) - set(EMBEDDING_KINDS)
+    if bad:
+        raise ValueError(f"unknown embedding kind(s) {sorted(bad)}; choose from {EMBEDDING_KINDS}")
+    with h5py.File(path, "r") as f:
+        clips = _read_table(f["clips"])
+        videos = _read_table(f["videos"])
+        frames = [clips]
+        if predictions:
+            for task, ds in f["predictions"].items():
+                labels = [x.decode() if isinstance(x, bytes) else x for x in ds.attrs["label_names"]]
+                frames.append(pd.DataFrame(ds[()], columns=[f"{task}_{lab}" for lab in labels]))
+        for kind in kinds:
+            arr = f["embeddings"][kind][()]
+            frames.append(pd.DataFrame(arr, columns=[f"{kind}_{i:03d}" for i in range(arr.shape[1])]))
+    df = pd.concat(frames, axis=1)
+    vcols = ["video_id", "duration_s", "fps", "width", "height", "status"]
+    facts = videos[vcols].rename(columns={"duration_s": "video_duration_s", "status": "video_status"})
+    return df.merge(facts, on="video_id", how="left", sort=False)
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
