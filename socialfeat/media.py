@@ -110,22 +110,40 @@ class AudioTrack:
     samples: np.ndarray  # (N,) float32, first channel, on the video clock (index 0 = time 0)
     sample_rate: int
     decode_errors: int
+    gaps: list[tuple[int, int]]  # [start, end) sample ranges lost to damaged packets (zeros)
 
     @property
     def duration(self) -> float:
-        return len(self.samples) / self.sample_rate
+        return (len(self.samples) - sum(b - a for a, b in self.gaps)) / self.sample_rate
+
+    def valid_fraction(self, i0: int, i1: int) -> float:
+        """Share of samples [i0, i1) that were really decoded."""
+        if i1 <= i0:
+            return 0.0
+        have = max(0, min(i1, len(self.samples)) - max(i0, 0))
+        lost = sum(max(0, min(b, i1) - max(a, i0)) for a, b in self.gaps)
+        return max(0.0, have - lost) / (i1 - i0)
 
 
 def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
     """The whole audio track at ``sample_rate``, first channel (as the reference
-    dataloaders read it), aligned so that sample 0 is video time zero."""
+    dataloaders read it), aligned so that sample 0 is video time zero.
+
+    Decoded frames are placed by their timestamps: audio lost to a damaged
+    packet leaves a silent gap (recorded) instead of shifting later audio.
+    """
     path = Path(info.path)
-    chunks: list[np.ndarray] = []
+    chunks: list[tuple[int | None, np.ndarray]] = []
     errors = 0
     with _open(path) as c:
         stream = c.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
                                       rate=sample_rate)
+
+        def take(frames):
+            for out in frames:
+                chunks.append((out.pts, out.to_ndarray()[0].copy()))
+
         for packet in c.demux(stream):
             try:
                 frames = packet.decode()
@@ -133,17 +151,30 @@ def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
                 errors += 1
                 continue
             for frame in frames:
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray()[0].copy())
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray()[0].copy())
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+                take(resampler.resample(frame))
+        take(resampler.resample(None))
+    # place chunks on a timeline (pts in 1/sample_rate units after resampling)
+    pieces, gaps, cursor = [], [], 0
+    first = next((p for p, _ in chunks if p is not None), 0)
+    for pts, data in chunks:
+        pos = cursor if pts is None else pts - first
+        if pos > cursor:  # samples lost: keep the timeline, fill with silence
+            pieces.append(np.zeros(pos - cursor, np.float32))
+            gaps.append((cursor, pos))
+            cursor = pos
+        elif pos < cursor:  # overlap: keep what is already placed
+            data = data[cursor - pos:]
+        pieces.append(data.astype(np.float32, copy=False))
+        cursor += len(data)
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     offset = int(round((info.audio_start - info.video_start) * sample_rate))
     if offset > 0:
         samples = np.concatenate([np.zeros(offset, np.float32), samples])
+        gaps = [(a + offset, b + offset) for a, b in gaps]
     elif offset < 0:
         samples = samples[-offset:]
-    return AudioTrack(samples=samples, sample_rate=sample_rate, decode_errors=errors)
+        gaps = [(max(0, a + offset), b + offset) for a, b in gaps if b + offset > 0]
+    return AudioTrack(samples=samples, sample_rate=sample_rate, decode_errors=errors, gaps=gaps)
 
 
 @dataclass

@@ -145,7 +145,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
             i0 = int(round(clip.start * audio.sample_rate))
             i1 = int(round(end * audio.sample_rate))
             seg = audio.samples[i0:i1]
-            a_cov = len(seg) / max(1, i1 - i0)
+            a_cov = audio.valid_fraction(i0, i1)
             if len(seg):
                 a_tensor = fbank(torch.from_numpy(seg.copy()), audio.sample_rate, spec)
                 if a_cov < 0.99:

@@ -1,0 +1,90 @@
+"""Real test media made with ffmpeg and espeak-ng (recipes from the project's notes).
+
+Everything is deterministic: fixed text, fixed byte patterns for corruption.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+SPEECH = ("Hello, this is a synthetic speech track for testing the social feature extractor. "
+          "We are counting: one, two, three, four, five, six, seven, eight.")
+
+
+def run(*args: str) -> None:
+    subprocess.run(list(args), check=True, capture_output=True)
+
+
+def require_tools() -> None:
+    missing = [t for t in ("ffmpeg", "ffprobe", "espeak-ng") if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"test media need {', '.join(missing)}: run the install command in README.md")
+
+
+def speech_wav(out: Path, seconds: float) -> Path:
+    raw = out.with_name(out.stem + "_raw.wav")
+    run("espeak-ng", "-s", "150", "-w", str(raw), SPEECH)
+    run("ffmpeg", "-v", "error", "-y", "-i", str(raw), "-af", f"apad,atrim=0:{seconds}", "-ar", "16000",
+        "-ac", "1", str(out))
+    raw.unlink()
+    return out
+
+
+def talking_video(out: Path, seconds: float = 10.0, size: str = "320x240", fps: int = 25,
+                  vcodec: tuple[str, ...] = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", "50"),
+                  acodec: tuple[str, ...] = ("-c:a", "aac", "-b:a", "64k"), audio: Path | None = None,
+                  extra: tuple[str, ...] = ("-movflags", "+faststart")) -> Path:
+    """A face moving over a coloured background with an espeak-ng speech track."""
+    audio = audio or speech_wav(out.parent / f".{out.stem}_speech.wav", seconds)
+    w, h = (int(x) for x in size.split("x"))
+    run("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=0x336699:s={size}:r={fps}:d={seconds}",
+        "-loop", "1", "-i", str(DATA / "face.png"), "-i", str(audio),
+        "-filter_complex",
+        f"[0:v][1:v]overlay=x='{w // 2 - 40}+{w // 4}*sin(2*PI*t/6)':y='{h // 2 - 48}+{h // 8}*cos(2*PI*t/4)'"
+        ":shortest=1,format=yuv420p[v]",
+        "-map", "[v]", "-map", "2:a", "-t", str(seconds), *vcodec, *acodec, "-ar", "16000", *extra, str(out))
+    return out
+
+
+def make_corpus(root: Path) -> dict[str, Path]:
+    """A folder tree of good, odd and broken files; returns name -> path."""
+    require_tools()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nested" / "deeper").mkdir(parents=True, exist_ok=True)
+    speech = speech_wav(root.parent / "speech10.wav", 10.0)
+    f: dict[str, Path] = {}
+    f["talk"] = talking_video(root / "talk.mp4", audio=speech)
+    f["mkv"] = talking_video(root / "nested" / "interview two.mkv", audio=speech, extra=())
+    f["webm"] = talking_video(root / "nested" / "deeper" / "séance_ü.webm", seconds=6.0,
+                              vcodec=("-c:v", "libvpx", "-b:v", "300k", "-deadline", "realtime", "-cpu-used", "8"),
+                              acodec=("-c:a", "libopus", "-b:a", "32k"), extra=())
+    f["noaudio"] = root / "noaudio.mp4"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-an", "-c:v", "copy", str(f["noaudio"]))
+    f["vfr"] = root / "vfr.mp4"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-vf", "select='lt(mod(n,10),6)'",
+        "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "veryfast", "-c:a", "copy", str(f["vfr"]))
+    f["rotated"] = root / "rotated90.mp4"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+        str(f["rotated"]))
+    f["short"] = talking_video(root / "short.mp4", seconds=3.0)
+    data = f["talk"].read_bytes()
+    f["truncated"] = root / "truncated.mp4"
+    f["truncated"].write_bytes(data[: len(data) // 2])
+    moovend = root.parent / "moovend.mp4"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-c", "copy", str(moovend))
+    f["nomoov"] = root / "truncated_nomoov.mp4"
+    f["nomoov"].write_bytes(moovend.read_bytes()[:20000])
+    f["corrupt"] = root / "corrupt_mid.mp4"
+    f["corrupt"].write_bytes(data[:30000] + b"\xff" * 8000 + data[38000:])
+    f["empty"] = root / "empty.mp4"
+    f["empty"].write_bytes(b"")
+    f["text"] = root / "notes.mp4"
+    f["text"].write_text("this is a text file renamed to .mp4\n")
+    f["audio_only"] = root / "audio_only.m4a"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-vn", "-c:a", "copy", str(f["audio_only"]))
+    f["audio_only_mp4"] = root / "audio_only.mp4"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-vn", "-c:a", "copy", str(f["audio_only_mp4"]))
+    return f
