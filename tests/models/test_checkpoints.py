@@ -1,0 +1,96 @@
+"""Loading official and socialfeat checkpoints: strict keys, prefixes, safety, config inference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from socialfeat.models import (CAVMAE, CAVMAEFT, SocialMAE, SocialMAEFT, CheckpointError, create_model,
+                               load_model, save_checkpoint)
+from socialfeat.models.checkpoint import infer_info
+
+from conftest import FIXTURES
+from models.test_parity import weights_from_rule
+
+
+class NotATensor:
+    """Pickled by reference: a file containing it needs arbitrary code to load."""
+
+
+@pytest.mark.parametrize("fname,cls,kind", [("cavmae_shared.pt", CAVMAE, "pretrain"),
+                                             ("cavmae_shared.pt", CAVMAEFT, "finetune"),
+                                             ("socialmae_shared.pt", SocialMAE, "pretrain"),
+                                             ("socialmae_shared.pt", SocialMAEFT, "finetune")])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_official_state_dict_loads_strictly(tmp_path, fname, cls, kind, prefix):
+    d = torch.load(FIXTURES / fname, weights_only=False)
+    sd = weights_from_rule(d[f"keys_{kind}"], 0)
+    path = tmp_path / "official.pth"
+    torch.save({prefix + k: v for k, v in sd.items()}, path)
+    kwargs = d[f"config_{kind}"]
+    family = "cav-mae" if cls in (CAVMAE, CAVMAEFT) else "social-mae"
+    from socialfeat.models.registry import get_arch_config
+    config = {"name": "fixture", "model_class": cls.__name__, "model_kwargs": kwargs,
+              "preprocess": get_arch_config(family)["preprocess"]}
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(config))
+    model = load_model(path, config=cfg_file)
+    assert type(model) is cls
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    assert len(model.info.sha256) == 64
+
+
+@pytest.mark.parametrize("cls,kwargs", [(SocialMAEFT, {"label_dim": 6}), (SocialMAE, {}),
+                                        (CAVMAE, {"norm_pix_loss": True}), (CAVMAEFT, {"label_dim": 527})])
+def test_released_shapes_are_recognised_from_keys(cls, kwargs):
+    with torch.device("meta"):
+        official = cls(**kwargs)
+        sd = official.state_dict()
+        info = infer_info(sd, "x")
+        from socialfeat.models.checkpoint import build_model
+        rebuilt = build_model(info)
+    assert info.model_class == cls.__name__
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in sd.items()}
+    assert info.model_kwargs["num_heads"] == 12
+
+
+def test_socialfeat_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("social-mae-tiny", kind="finetune", label_names=["x", "y"], task="classification",
+                         task_name="t").eval()
+    path = save_checkpoint(model, tmp_path / "sub" / "m.pt")
+    loaded = load_model(path)
+    assert loaded.info.label_names == ["x", "y"] and loaded.info.preprocess == model.info.preprocess
+    a, v = torch.randn(1, 208, 128), torch.randn(1, 3, 112, 112, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(a, v).logits, model.encode(a, v).logits)
+    assert not list(tmp_path.joinpath("sub").glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "obj": NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_model(path)
+
+
+def test_mismatch_is_explained_in_words(tmp_path):
+    model = create_model("social-mae-tiny")
+    sd = {k: v for k, v in model.state_dict().items() if k != "norm_a.weight"}
+    sd["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "bad.pt"
+    torch.save({"format": "socialfeat", "config": model.info.to_dict(), "state_dict": sd}, path)
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): norm_a.weight; 1 unexpected key\(s\): extra.weight"):
+        load_model(path)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_model(junk)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_model(tmp_path / "absent.pt")
