@@ -24,6 +24,8 @@ import numpy as np
 
 # Decoded extent shorter than the container's by more than this is "truncated".
 TRUNCATION_TOLERANCE_S = 0.5
+# Audio frames whose timestamps are off by less than this (samples) are treated as contiguous.
+AUDIO_JITTER_SAMPLES = 32
 
 
 class MediaError(Exception):
@@ -142,7 +144,8 @@ def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
 
         def take(frames):
             for out in frames:
-                chunks.append((out.pts, out.to_ndarray()[0].copy()))
+                t = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
+                chunks.append((t, out.to_ndarray()[0].copy()))
 
         for packet in c.demux(stream):
             try:
@@ -153,11 +156,13 @@ def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
             for frame in frames:
                 take(resampler.resample(frame))
         take(resampler.resample(None))
-    # place chunks on a timeline (pts in 1/sample_rate units after resampling)
+    # place chunks on a timeline; timestamp jitter below JITTER samples counts as contiguous
     pieces, gaps, cursor = [], [], 0
-    first = next((p for p, _ in chunks if p is not None), 0)
-    for pts, data in chunks:
-        pos = cursor if pts is None else pts - first
+    first = next((t for t, _ in chunks if t is not None), 0.0)
+    for t, data in chunks:
+        pos = cursor if t is None else int(round((t - first) * sample_rate))
+        if abs(pos - cursor) <= AUDIO_JITTER_SAMPLES:
+            pos = cursor
         if pos > cursor:  # samples lost: keep the timeline, fill with silence
             pieces.append(np.zeros(pos - cursor, np.float32))
             gaps.append((cursor, pos))

@@ -159,7 +159,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         row = {"video_id": clip.video_id, "path": ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
                "coverage": round(coverage, 6), "n_frames": spec.num_frames - n_rep, "n_frames_padded": n_rep,
-               "has_audio": a_cov > 0, "audio_coverage": round(min(1.0, a_cov), 6),
+               "has_audio": a_cov > 0, "coverage_audio": round(min(1.0, a_cov), 6),
                "qc_flags": ";".join(flags), **clip.extra}
         v = video_input(torch.stack(tensors), spec)
         return ClipItem(pos, row, a_tensor, v)

@@ -142,7 +142,7 @@ VIDEO_COLUMNS = ["video_id", "path", "source_path", "status", "error", "n_clips"
                  "duration_s", "decoded_duration_s", "fps", "width", "height", "rotation", "has_audio",
                  "audio_duration_s", "decode_errors"]
 CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s", "coverage", "n_frames",
-                "n_frames_padded", "has_audio", "audio_coverage", "qc_flags"]
+                "n_frames_padded", "has_audio", "coverage_audio", "qc_flags"]
 ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
 
 
