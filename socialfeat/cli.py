@@ -8,6 +8,7 @@ table); 1 the run could not start or crashed (nothing new assembled);
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import sys
@@ -18,6 +19,23 @@ import click
 from socialfeat import __version__
 
 EXIT_PARTIAL = 3
+EXIT_FATAL = 1
+
+
+@contextlib.contextmanager
+def _fatal_errors_as_one_line():
+    """Expected failures (missing weights, bad checkpoint or annotation file) end the
+    command with one line on stderr instead of a traceback."""
+    from socialfeat.models import CheckpointError, UnknownModelError, WeightsUnavailableError
+    from socialfeat.models.hub import ChecksumError
+
+    try:
+        yield
+    except (WeightsUnavailableError, ChecksumError, CheckpointError, UnknownModelError, ValueError,
+            FileNotFoundError, RuntimeError) as e:
+        logging.getLogger(__name__).debug("fatal error", exc_info=True)  # traceback with -vv
+        click.echo(f"socialfeat: error: {e}", err=True)
+        sys.exit(EXIT_FATAL)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -83,11 +101,12 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     out = Path(output)
     as_csv = out.suffix.lower() == ".csv"
     h5_out = out.with_name(out.name + ".h5") if as_csv else out
-    summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
-                          include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
-                          hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
-                          batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
-                          command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
+    with _fatal_errors_as_one_line():
+        summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
+                              include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
+                              hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
+                              batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
+                              command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
     if csv_dir:
@@ -96,6 +115,59 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run)", err=True)
     if not summary.all_ok:
         sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs).")
+@click.option("--arch", type=click.Choice(["social-mae", "cav-mae", "social-mae-tiny", "cav-mae-tiny"]),
+              default="social-mae")
+@click.option("--init", default="scratch", help="'scratch', a registry name (e.g. social-mae, cav-mae-scale++) or a checkpoint path.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=8, help="Clips per process and micro-step.")
+@click.option("--accum-steps", type=click.IntRange(min=1), default=1, help="Gradient accumulation.")
+@click.option("--lr", type=float, default=5e-5)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=0)
+@click.option("--lr-decay", type=float, default=0.5, help="Step decay factor.")
+@click.option("--lr-decay-start", type=click.IntRange(min=0), default=10, help="First epoch with decayed lr.")
+@click.option("--lr-decay-every", type=click.IntRange(min=1), default=5, help="Epochs between decays.")
+@click.option("--mask-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.75)
+@click.option("--contrast-weight", type=float, default=0.01)
+@click.option("--norm-pix-loss", is_flag=True, help="Per-patch normalised MAE targets.")
+@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--clips-per-video", type=click.IntRange(min=1), default=None,
+              help="Random clips per video and epoch [default: as many as fixed windows fit].")
+@click.option("--target-order", type=click.Choice(["tokens", "reference"]), default="tokens",
+              help="Social-MAE MAE target order: the encoder's tokens, or the reference's (mismatched) order.")
+@click.option("--video-patch-init", type=click.Choice(["inflate", "reference"]), default="inflate",
+              help="CAV-MAE -> Social-MAE init: inflate 2-D visual weights, or drop them as the reference does.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100)
+@click.option("--workers", type=click.IntRange(min=0), default=2)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--seed", type=int, default=0)
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
+@click.option("--no-progress", is_flag=True)
+def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps, lr, warmup_steps, lr_decay,
+             lr_decay_start, lr_decay_every, mask_ratio, contrast_weight, norm_pix_loss, clip_seconds,
+             clips_per_video, target_order, video_patch_init, val_fraction, checkpoint_every, workers, device,
+             seed, resume, no_progress) -> None:
+    """Self-supervised pretraining on the videos in INPUTS; checkpoints feed `extract --weights`."""
+    from pretraining import PretrainConfig
+    from pretraining import pretrain as run_pretrain
+
+    cfg = PretrainConfig(inputs=[str(p) for p in inputs], out=out, arch=arch, init=init, epochs=epochs,
+                         max_steps=max_steps, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
+                         warmup_steps=warmup_steps, lr_decay=lr_decay, lr_decay_start=lr_decay_start,
+                         lr_decay_every=lr_decay_every, mask_ratio_a=mask_ratio, mask_ratio_v=mask_ratio,
+                         contrast_weight=contrast_weight, norm_pix_loss=norm_pix_loss, clip_seconds=clip_seconds,
+                         clips_per_video=clips_per_video, target_order=target_order,
+                         video_patch_init=video_patch_init, val_fraction=val_fraction,
+                         checkpoint_every=checkpoint_every, workers=workers, device=device, seed=seed)
+    with _fatal_errors_as_one_line():
+        path = run_pretrain(cfg, resume=resume, progress=not no_progress)
+    click.echo(f"checkpoint: {path}", err=True)
 
 
 @main.command()

@@ -109,45 +109,86 @@ def probe(path: str | Path) -> MediaInfo:
 
 @dataclass
 class AudioTrack:
-    samples: np.ndarray  # (N,) float32, first channel, on the video clock (index 0 = time 0)
+    """Decoded audio on the video clock: ``samples[k]`` is timeline sample ``start_sample + k``
+    (timeline sample 0 = video time zero)."""
+
+    samples: np.ndarray  # (N,) float32, first channel
     sample_rate: int
     decode_errors: int
-    gaps: list[tuple[int, int]]  # [start, end) sample ranges lost to damaged packets (zeros)
+    gaps: list[tuple[int, int]]  # [start, end) timeline samples with no decoded audio (zeros)
+    start_sample: int = 0
 
     @property
     def duration(self) -> float:
+        """Seconds of really decoded audio."""
         return (len(self.samples) - sum(b - a for a, b in self.gaps)) / self.sample_rate
 
+    def window(self, i0: int, i1: int) -> np.ndarray:
+        """Timeline samples [i0, i1), cut to what exists."""
+        a, b = max(i0 - self.start_sample, 0), max(i1 - self.start_sample, 0)
+        return self.samples[a:b]
+
     def valid_fraction(self, i0: int, i1: int) -> float:
-        """Share of samples [i0, i1) that were really decoded."""
+        """Share of timeline samples [i0, i1) that were really decoded."""
         if i1 <= i0:
             return 0.0
-        have = max(0, min(i1, len(self.samples)) - max(i0, 0))
+        lo, hi = self.start_sample, self.start_sample + len(self.samples)
+        have = max(0, min(i1, hi) - max(i0, lo))
         lost = sum(max(0, min(b, i1) - max(a, i0)) for a, b in self.gaps)
         return max(0.0, have - lost) / (i1 - i0)
 
 
-def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
-    """The whole audio track at ``sample_rate``, first channel (as the reference
-    dataloaders read it), aligned so that sample 0 is video time zero.
+def load_audio(info: MediaInfo, sample_rate: int = 16000, start: float | None = None,
+               end: float | None = None) -> AudioTrack:
+    """Audio at ``sample_rate``, first channel (as the reference dataloaders read it),
+    on the video clock. Whole track by default, or the window [start, end) (seconds),
+    reached by seeking.
 
-    Decoded frames are placed by their timestamps: audio lost to a damaged
-    packet leaves a silent gap (recorded) instead of shifting later audio.
+    Decoded frames are placed by their timestamps: audio lost to a damaged packet
+    (or missing before the audio stream starts) leaves a recorded silent gap instead
+    of shifting later audio.
     """
     path = Path(info.path)
-    chunks: list[tuple[int | None, np.ndarray]] = []
+    lo = 0 if start is None else max(0, int(round(start * sample_rate)))
+    hi = None if end is None else int(round(end * sample_rate))
+    pieces: list[np.ndarray] = []
+    gaps: list[tuple[int, int]] = []
+    cursor = lo
     errors = 0
+
+    def place(t: float | None, data: np.ndarray) -> None:
+        nonlocal cursor
+        pos = cursor if t is None else int(round((t - info.video_start) * sample_rate))
+        if abs(pos - cursor) <= AUDIO_JITTER_SAMPLES:
+            pos = cursor
+        if pos > cursor:  # samples lost: keep the timeline, fill with silence
+            pieces.append(np.zeros(pos - cursor, np.float32))
+            gaps.append((cursor, pos))
+            cursor = pos
+        elif pos < cursor:  # overlap or before the window: keep what is already placed
+            data = data[cursor - pos:]
+        if hi is not None:
+            data = data[: max(0, hi - cursor)]
+        pieces.append(data.astype(np.float32, copy=False))
+        cursor += len(data)
+
     with _open(path) as c:
         stream = c.streams.audio[0]
+        if start:
+            margin = 0.5  # seek lands on an earlier packet; decode a little before the window
+            c.seek(int(max(0.0, start + info.video_start - margin) / stream.time_base), stream=stream,
+                   backward=True)
         resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
                                       rate=sample_rate)
 
-        def take(frames):
+        def take(frames) -> None:
             for out in frames:
                 t = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
-                chunks.append((t, out.to_ndarray()[0].copy()))
+                place(t, out.to_ndarray()[0])
 
         for packet in c.demux(stream):
+            if hi is not None and cursor >= hi:
+                break
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
@@ -156,30 +197,9 @@ def load_audio(info: MediaInfo, sample_rate: int = 16000) -> AudioTrack:
             for frame in frames:
                 take(resampler.resample(frame))
         take(resampler.resample(None))
-    # place chunks on a timeline; timestamp jitter below JITTER samples counts as contiguous
-    pieces, gaps, cursor = [], [], 0
-    first = next((t for t, _ in chunks if t is not None), 0.0)
-    for t, data in chunks:
-        pos = cursor if t is None else int(round((t - first) * sample_rate))
-        if abs(pos - cursor) <= AUDIO_JITTER_SAMPLES:
-            pos = cursor
-        if pos > cursor:  # samples lost: keep the timeline, fill with silence
-            pieces.append(np.zeros(pos - cursor, np.float32))
-            gaps.append((cursor, pos))
-            cursor = pos
-        elif pos < cursor:  # overlap: keep what is already placed
-            data = data[cursor - pos:]
-        pieces.append(data.astype(np.float32, copy=False))
-        cursor += len(data)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    offset = int(round((info.audio_start - info.video_start) * sample_rate))
-    if offset > 0:
-        samples = np.concatenate([np.zeros(offset, np.float32), samples])
-        gaps = [(a + offset, b + offset) for a, b in gaps]
-    elif offset < 0:
-        samples = samples[-offset:]
-        gaps = [(max(0, a + offset), b + offset) for a, b in gaps if b + offset > 0]
-    return AudioTrack(samples=samples, sample_rate=sample_rate, decode_errors=errors, gaps=gaps)
+    return AudioTrack(samples=samples.copy(), sample_rate=sample_rate, decode_errors=errors, gaps=gaps,
+                      start_sample=lo)
 
 
 @dataclass
@@ -195,8 +215,11 @@ class FrameStream:
     the length of the video. Damaged packets are skipped and counted.
     """
 
-    def __init__(self, info: MediaInfo, threads: int = 0):
+    def __init__(self, info: MediaInfo, threads: int = 0, seek_to: float | None = None):
+        """``seek_to``: start decoding at the keyframe before this time (s) instead
+        of the beginning, for reading a window of a long recording."""
         self.info = info
+        self._seek_to = seek_to
         self.decode_errors = 0
         self.last_time: float | None = None  # time of the last decoded frame
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
@@ -208,6 +231,9 @@ class FrameStream:
             stream.thread_type = "AUTO"
             if self._threads:
                 stream.codec_context.thread_count = self._threads
+            if self._seek_to:
+                c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream,
+                       backward=True)
             packets = c.demux(stream)
             while True:
                 try:

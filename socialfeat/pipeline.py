@@ -13,17 +13,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from socialfeat.clips import MIN_COVERAGE, Clip, plan_video
+from socialfeat.clip_inputs import assemble, requested_times
+from socialfeat.clips import MIN_COVERAGE, plan_video
 from socialfeat.inputs import VideoRef
 from socialfeat.media import TRUNCATION_TOLERANCE_S, FrameStream, MediaError, load_audio, probe
-from socialfeat.preprocess import PreprocessSpec, fbank, frames_tensor, video_input
+from socialfeat.preprocess import PreprocessSpec, frames_tensor
 
 log = logging.getLogger(__name__)
-FRAME_GAP_S = 0.5  # a sampled frame further than this from its requested time is flagged
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,6 @@ class VideoDone:
 
 def _error(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
     return {"video_id": ref.video_id, "path": ref.relpath, "stage": stage, "message": message}
-
-
-def _pad_frames(frames: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], int]:
-    """Repeat the sequence as the Social-MAE reference does for short videos
-    (tile, then keep the first n); returns the frames and how many are repeats."""
-    if len(frames) >= n:
-        return frames[:n], 0
-    reps = n // len(frames) + 1
-    return (frames * reps)[:n], n - len(frames)
 
 
 def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
@@ -109,60 +99,28 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
     requests: list[tuple[float, int, int]] = []
     slots_of: list[int] = []
     for ci, clip in enumerate(clips):
-        times = spec.frame_times(clip.start, clip.window)
-        valid = [t for t in times if t < clip.end - 1e-6]
-        if not valid:  # window shorter than the first sampling offset
-            valid = [clip.start + (clip.end - clip.start) * spec.frame_offset]
+        valid = requested_times(spec, clip.start, clip.window, clip.end)
         slots_of.append(len(valid))
         requests += [(t, ci, k) for k, t in enumerate(valid)]
     requests.sort()
-    got: dict[int, dict[int, tuple[float, torch.Tensor]]] = {}
+    got: dict[int, dict[int, tuple[float, float, torch.Tensor]]] = {}
     stream = FrameStream(info)
     n_emitted = 0
 
-    def finish(ci: int, frames_in: dict[int, tuple[float, torch.Tensor]], content_end: float) -> ClipItem | None:
+    def finish(ci: int, frames_in: dict[int, tuple[float, float, torch.Tensor]],
+               content_end: float) -> ClipItem | None:
         clip = clips[ci]
         end = min(clip.end, content_end)
-        ordered = [frames_in[k] for k in sorted(frames_in)]
-        if not ordered or end <= clip.start:
+        if not frames_in or end <= clip.start:
             return None
-        req = spec.frame_times(clip.start, clip.window)
-        gap = max(abs(t - req[k]) for k, (t, _) in zip(sorted(frames_in), ordered)) if ordered else 0.0
-        tensors, n_rep = _pad_frames([x for _, x in ordered], spec.num_frames)
-        return make_item(clip, end, tensors, n_rep, gap)
-
-    def make_item(clip: Clip, end: float, tensors: list[torch.Tensor], n_rep: int, gap: float) -> ClipItem:
-        coverage = min(1.0, (end - clip.start) / clip.window)
-        flags = []
-        if coverage < 1.0 - 1e-6:
-            flags.append("partial_window")
-        if n_rep:
-            flags.append("frames_repeated")
-        if gap > FRAME_GAP_S:
-            flags.append("frame_gap")
-        a_tensor, a_cov = None, 0.0
-        if audio is not None:
-            i0 = int(round(clip.start * audio.sample_rate))
-            i1 = int(round(end * audio.sample_rate))
-            seg = audio.samples[i0:i1]
-            a_cov = audio.valid_fraction(i0, i1)
-            if len(seg):
-                a_tensor = fbank(torch.from_numpy(seg.copy()), audio.sample_rate, spec)
-                if a_cov < 0.99:
-                    flags.append("audio_partial")
-        if a_tensor is None:
-            flags.append("no_audio")
-            if plan.missing_audio == "silence":
-                a_tensor = fbank(torch.zeros(max(1, int(round((end - clip.start) * spec.sample_rate)))),
-                                 spec.sample_rate, spec)
-                flags.append("silence_embedded")
+        x = assemble(spec, clip.start, clip.window, end, [frames_in[k] for k in sorted(frames_in)], audio,
+                     plan.missing_audio)
         row = {"video_id": clip.video_id, "path": ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
-               "coverage": round(coverage, 6), "n_frames": spec.num_frames - n_rep, "n_frames_padded": n_rep,
-               "has_audio": a_cov > 0, "coverage_audio": round(min(1.0, a_cov), 6),
-               "qc_flags": ";".join(flags), **clip.extra}
-        v = video_input(torch.stack(tensors), spec)
-        return ClipItem(pos, row, a_tensor, v)
+               "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
+               "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
+               "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(x.flags), **clip.extra}
+        return ClipItem(pos, row, x.audio, x.video)
 
     next_clip = 0
     frames = stream.at_times(r[0] for r in requests)
@@ -170,7 +128,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         for (t, ci, k), (_, frame) in zip(requests, frames):
             if frame is None:
                 continue
-            got.setdefault(ci, {})[k] = (frame.time, frames_tensor(frame.rgb[None], spec)[0])
+            got.setdefault(ci, {})[k] = (t, frame.time, frames_tensor(frame.rgb[None], spec)[0])
             # emit, in order, every clip whose frames are all in
             while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
                 item = finish(next_clip, got.pop(next_clip), clips[next_clip].end)

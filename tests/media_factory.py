@@ -24,9 +24,9 @@ def require_tools() -> None:
         raise RuntimeError(f"test media need {', '.join(missing)}: run the install command in README.md")
 
 
-def speech_wav(out: Path, seconds: float) -> Path:
+def speech_wav(out: Path, seconds: float, text: str = SPEECH, voice: str = "en") -> Path:
     raw = out.with_name(out.stem + "_raw.wav")
-    run("espeak-ng", "-s", "150", "-w", str(raw), SPEECH)
+    run("espeak-ng", "-v", voice, "-s", "150", "-w", str(raw), text)
     run("ffmpeg", "-v", "error", "-y", "-i", str(raw), "-af", f"apad,atrim=0:{seconds}", "-ar", "16000",
         "-ac", "1", str(out))
     raw.unlink()
@@ -36,11 +36,11 @@ def speech_wav(out: Path, seconds: float) -> Path:
 def talking_video(out: Path, seconds: float = 10.0, size: str = "320x240", fps: int = 25,
                   vcodec: tuple[str, ...] = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", "50"),
                   acodec: tuple[str, ...] = ("-c:a", "aac", "-b:a", "64k"), audio: Path | None = None,
-                  extra: tuple[str, ...] = ("-movflags", "+faststart")) -> Path:
+                  extra: tuple[str, ...] = ("-movflags", "+faststart"), color: str = "0x336699") -> Path:
     """A face moving over a coloured background with an espeak-ng speech track."""
     audio = audio or speech_wav(out.parent / f".{out.stem}_speech.wav", seconds)
     w, h = (int(x) for x in size.split("x"))
-    run("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=0x336699:s={size}:r={fps}:d={seconds}",
+    run("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c={color}:s={size}:r={fps}:d={seconds}",
         "-loop", "1", "-i", str(DATA / "face.png"), "-i", str(audio),
         "-filter_complex",
         f"[0:v][1:v]overlay=x='{w // 2 - 40}+{w // 4}*sin(2*PI*t/6)':y='{h // 2 - 48}+{h // 8}*cos(2*PI*t/4)'"
@@ -88,3 +88,21 @@ def make_corpus(root: Path) -> dict[str, Path]:
     f["audio_only_mp4"] = root / "audio_only.mp4"
     run("ffmpeg", "-v", "error", "-y", "-i", str(f["talk"]), "-vn", "-c:a", "copy", str(f["audio_only_mp4"]))
     return f
+
+
+TRAIN_SPEAKERS = [("0x336699", "en", "Good morning, how are you today? I am fine, thank you very much."),
+                  ("0x993333", "en-us", "Seven apples and three oranges are waiting on the kitchen table."),
+                  ("0x339933", "de", "Guten Tag, das Wetter ist heute sehr schoen und warm."),
+                  ("0x999933", "fr", "Bonjour, nous parlons lentement de la musique et des livres."),
+                  ("0x663399", "es", "Hola, me gusta caminar por la playa cuando hace sol.")]
+
+
+def make_training_corpus(root: Path, seconds: float = 8.0, size: str = "160x120") -> list[Path]:
+    """Distinct recordings (background colour, voice and words differ) for pretraining tests."""
+    require_tools()
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (color, voice, text) in enumerate(TRAIN_SPEAKERS):
+        wav = speech_wav(root.parent / f"speech_{i}.wav", seconds, text=text, voice=voice)
+        out.append(talking_video(root / f"speaker_{i}.mp4", seconds=seconds, size=size, audio=wav, color=color))
+    return out

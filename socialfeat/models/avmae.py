@@ -248,15 +248,19 @@ class AVMAE(AVEncoder):
         return self._patchify_2d(a.unsqueeze(1).transpose(2, 3), 1)
 
     # -- MAE steps ------------------------------------------------------------
-    def random_masking(self, x: torch.Tensor, mask_ratio: float):
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """Per-sample random masking by argsort of noise. x: (N, L, D).
 
+        ``noise`` (N, L) may be given (pretraining draws it per sample, so that
+        masks do not depend on batch composition); by default it is drawn from
+        the global RNG as the reference does.
         Returns kept tokens (N, L_keep, D), mask (N, L) with 0 = keep, 1 = removed,
         and ids_restore (N, L).
         """
         N, L, D = x.shape  # batch, length, dim
         len_keep = int(L * (1 - mask_ratio))
-        noise = self.masking_noise(N, L, x.device)
+        if noise is None:
+            noise = self.masking_noise(N, L, x.device)
         return self._mask_from_noise(x, noise, len_keep)
 
     @staticmethod
@@ -293,7 +297,8 @@ class AVMAE(AVEncoder):
         return self._mask_from_noise(x, noise.reshape(N, L), len_keep)
 
     def forward_encoder(self, a: torch.Tensor, v: torch.Tensor, mask_ratio_a: float,
-                        mask_ratio_v: float, mask_mode: str = "unstructured"):
+                        mask_ratio_v: float, mask_mode: str = "unstructured",
+                        noise_a: torch.Tensor | None = None, noise_v: torch.Tensor | None = None):
         """Returns (latent, mask_a, ids_restore_a, mask_v, ids_restore_v, latent_c_a, latent_c_v).
 
         latent: (B, La_keep + Lv_keep, D) joint stream after the shared norm;
@@ -301,10 +306,10 @@ class AVMAE(AVEncoder):
         """
         a, v = self.embed_audio(a), self.embed_video(v)
         if mask_mode == "unstructured":
-            a, mask_a, ids_restore_a = self.random_masking(a, mask_ratio_a)
+            a, mask_a, ids_restore_a = self.random_masking(a, mask_ratio_a, noise_a)
         else:
             a, mask_a, ids_restore_a = self.random_masking_structured(a, mask_ratio_a, mask_mode)
-        v, mask_v, ids_restore_v = self.random_masking(v, mask_ratio_v)
+        v, mask_v, ids_restore_v = self.random_masking(v, mask_ratio_v, noise_v)
         for blk in self.blocks_a:
             a = blk(a)
         for blk in self.blocks_v:

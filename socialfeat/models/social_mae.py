@@ -15,6 +15,8 @@ the encoder's tokens are (h, w, t).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from socialfeat.models.avmae import AVMAE, AVMAEFT
@@ -28,6 +30,15 @@ class _SocialMixin:
         return PatchEmbed3D(img_size, patch_size, in_chans, embed_dim,
                             n_frames=self._n_frame, t_stride=self._stride)
 
+    def _video_pos_grid(self) -> tuple[int, int]:
+        """The reference's square grid of side sqrt(tokens) (28 x 28 for 784 tokens). Where
+        the token count is not a square (the reference crashes there), a (space, time) grid."""
+        side = math.isqrt(self.num_video_tokens)
+        if side * side == self.num_video_tokens:
+            return side, side
+        frames = self._n_frame // self._stride
+        return self.num_video_tokens // frames, frames
+
 
 class SocialMAE(_SocialMixin, AVMAE):
     """Social-MAE pretraining model. Defaults are the released configuration
@@ -37,8 +48,16 @@ class SocialMAE(_SocialMixin, AVMAE):
                  in_chans: int = 3, embed_dim: int = 768, modality_specific_depth: int = 11,
                  num_heads: int = 12, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0, norm_layer=torch.nn.LayerNorm,
-                 norm_pix_loss: bool = False, tr_pos: bool = True, n_frame: int = 8, stride: int = 2):
+                 norm_pix_loss: bool = False, tr_pos: bool = True, n_frame: int = 8, stride: int = 2,
+                 target_order: str = "reference"):
+        """``target_order``: 'reference' patchifies the MAE video target in (t, h, w)
+        order as the published code does (its token order does not match the
+        encoder's); 'tokens' uses the encoder's (h, w, t) order, so each decoder
+        output is compared with its own tubelet (socialfeat pretraining default)."""
+        if target_order not in ("reference", "tokens"):
+            raise ValueError(f"target_order must be 'reference' or 'tokens', got {target_order!r}")
         self._n_frame, self._stride = n_frame, stride
+        self.target_order = target_order
         super().__init__(img_size, audio_length, patch_size, in_chans, embed_dim,
                          modality_specific_depth, num_heads, decoder_embed_dim, decoder_depth,
                          decoder_num_heads, mlp_ratio, norm_layer, norm_pix_loss, tr_pos)
@@ -51,13 +70,17 @@ class SocialMAE(_SocialMixin, AVMAE):
         return torch.randn(n, length, device=device)
 
     def patchify_video(self, imgs: torch.Tensor) -> torch.Tensor:
-        """imgs (N, C, H, W, T) -> (N, (T/s)*(H/p)*(W/p), s*p*p*C): tokens in (t, h, w)
-        order and per-token values in (s, p, q, c) order, as the reference's target."""
+        """imgs (N, C, H, W, T) -> (N, L, s*p*p*C).
+
+        'reference': tokens in (t, h, w) order, values (s, p, q, c) (the published target);
+        'tokens': tokens in the encoder's (h, w, t) order, values (p, q, s, c).
+        """
         p, s, c = self.patch_size, self._stride, self.in_chans
         n, _, hh, ww, tt = imgs.shape
         h, w, t = hh // p, ww // p, tt // s
         x = imgs.reshape(n, c, h, p, w, p, t, s)
-        x = torch.einsum("nchpwqts->nthwspqc", x)
+        pattern = "nchpwqts->nthwspqc" if self.target_order == "reference" else "nchpwqts->nhwtpqsc"
+        x = torch.einsum(pattern, x)
         return x.reshape(n, h * w * t, p * p * s * c)
 
 

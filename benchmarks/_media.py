@@ -1,0 +1,16 @@
+"""Benchmark media: talking-face videos made with ffmpeg + espeak-ng (same recipe as the tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from media_factory import require_tools, speech_wav, talking_video  # noqa: E402
+
+
+def make_videos(folder: Path, n: int, seconds: float, size: str = "640x480") -> list[Path]:
+    require_tools()
+    folder.mkdir(parents=True, exist_ok=True)
+    speech = speech_wav(folder / "speech.wav", seconds)
+    return [talking_video(folder / f"bench_{i}.mp4", seconds=seconds, size=size, audio=speech) for i in range(n)]

@@ -1,0 +1,127 @@
+"""Training clips: random windows inside each video, drawn afresh every epoch.
+
+Every random choice (which window, which patches are masked) is a pure function of
+(seed, epoch, clip index), so a resumed run, a run with more workers or a run over
+more processes sees exactly the same clips and masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from socialfeat.clip_inputs import read_clip
+from socialfeat.clips import plan_windows
+from socialfeat.inputs import VideoRef
+from socialfeat.media import MediaError, MediaInfo, probe
+from socialfeat.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainVideo:
+    ref: VideoRef
+    info: MediaInfo
+
+
+def usable_videos(refs: list[VideoRef], spec: PreprocessSpec) -> list[TrainVideo]:
+    """Videos that can train the model: readable, with audio, at least half a clip long."""
+    out = []
+    for ref in refs:
+        try:
+            info = probe(ref.path)
+        except MediaError as e:
+            log.warning("skipping %s", e)
+            continue
+        if not info.has_audio:
+            log.warning("skipping %s: no audio track (pretraining needs both modalities)", ref.path)
+        elif info.duration < spec.clip_seconds / 2:
+            log.warning("skipping %s: shorter than half a clip", ref.path)
+        else:
+            out.append(TrainVideo(ref, info))
+    return out
+
+
+def split_validation(videos: list[TrainVideo], fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole videos (never clips of a training video) for validation."""
+    if fraction <= 0 or len(videos) < 2:
+        return videos, []
+    order = np.random.default_rng([seed, 7]).permutation(len(videos))
+    n_val = max(1, int(round(fraction * len(videos))))
+    val = {int(i) for i in order[:n_val]}
+    return [v for i, v in enumerate(videos) if i not in val], [v for i, v in enumerate(videos) if i in val]
+
+
+class ClipDataset(Dataset):
+    """``clips_per_video`` clips per video (default: as many as fixed windows fit);
+    random window starts per epoch (``random_windows``) or the fixed windows (validation)."""
+
+    def __init__(self, videos: list[TrainVideo], spec: PreprocessSpec, noise: str, n_audio_tokens: int,
+                 n_video_tokens: int, seed: int, clips_per_video: int | None = None,
+                 random_windows: bool = True):
+        self.videos, self.spec, self.seed = videos, spec, seed
+        self.noise, self.n_audio_tokens, self.n_video_tokens = noise, n_audio_tokens, n_video_tokens
+        self.random_windows = random_windows
+        self.epoch = 0
+        self.items: list[tuple[int, float]] = []  # (video, fixed window start)
+        for vi, v in enumerate(videos):
+            starts = [s for s, _ in plan_windows(0.0, v.info.duration, spec.clip_seconds)]
+            n = clips_per_video or len(starts)
+            self.items += [(vi, starts[k % len(starts)]) for k in range(n)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _noise(self, rng_seed: list[int], length: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(np.random.default_rng(rng_seed).integers(2 ** 62)))
+        return torch.randn(length, generator=g) if self.noise == "normal" else torch.rand(length, generator=g)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        vi, fixed_start = self.items[i]
+        video = self.videos[vi]
+        clip = self.spec.clip_seconds
+        if self.random_windows:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            start = float(rng.uniform(0.0, max(0.0, video.info.duration - clip)))
+        else:
+            start = fixed_start
+        x = read_clip(video.info, self.spec, start, clip)
+        audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)
+        return {"audio": audio, "video": x.video, "index": torch.tensor(i),
+                "noise_a": self._noise([self.seed, self.epoch, i, 1], self.n_audio_tokens),
+                "noise_v": self._noise([self.seed, self.epoch, i, 2], self.n_video_tokens)}
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of one process: the global batch ``b`` of an epoch is
+    ``perm[b * G:(b + 1) * G]`` (G = batch size x processes), and process r takes its
+    r-th slice. The composition of every global batch therefore does not depend on
+    the number of processes, and ``start_batch`` resumes mid-epoch."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int):
+        self.n, self.batch_size, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch, 3]).permutation(self.n)
+        g = self.batch_size * self.world
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            chunk = perm[b * g:(b + 1) * g]
+            yield [int(i) for i in chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch

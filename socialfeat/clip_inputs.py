@@ -1,0 +1,99 @@
+"""One clip's model inputs from decoded media: the single place that turns a time
+window into (fbank, video tensor) plus its QC facts. Used by extraction (which
+streams many clips per decode) and by pretraining (which seeks to random windows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from socialfeat.media import AudioTrack, FrameStream, MediaInfo, load_audio
+from socialfeat.preprocess import PreprocessSpec, fbank, frames_tensor, video_input
+
+FRAME_GAP_S = 0.5  # a sampled frame further than this from its requested time is flagged
+AUDIO_COMPLETE = 0.99  # audio coverage below this (of the content) is flagged partial
+
+
+def requested_times(spec: PreprocessSpec, start: float, window: float, end: float) -> list[float]:
+    """Frame times of a clip that fall inside its real content [start, end)."""
+    times = [t for t in spec.frame_times(start, window) if t < end - 1e-6]
+    if not times:  # window shorter than the first sampling offset
+        times = [start + (end - start) * spec.frame_offset]
+    return times
+
+
+def pad_frames(frames: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], int]:
+    """Repeat the sequence as the Social-MAE reference does for short videos
+    (tile, then keep the first n); returns the frames and how many are repeats."""
+    if len(frames) >= n:
+        return frames[:n], 0
+    reps = n // len(frames) + 1
+    return (frames * reps)[:n], n - len(frames)
+
+
+@dataclass
+class ClipInputs:
+    audio: torch.Tensor | None  # (target_length, 128) fbank, None when the clip has no audio
+    video: torch.Tensor  # model layout
+    end: float  # end of real content (s)
+    coverage: float
+    n_frames_padded: int
+    coverage_audio: float
+    flags: list[str] = field(default_factory=list)
+
+
+def assemble(spec: PreprocessSpec, start: float, window: float, end: float,
+             frames: list[tuple[float, float, torch.Tensor]], audio: AudioTrack | None,
+             missing_audio: str = "nan") -> ClipInputs:
+    """Inputs of the clip [start, end) in a window of ``window`` s.
+
+    frames: (requested time, frame time, transformed frame (3, S, S)) in order.
+    """
+    coverage = min(1.0, (end - start) / window)
+    flags = []
+    if coverage < 1.0 - 1e-6:
+        flags.append("partial_window")
+    tensors, n_rep = pad_frames([f for _, _, f in frames], spec.num_frames)
+    if n_rep:
+        flags.append("frames_repeated")
+    if max(abs(req - got) for req, got, _ in frames) > FRAME_GAP_S:
+        flags.append("frame_gap")
+    a_tensor, a_cov = None, 0.0
+    if audio is not None:
+        i0, i1 = int(round(start * audio.sample_rate)), int(round(end * audio.sample_rate))
+        samples = audio.window(i0, i1)
+        a_cov = audio.valid_fraction(i0, i1)
+        if len(samples) and a_cov > 0:
+            a_tensor = fbank(torch.from_numpy(samples.copy()), audio.sample_rate, spec)
+            if a_cov < AUDIO_COMPLETE:
+                flags.append("audio_partial")
+    if a_tensor is None:
+        flags.append("no_audio")
+        if missing_audio == "silence":
+            n = max(1, int(round((end - start) * spec.sample_rate)))
+            a_tensor = fbank(torch.zeros(n), spec.sample_rate, spec)
+            flags.append("silence_embedded")
+    video = video_input(torch.stack(tensors), spec)
+    return ClipInputs(a_tensor, video, end, coverage, n_rep, min(1.0, a_cov), flags)
+
+
+def read_clip(info: MediaInfo, spec: PreprocessSpec, start: float, window: float,
+              end: float | None = None) -> ClipInputs:
+    """Decode one window directly (seeking), e.g. a random pretraining clip."""
+    end = min(start + window, info.duration) if end is None else end
+    times = requested_times(spec, start, window, end)
+    stream = FrameStream(info, seek_to=start)
+    frames = []
+    for t, frame in stream.at_times(times):
+        if frame is None:
+            break
+        frames.append((t, frame.time, frames_tensor(frame.rgb[None], spec)[0]))
+        if len(frames) == len(times):
+            break
+    if not frames:
+        raise ValueError(f"{info.path}: no decodable frame in [{start:.2f}, {end:.2f}) s")
+    audio = load_audio(info, spec.sample_rate, start, end) if info.has_audio else None
+    return assemble(spec, start, window, end, frames, audio)
+

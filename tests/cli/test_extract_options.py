@@ -1,0 +1,64 @@
+"""Input selection options and the CAV-MAE family through the real CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import socialfeat
+from socialfeat.models import create_model, load_model, save_checkpoint
+from socialfeat.preprocess import fbank, frames_tensor, video_input
+
+from conftest import run_cli
+from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
+
+
+def test_include_exclude_and_file_list(corpus, tiny_ckpt, tmp_path):
+    out = tmp_path / "sel.h5"
+    run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ckpt, "--include", "*.mkv",
+            "--include", "nested/deeper/*", "--exclude", "*.webm", "--no-progress", "--workers", "0")
+    assert list(socialfeat.load_videos(out).path) == ["nested/interview two.mkv"]
+
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path,group\n{corpus['talk']}, a\n{corpus['short']},b\n")
+    out2 = tmp_path / "list.h5"
+    proc = run_cli("extract", "--file-list", listing, "-o", out2, "--weights", tiny_ckpt, "--no-progress")
+    assert proc.returncode == 0  # both files clean
+    assert sorted(socialfeat.load_videos(out2).path) == ["short.mp4", "talk.mp4"]
+
+
+def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):
+    proc = run_cli("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", "--weights", tiny_ckpt, check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_unknown_model_fails_with_one_message(tmp_path, corpus):
+    proc = run_cli("extract", corpus["talk"], "-o", tmp_path / "x.h5", "--model", "social-mae",
+                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path)})
+    assert proc.returncode == 1 and "social-mae.pth" in proc.stderr and "--weights PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cav_mae_family_end_to_end(corpus, tmp_path):
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(create_model("cav-mae-tiny"), tmp_path / "cav.pt")
+    out = tmp_path / "cav.h5"
+    proc = run_cli("extract", corpus["talk"], "-o", out, "--weights", ckpt, "--no-progress")
+    assert proc.returncode == 0
+    df = socialfeat.load_features(out, embeddings="all")
+    assert list(df.start_s) == [0, 2, 4, 6, 8] and (df.n_frames == 1).all()
+    row = df.iloc[3]
+    model = load_model(ckpt)
+    spec = model.info.preprocess
+    pts = ffprobe_frame_times(corpus["talk"])
+    (t,) = spec.frame_times(row.start_s, row.window_s)  # the window's middle frame
+    idx = int(np.flatnonzero(pts <= t + 1e-6).max())
+    video = video_input(frames_tensor(ffmpeg_frame(corpus["talk"], idx, 320, 240)[None], spec), spec)[None]
+    audio = fbank(torch.from_numpy(ffmpeg_audio(corpus["talk"], row.start_s, 2.0)), 16000, spec)[None]
+    with torch.no_grad():
+        enc = model.encode(audio, video)
+    for kind in ("joint", "audio", "visual"):
+        np.testing.assert_allclose(row.filter(like=f"{kind}_").to_numpy(np.float32), getattr(enc, kind)[0],
+                                   atol=2e-4, err_msg=kind)
+    assert video.shape == (1, 3, 112, 112) and t == pytest.approx(7.0)

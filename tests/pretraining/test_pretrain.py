@@ -1,0 +1,148 @@
+"""``socialfeat pretrain`` on generated recordings: learning, exact resume, torchrun, init, targets."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import socialfeat
+from media_factory import make_training_corpus
+from pretraining.init import load_initial_weights
+from socialfeat.models import SocialMAE, create_model, load_model, save_checkpoint
+
+from conftest import SOCIALFEAT, run_cli
+
+# contrastive weight 1: in a 32-step run the default 0.01 leaves that term too small to move
+TINY = ["--arch", "social-mae-tiny", "--batch-size", "4", "--lr", "1e-3", "--clips-per-video", "8",
+        "--contrast-weight", "1", "--workers", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def train_videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train") / "videos"
+    make_training_corpus(root)
+    return root
+
+
+def read_log(run: Path) -> list[dict[str, str]]:
+    with open(run / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def straight_run(train_videos, tmp_path_factory) -> Path:
+    """32 steps without interruption (4 training videos x 8 clips / batch 4 = 8 steps per epoch)."""
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    run_cli("pretrain", train_videos, "--out", run, *TINY, "--epochs", "4", "--val-fraction", "0.2",
+            "--checkpoint-every", "8")
+    return run
+
+
+def test_every_loss_term_decreases(straight_run):
+    rows = read_log(straight_run)
+    assert [int(r["step"]) for r in rows] == list(range(1, 33))
+    for term in ("loss", "loss_mae_a", "loss_mae_v", "loss_c"):
+        values = np.array([float(r[term]) for r in rows])
+        assert np.isfinite(values).all()
+        assert values[-6:].mean() < 0.97 * values[:6].mean(), (term, values[:6], values[-6:])
+    val = list(csv.DictReader(open(straight_run / "val_log.csv")))
+    assert len(val) == 4 and int(val[0]["val_clips"]) == 4  # one held-out video, fixed windows
+    assert float(val[-1]["val_loss_mae_a"]) < float(val[0]["val_loss_mae_a"])
+    assert all(0 <= float(r["val_r1_audio_to_visual"]) <= 1 for r in val)
+
+
+def test_killed_run_resumes_exactly(train_videos, straight_run, tmp_path):
+    run = tmp_path / "killed"
+    args = [str(SOCIALFEAT), "pretrain", str(train_videos), "--out", str(run), *TINY, "--epochs", "4",
+            "--val-fraction", "0.2", "--checkpoint-every", "8"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (run / "train_log.csv").exists() or len(read_log(run)) < 13):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 13 <= len(read_log(run)) < 32, "the run was not interrupted mid-way"
+    run_cli("pretrain", train_videos, "--out", run, "--resume", "--epochs", "4", "--no-progress")
+    terms = ("step", "epoch", "lr", "loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc")
+    assert [[r[t] for t in terms] for r in read_log(run)] == [[r[t] for t in terms] for r in read_log(straight_run)]
+    a, b = load_model(run / "last.pt"), load_model(straight_run / "last.pt")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_two_processes_match_one(train_videos, tmp_path):
+    common = ["--arch", "social-mae-tiny", "--lr", "1e-3", "--clips-per-video", "8", "--contrast-weight", "1",
+              "--workers", "0",
+              "--no-progress", "--max-steps", "4", "--val-fraction", "0"]
+    one = tmp_path / "one"
+    run_cli("pretrain", train_videos, "--out", one, "--batch-size", "4", *common)
+    two = tmp_path / "two"
+    torchrun = shutil.which("torchrun", path=str(SOCIALFEAT.parent))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "--no-python", str(SOCIALFEAT),
+                           "pretrain", str(train_videos), "--out", str(two), "--batch-size", "2", *common],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r1, r2 in zip(read_log(one), read_log(two), strict=True):
+        for term in ("loss", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc"):
+            assert float(r1[term]) == pytest.approx(float(r2[term]), abs=2e-4), (r1["step"], term)
+    # Same function learnt. (Weights are not compared one by one: Adam turns the float noise of
+    # gradients that are zero in exact arithmetic, e.g. attention key biases, into lr-sized steps.)
+    a, b = load_model(one / "last.pt"), load_model(two / "last.pt")
+    g = torch.Generator().manual_seed(0)
+    audio, video = torch.randn(3, 208, 128, generator=g), torch.randn(3, 3, 112, 112, 8, generator=g)
+    with torch.no_grad():
+        ea, eb = a.encode(audio, video), b.encode(audio, video)
+    for kind in ("joint", "audio", "visual"):
+        torch.testing.assert_close(getattr(ea, kind), getattr(eb, kind), atol=2e-3, rtol=0, msg=kind)
+
+
+def test_checkpoint_feeds_extract(straight_run, train_videos, tmp_path):
+    out = tmp_path / "feats.h5"
+    proc = run_cli("extract", train_videos, "-o", out, "--weights", straight_run / "last.pt", "--no-progress")
+    assert proc.returncode == 0
+    df = socialfeat.load_features(out)
+    assert len(df) == 5 * 4 and np.isfinite(df.filter(like="joint_").to_numpy()).all()
+
+
+def test_cav_mae_init_is_inflated_into_social_mae(tmp_path):
+    torch.manual_seed(0)
+    cav = create_model("cav-mae-tiny")
+    path = save_checkpoint(cav, tmp_path / "cav.pt")
+    social = create_model("social-mae-tiny", target_order="tokens")
+    report = load_initial_weights(social, str(path), "inflate")
+    assert {"patch_embed_v.proj.weight", "pos_embed_v", "decoder_pred_v.weight"} <= set(report["inflated"])
+    frame = torch.randn(1, 3, 112, 112)
+    still = frame.unsqueeze(-1).repeat(1, 1, 1, 1, 8)  # a video whose 8 frames are the same image
+    with torch.no_grad():
+        tokens_3d = social.patch_embed_v(still).reshape(1, 49, 4, -1)
+        tokens_2d = cav.patch_embed_v(frame)
+    for t in range(4):
+        torch.testing.assert_close(tokens_3d[:, :, t], tokens_2d, atol=1e-5, rtol=0)
+    fresh = create_model("social-mae-tiny")
+    report = load_initial_weights(fresh, str(path), "reference")
+    assert "patch_embed_v.proj.weight" in report["fresh"] and not report["inflated"]
+    assert "blocks_a.0.attn.qkv.weight" in report["loaded"]
+
+
+def test_token_order_target_matches_encoder_tubelets():
+    model = SocialMAE(img_size=32, audio_length=32, embed_dim=16, modality_specific_depth=11, num_heads=2,
+                      decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2, n_frame=4, stride=2,
+                      target_order="tokens")
+    video = torch.randn(1, 3, 32, 32, 4)
+    target = model.patchify_video(video)  # (1, 2*2*2, 16*16*2*3)
+    for j in range(target.shape[1]):
+        h, w, t = np.unravel_index(j, (2, 2, 2))  # the encoder's (h, w, t) order
+        cube = video[0, :, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16, t * 2:(t + 1) * 2]  # (c, p, q, s)
+        assert torch.equal(target[0, j], cube.permute(1, 2, 3, 0).reshape(-1))
+    ref = SocialMAE(img_size=32, audio_length=32, embed_dim=16, modality_specific_depth=11, num_heads=2,
+                    decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2, n_frame=4, stride=2)
+    assert not torch.equal(ref.patchify_video(video), target)  # the reference's order differs
