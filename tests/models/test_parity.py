@@ -144,3 +144,16 @@ def test_social_mae_defaults_are_the_released_configuration():
         m = SocialMAEFT(label_dim=6)
     assert m.num_video_tokens == 784 and m.num_audio_tokens == 512
     assert m.patch_embed_v.proj.kernel_size == (16, 16, 2)
+
+
+@torch.no_grad()
+def test_bf16_autocast_keeps_embeddings(ref):
+    """bf16 autocast (what extraction uses on CUDA; checked here on the CPU) stays close to fp32."""
+    _, d, _, ft = ref
+    a, v = d["input_audio"], d["input_video"]
+    full = ft.encode(a, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = ft.encode(a, v)
+    for kind in ("joint", "audio", "visual"):
+        cos = torch.nn.functional.cosine_similarity(getattr(full, kind), getattr(half, kind).float(), dim=-1)
+        assert cos.min() >= 0.999, (kind, cos)

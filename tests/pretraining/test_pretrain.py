@@ -146,3 +146,13 @@ def test_token_order_target_matches_encoder_tubelets():
     ref = SocialMAE(img_size=32, audio_length=32, embed_dim=16, modality_specific_depth=11, num_heads=2,
                     decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2, n_frame=4, stride=2)
     assert not torch.equal(ref.patchify_video(video), target)  # the reference's order differs
+
+
+def test_gradient_accumulation_and_warmup(train_videos, tmp_path):
+    run = tmp_path / "accum"
+    run_cli("pretrain", train_videos, "--out", run, "--arch", "social-mae-tiny", "--batch-size", "2",
+            "--accum-steps", "2", "--warmup-steps", "4", "--lr", "1e-3", "--max-steps", "3", "--clips-per-video", "4",
+            "--val-fraction", "0", "--workers", "0", "--no-progress")
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4])  # linear warm-up
