@@ -86,12 +86,14 @@ def models(cache_dir: str | None) -> None:
               help="Videos without audio: NaN audio/joint embeddings, or embed silence.")
 @click.option("--csv", "csv_dir", type=click.Path(file_okay=False), help="Also write videos/clips/errors CSVs here.")
 @click.option("--csv-embeddings", is_flag=True, help="Put embeddings (wide columns) into the clips CSV.")
+@click.option("--tasks", default="", help="Comma-separated predictors: NAME (released finetuned model, e.g. "
+              "emotion,laughter,personality) or NAME=PATH (head from `socialfeat finetune`, or a finetuned checkpoint).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16)
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
-            missing_audio, csv_dir, csv_embeddings, device, batch_size, workers, no_progress) -> None:
+            missing_audio, csv_dir, csv_embeddings, tasks, device, batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.extract import extract as run_extract
     from socialfeat.export import export_csv, h5_to_flat_csv
@@ -106,6 +108,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
                               hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
+                              tasks=[t for t in tasks.split(",") if t.strip()],
                               command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
@@ -168,6 +171,53 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
     with _fatal_errors_as_one_line():
         path = run_pretrain(cfg, resume=resume, progress=not no_progress)
     click.echo(f"checkpoint: {path}", err=True)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("--task", required=True, help="Name of the task (column prefix of its predictions).")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV: video, start, end, then one label column or numeric trait columns.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Head / model checkpoint to write.")
+@click.option("--probe", "probe_only", is_flag=True, help="Frozen backbone: fit a head on the embeddings.")
+@click.option("--features", type=click.Path(exists=True, dir_okay=False),
+              help="With --probe: an existing feats.h5 extracted with --segments LABELS (skips extraction).")
+@click.option("--model", default="social-mae", help="Backbone registry name.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone checkpoint (overrides --model).")
+@click.option("--embedding", type=click.Choice(["joint", "audio", "visual"]), default="joint")
+@click.option("--type", "task_type", type=click.Choice(["auto", "classification", "regression"]), default="auto")
+@click.option("--label-columns", default="", help="Comma-separated label columns [default: all other columns].")
+@click.option("--group-columns", default="", help="Comma-separated grouping columns, e.g. speaker.")
+@click.option("--cv", type=click.IntRange(min=0), default=0, help="K grouped folds (0: one grouped split).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[probe: 300 full-batch steps; full: 10]")
+@click.option("--lr", type=float, default=None, help="[probe: 1e-2; full: 1e-4 for the backbone]")
+@click.option("--head-lr-mult", type=float, default=50.0, help="Full finetuning: head lr = lr x this.")
+@click.option("--loss", "regression_loss", type=click.Choice(["l1", "l2"]), default="l1", help="Regression loss.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8)
+@click.option("--workers", type=click.IntRange(min=0), default=2)
+@click.option("--seed", type=int, default=0)
+@click.option("--no-progress", is_flag=True)
+def finetune(inputs, task, labels, output, probe_only, features, model, weights, embedding, task_type,
+             label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult, regression_loss,
+             batch_size, workers, seed, no_progress) -> None:
+    """Fit a task head (--probe) or finetune the whole model on labelled segments of INPUTS."""
+    import json
+
+    from socialfeat.finetune import finetune as run_finetune
+
+    if not inputs and not features:
+        raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
+    split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    with _fatal_errors_as_one_line():
+        metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
+                               probe_only=probe_only, features=features, embedding=embedding,
+                               task_type=task_type, label_columns=split(label_columns) or None,
+                               group_columns=split(group_columns), cv=cv, val_fraction=val_fraction,
+                               epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
+                               regression_loss=regression_loss, workers=workers, seed=seed,
+                               progress=not no_progress)
+    click.echo(json.dumps({"held_out": metrics["held_out"], "baseline": metrics["baseline"]}, indent=1), err=True)
 
 
 @main.command()

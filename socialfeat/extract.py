@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
 from socialfeat.clips import read_segments
+from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
 from socialfeat.models import load_model
 from socialfeat.pipeline import ClipDataset, ClipItem, PlanSettings, VideoDone, worker_init
@@ -56,9 +57,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float) -> str:
+def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float,
+                 tasks: list[dict]) -> str:
     payload = {"weights": model_info.sha256, "model": model_info.to_dict(), "plan": plan.__dict__,
-               "segments": segments, "path": ref.relpath, "size": size, "mtime": mtime}
+               "segments": segments, "path": ref.relpath, "size": size, "mtime": mtime, "tasks": tasks}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -72,13 +74,11 @@ def _segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
 
 
 class _Encoder:
-    """Batches clips (across videos) through the model and routes results back."""
+    """Batches clips (across videos) through the model and the task predictors, and
+    routes results back. Every task reuses the batch already decoded and preprocessed."""
 
-    def __init__(self, model, device: torch.device, batch_size: int):
-        self.model, self.device, self.batch_size = model, device, batch_size
-        info = model.info
-        self.task = info.task_name or (info.task and "task")
-        self.task_kind = info.task
+    def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task]):
+        self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
         self.buffer: list[ClipItem] = []
 
     def add(self, item: ClipItem) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
@@ -94,9 +94,8 @@ class _Encoder:
             return []
         dim = self.model.norm.normalized_shape[0]
         out = {k: np.full((len(items), dim), np.nan, np.float32) for k in EMBEDDING_KINDS}
-        n_labels = len(self.model.info.label_names)
-        if self.task:
-            out["pred"] = np.full((len(items), n_labels), np.nan, np.float32)
+        for task in self.tasks:
+            out[task.name] = np.full((len(items), len(task.label_names)), np.nan, np.float32)
         with_audio = [i for i, it in enumerate(items) if it.audio is not None]
         without = [i for i, it in enumerate(items) if it.audio is None]
         cuda = self.device.type == "cuda"
@@ -111,13 +110,10 @@ class _Encoder:
                     val = getattr(enc, kind)
                     if val is not None:
                         out[kind][idx] = val.float().cpu().numpy()
-                if self.task and enc.logits is not None:
-                    logits = enc.logits.float()
-                    if self.task_kind == "classification":
-                        logits = torch.softmax(logits, dim=-1)
-                    elif self.task_kind == "multilabel":
-                        logits = torch.sigmoid(logits)
-                    out["pred"][idx] = logits.cpu().numpy()
+                for task in self.tasks:
+                    values = task.predict(enc, audio, video)
+                    if values is not None:
+                        out[task.name][idx] = values.cpu().numpy()
         return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
 
 
@@ -126,12 +122,14 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
             clip_seconds: float | None = None, hop_seconds: float | None = None,
             segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int = 16,
-            workers: int = 2, device: str = "auto", progress: bool = True,
+            workers: int = 2, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
     Resumable: finished videos are journalled in ``<output>.parts`` and reused on
     a rerun when the file (size, mtime) and every setting are unchanged.
+    ``tasks``: extra predictors, each 'NAME' (released finetuned model) or 'NAME=PATH'
+    (head from ``socialfeat finetune`` or a finetuned checkpoint); see heads.load_task.
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -139,6 +137,13 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     net = load_model(weights if weights is not None else model).to(dev).eval()
     info = net.info
     spec = info.preprocess
+    predictors = [load_task(t, info).to(dev) for t in tasks]
+    if info.task and info.label_names:  # the model's own head
+        predictors.insert(0, Task(info.task_name or "task", info.task, list(info.label_names), model=net,
+                                  source=str(info.source)))
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio)
     seg_table = read_segments(segments) if segments is not None else None
@@ -155,7 +160,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             size, mtime = st.st_size, st.st_mtime
         except OSError:
             size, mtime = -1, 0.0
-        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime)
+        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime, [p.meta() for p in predictors])
         done = journal.read(ref.video_id)
         if done is not None and done[1] == fingerprints[pos]:
             results[pos] = done[0]
@@ -167,14 +172,10 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
 
     if jobs:
         with logging_redirect_tqdm():
-            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results)
+            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results,
+                      predictors)
 
-    task_meta = {}
-    if info.task:
-        name = info.task_name or "task"
-        values = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
-                  "regression": "raw head outputs on the training labels' scale"}[info.task]
-        task_meta[name] = {"label_names": list(info.label_names), "task": info.task, "values": values}
+    task_meta = {p.name: p.meta() for p in predictors}
     ordered = [results[p] for p in range(len(refs))]
     attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
@@ -192,12 +193,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses)
 
 
-def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results):
+def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results, tasks):
     dataset = ClipDataset(jobs, spec, plan)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                         worker_init_fn=worker_init if workers else None,
                         prefetch_factor=4 if workers else None)
-    encoder = _Encoder(net, dev, batch_size)
+    encoder = _Encoder(net, dev, batch_size, tasks)
     partial: dict[int, VideoResult] = {}
     finished: dict[int, VideoDone] = {}
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
@@ -210,8 +211,8 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
             res.clips.append(item.clip)
             for kind in EMBEDDING_KINDS:
                 res.embeddings.setdefault(kind, []).append(vecs[kind])
-            if "pred" in vecs:
-                res.predictions.setdefault(encoder.task, []).append(vecs["pred"])
+            for task in tasks:
+                res.predictions.setdefault(task.name, []).append(vecs[task.name])
             open_clips[item.video_pos] -= 1
         bar_c.update(len(done_items))
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:

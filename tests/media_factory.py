@@ -106,3 +106,38 @@ def make_training_corpus(root: Path, seconds: float = 8.0, size: str = "160x120"
         wav = speech_wav(root.parent / f"speech_{i}.wav", seconds, text=text, voice=voice)
         out.append(talking_video(root / f"speaker_{i}.mp4", seconds=seconds, size=size, audio=wav, color=color))
     return out
+
+
+def tone_wav(out: Path, seconds: float, kind: str, amplitude: float = 0.2) -> Path:
+    """Silence or white noise of a given amplitude, 16 kHz mono."""
+    src = "anullsrc=r=16000:cl=mono" if kind == "silence" else f"anoisesrc=a={amplitude}:c=white:r=16000:seed=7"
+    run("ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, "-t", str(seconds), "-ac", "1", str(out))
+    return out
+
+
+SENTENCES = ["The meeting starts at nine and ends before lunch.", "Please tell me about your family and friends.",
+             "I walked to the station in the rain yesterday.", "We could try again next week if you like."]
+
+
+def make_task_corpus(root: Path, seconds: float = 6.0, size: str = "160x120") -> dict[str, Path]:
+    """Recordings whose sound is speech, silence or noise (a class a model can learn),
+    and noise at several loudness levels (a continuous target); returns name -> path."""
+    require_tools()
+    root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    colors = ["0x336699", "0x993333", "0x339933", "0x999933"]
+    for i in range(4):
+        # two sentences: speech fills the whole recording, so every clip really is speech
+        wav = speech_wav(root.parent / f"task_speech_{i}.wav", seconds, text=f"{SENTENCES[i]} {SENTENCES[i - 1]}")
+        files[f"speech_{i}"] = talking_video(root / f"speech_{i}.mp4", seconds, size, audio=wav, color=colors[i])
+        wav = tone_wav(root.parent / f"task_silence_{i}.wav", seconds, "silence")
+        files[f"silence_{i}"] = talking_video(root / f"silence_{i}.mp4", seconds, size, audio=wav,
+                                              color=colors[(i + 1) % 4])
+        wav = tone_wav(root.parent / f"task_noise_{i}.wav", seconds, "noise", amplitude=0.3)
+        files[f"noise_{i}"] = talking_video(root / f"noise_{i}.mp4", seconds, size, audio=wav,
+                                            color=colors[(i + 2) % 4])
+    for i, amp in enumerate([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.9]):
+        wav = tone_wav(root.parent / f"task_level_{i}.wav", seconds, "noise", amplitude=amp)
+        files[f"level_{i}"] = talking_video(root / f"level_{i}.mp4", seconds, size, audio=wav,
+                                            color=colors[i % 4])
+    return files

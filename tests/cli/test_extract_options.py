@@ -40,6 +40,12 @@ def test_unknown_model_fails_with_one_message(tmp_path, corpus):
     assert "Traceback" not in proc.stderr
 
 
+def test_released_task_without_weights_fails_with_one_message(tmp_path, corpus, tiny_ckpt):
+    proc = run_cli("extract", corpus["talk"], "-o", tmp_path / "x.h5", "--weights", tiny_ckpt, "--tasks", "emotion",
+                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path)})
+    assert proc.returncode == 1 and "social-mae-ft-cremad.pth" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_cav_mae_family_end_to_end(corpus, tmp_path):
     torch.manual_seed(3)
     ckpt = save_checkpoint(create_model("cav-mae-tiny"), tmp_path / "cav.pt")

@@ -1,0 +1,368 @@
+"""``socialfeat finetune``: fit task heads on the user's own labels.
+
+Labels are a CSV of segments (video, start, end, then either one label column for
+classification or numeric trait columns for regression, plus optional grouping
+columns such as speaker). Two modes:
+- probe: the backbone stays frozen; clips are embedded by the extraction pipeline
+  (or read from an existing feats.h5) and a LayerNorm + Linear head is fitted;
+- full: backbone and head are trained together (the reference's finetuning recipe,
+  with the head's larger learning rate applied to the head's parameters only).
+Evaluation splits are grouped: clips of one recording -- and, when a group column is
+given, of one speaker -- never land on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from socialfeat.heads import TaskHead, save_head
+from socialfeat.store import load_features, read_attrs
+
+log = logging.getLogger(__name__)
+RESERVED = {"video", "start", "end", "segment_index"}
+
+
+# ---------------------------------------------------------------- labels
+@dataclass
+class LabelSpec:
+    task_type: str  # classification | regression
+    columns: list[str]  # label column(s)
+    label_names: list[str]  # class names, or trait names (= columns) for regression
+    group_columns: list[str]
+
+
+def infer_label_spec(table: pd.DataFrame, task_type: str = "auto", label_columns: list[str] | None = None,
+                     group_columns: list[str] | None = None) -> LabelSpec:
+    """Which columns are labels and what kind of task they make."""
+    groups = list(group_columns or [])
+    cols = list(label_columns or [c for c in table.columns if c not in RESERVED and c not in groups])
+    if not cols:
+        raise ValueError("the labels file has no label column (expected video, start, end, then labels)")
+    missing = [c for c in cols + groups if c not in table.columns]
+    if missing:
+        raise ValueError(f"labels file lacks column(s) {missing}")
+    numeric = all(pd.api.types.is_numeric_dtype(table[c]) for c in cols)
+    if task_type == "auto":
+        task_type = "regression" if numeric and (len(cols) > 1 or table[cols[0]].nunique() > 20
+                                                 or (table[cols[0]] % 1 != 0).any()) else "classification"
+    if task_type == "classification":
+        if len(cols) != 1:
+            raise ValueError(f"classification needs one label column, got {cols}")
+        names = sorted(table[cols[0]].astype(str).unique().tolist())
+        if len(names) < 2:
+            raise ValueError(f"classification needs at least two classes, found {names}")
+    elif task_type == "regression":
+        if not numeric:
+            raise ValueError(f"regression needs numeric label columns, got {cols}")
+        names = cols
+    else:
+        raise ValueError(f"unknown task type {task_type!r}")
+    return LabelSpec(task_type, cols, names, groups)
+
+
+def targets(table: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
+    if spec.task_type == "classification":
+        index = {n: i for i, n in enumerate(spec.label_names)}
+        return table[spec.columns[0]].astype(str).map(index).to_numpy(np.int64)
+    return table[spec.columns].to_numpy(np.float32)
+
+
+def group_ids(table: pd.DataFrame, group_columns: list[str]) -> np.ndarray:
+    """Connected components of recordings and group values (e.g. speakers): two clips share
+    a group when they share a video or a speaker, directly or through others."""
+    keys = [("path", table["path"].astype(str).to_numpy())] + [(c, table[c].astype(str).to_numpy())
+                                                                for c in group_columns]
+    parent: dict[tuple, tuple] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in range(len(table)):
+        nodes = [(c, vals[i]) for c, vals in keys]
+        for n in nodes[1:]:
+            parent[find(n)] = find(nodes[0])
+    roots = [find(("path", v)) for v in keys[0][1]]
+    codes = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+    return np.array([codes[r] for r in roots])
+
+
+def grouped_folds(groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds over whole groups (no group on both sides)."""
+    uniq = np.unique(groups)
+    if k < 2 or k > len(uniq):
+        raise ValueError(f"--cv {k}: need 2 <= K <= number of groups ({len(uniq)})")
+    order = np.random.default_rng(seed).permutation(uniq)
+    folds = []
+    for part in np.array_split(order, k):
+        test = np.isin(groups, part)
+        folds.append((np.flatnonzero(~test), np.flatnonzero(test)))
+    return folds
+
+
+def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    uniq = np.random.default_rng(seed).permutation(np.unique(groups))
+    n_val = max(1, int(round(val_fraction * len(uniq))))
+    if n_val >= len(uniq):
+        raise ValueError(f"need at least two groups (videos/speakers) to hold some out, found {len(uniq)}")
+    test = np.isin(groups, uniq[:n_val])
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+# ---------------------------------------------------------------- metrics
+def evaluate(task_type: str, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, float]:
+    """Classification: balanced accuracy (unweighted average recall, as the Social-MAE paper)
+    and accuracy. Regression: 1 - mean absolute error per trait and averaged."""
+    if task_type == "classification":
+        pred = y_pred.argmax(1) if y_pred.ndim == 2 else y_pred
+        recalls = [float((pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
+        return {"balanced_accuracy": float(np.mean(recalls)), "accuracy": float((pred == y_true).mean())}
+    mae = np.abs(y_pred - y_true).mean(0)
+    out = {f"1-mae_{n}": float(1 - m) for n, m in zip(label_names, mae)}
+    out["1-mae_mean"] = float(1 - mae.mean())
+    return out
+
+
+def baseline_predictions(task_type: str, y_train: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """Majority class / training mean: the score a model must beat."""
+    if task_type == "classification":
+        return np.full(n, np.bincount(y_train, minlength=n_classes).argmax())
+    return np.repeat(y_train.mean(0, keepdims=True), n, axis=0)
+
+
+def summarise(folds: list[dict[str, float]]) -> dict[str, Any]:
+    keys = folds[0].keys()
+    return {k: {"mean": float(np.mean([f[k] for f in folds])), "sd": float(np.std([f[k] for f in folds]))}
+            for k in keys}
+
+
+# ---------------------------------------------------------------- probe
+def loss_fn(task_type: str, regression_loss: str):
+    if task_type == "classification":
+        return nn.CrossEntropyLoss()
+    return nn.L1Loss() if regression_loss == "l1" else nn.MSELoss()
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, spec: LabelSpec, regression_loss: str = "l1", epochs: int = 300,
+             lr: float = 1e-2, weight_decay: float = 1e-3, seed: int = 0) -> TaskHead:
+    """Full-batch AdamW on a LayerNorm + Linear head."""
+    torch.manual_seed(seed)
+    head = TaskHead(x.shape[1], len(spec.label_names))
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    crit = loss_fn(spec.task_type, regression_loss)
+    for _ in range(epochs):
+        opt.zero_grad()
+        crit(head(xt), yt).backward()
+        opt.step()
+    return head.eval()
+
+
+def _head_predict(head: TaskHead, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return head(torch.from_numpy(x)).numpy()
+
+
+def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, embedding: str = "joint",
+          cv: int = 0, val_fraction: float = 0.2, regression_loss: str = "l1", epochs: int = 300,
+          lr: float = 1e-2, seed: int = 0) -> dict[str, Any]:
+    """Fit a head on the embeddings of a features file whose clips carry the label columns
+    (extracted with ``--segments labels.csv``). Reports held-out metrics (grouped split or
+    grouped K-fold) against a baseline, then saves a head fitted on all clips."""
+    df = load_features(features, embeddings=embedding)
+    emb_cols = [c for c in df.columns if c.startswith(f"{embedding}_")]
+    missing = [c for c in spec.columns + spec.group_columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{features}: clips lack label column(s) {missing}; extract with --segments LABELS.csv")
+    keep = np.isfinite(df[emb_cols].to_numpy()).all(1) & df[spec.columns].notna().all(1).to_numpy()
+    dropped = int((~keep).sum())
+    if dropped:
+        log.warning("%d clip(s) without a %s embedding or label are left out", dropped, embedding)
+    df = df[keep].reset_index(drop=True)
+    x = df[emb_cols].to_numpy(np.float32)
+    y = targets(df, spec)
+    groups = group_ids(df, spec.group_columns)
+    splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
+    fold_scores, fold_base = [], []
+    for train_idx, test_idx in splits:
+        head = fit_head(x[train_idx], y[train_idx], spec, regression_loss, epochs, lr, seed=seed)
+        fold_scores.append(evaluate(spec.task_type, y[test_idx], _head_predict(head, x[test_idx]), spec.label_names))
+        base = baseline_predictions(spec.task_type, y[train_idx], len(test_idx), len(spec.label_names))
+        fold_base.append(evaluate(spec.task_type, y[test_idx], base, spec.label_names))
+    attrs = read_attrs(features)
+    metrics = {"mode": "probe", "task_type": spec.task_type, "embedding": embedding, "n_clips": len(df),
+               "n_groups": int(len(np.unique(groups))), "folds": len(splits),
+               "held_out": summarise(fold_scores), "baseline": summarise(fold_base)}
+    head = fit_head(x, y, spec, regression_loss, epochs, lr, seed=seed)
+    save_head(head, output, task=task, task_type=spec.task_type, label_names=spec.label_names,
+              embedding=embedding, backbone_sha256=str(attrs["weights_sha256"]),
+              backbone_name=str(attrs["model_name"]), metrics=metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------- full finetuning
+class LabelledClips(Dataset):
+    """Fixed windows inside each labelled segment, decoded on demand (same reader as pretraining)."""
+
+    def __init__(self, rows: list[dict[str, Any]], infos: dict[str, Any], model_spec):
+        self.rows, self.infos, self.spec = rows, infos, model_spec
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from socialfeat.clip_inputs import read_clip
+        r = self.rows[i]
+        x = read_clip(self.infos[r["path"]], self.spec, r["start_s"], r["window_s"], r["end_s"])
+        audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)
+        return audio, x.video, torch.as_tensor(r["target"])
+
+
+def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], backbone: str, task: str, spec: LabelSpec,
+                  output: str | Path, cv: int = 0, val_fraction: float = 0.2, epochs: int = 10,
+                  lr: float = 1e-4, head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1",
+                  workers: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Train backbone + head on the labelled clips (rows of a clips table with targets)."""
+    from socialfeat.models import load_model, save_checkpoint
+    from socialfeat.models.checkpoint import ModelInfo, build_model
+    from pretraining.init import load_initial_weights
+
+    base = load_model(backbone)
+    y = targets(clips, spec)
+    rows = [{**r, "target": t} for r, t in zip(clips[["path", "start_s", "end_s", "window_s"]].to_dict("records"),
+                                               y.tolist())]
+    groups = group_ids(clips, spec.group_columns)
+
+    def new_model():
+        kwargs = {k: v for k, v in base.info.model_kwargs.items()
+                  if k not in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "label_dim",
+                               "target_order")}
+        kwargs.update(label_dim=len(spec.label_names), tr_pos=True)
+        cls = "SocialMAEFT" if base.info.family == "social-mae" else "CAVMAEFT"
+        info = ModelInfo(name=f"{base.info.name}+{task}", model_class=cls, model_kwargs=kwargs,
+                         preprocess=base.info.preprocess, task=spec.task_type, task_name=task,
+                         label_names=list(spec.label_names))
+        torch.manual_seed(seed)
+        model = build_model(info)
+        with tempfile.TemporaryDirectory() as tmp:
+            load_initial_weights(model, str(save_checkpoint(base, Path(tmp) / "b.pt")), "reference")
+        return model
+
+    def train(idx: np.ndarray):
+        model = new_model().train()
+        head = [p for n, p in model.named_parameters() if n.startswith("mlp_head.")]
+        body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head.") and p.requires_grad]
+        opt = torch.optim.Adam([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}],
+                               weight_decay=5e-7, betas=(0.95, 0.999))
+        crit = loss_fn(spec.task_type, regression_loss)
+        loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
+                            batch_size=batch_size, shuffle=True, num_workers=workers,
+                            generator=torch.Generator().manual_seed(seed))
+        for _ in range(epochs):
+            for audio, video, target in loader:
+                loss = crit(model(audio, video, "multimodal"), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return model.eval()
+
+    def predict(model, idx: np.ndarray) -> np.ndarray:
+        loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
+                            batch_size=batch_size, num_workers=workers)
+        with torch.no_grad():
+            return np.concatenate([model(a, v, "multimodal").numpy() for a, v, _ in loader])
+
+    splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
+    scores, base_scores = [], []
+    for train_idx, test_idx in splits:
+        model = train(train_idx)
+        scores.append(evaluate(spec.task_type, y[test_idx], predict(model, test_idx), spec.label_names))
+        base_pred = baseline_predictions(spec.task_type, y[train_idx], len(test_idx), len(spec.label_names))
+        base_scores.append(evaluate(spec.task_type, y[test_idx], base_pred, spec.label_names))
+    metrics = {"mode": "full", "task_type": spec.task_type, "n_clips": len(rows),
+               "n_groups": int(len(np.unique(groups))), "folds": len(splits),
+               "held_out": summarise(scores), "baseline": summarise(base_scores)}
+    final = train(np.arange(len(rows)))
+    save_checkpoint(final, output, extra={"finetuned_from": base.info.sha256, "metrics": metrics})
+    return metrics
+
+
+def write_metrics(metrics: dict[str, Any], output: str | Path) -> Path:
+    path = Path(str(output) + ".metrics.json")
+    path.write_text(json.dumps(metrics, indent=1))
+    return path
+
+
+# ---------------------------------------------------------------- entry point
+def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any]]], clip_seconds: float):
+    """Clips (fixed windows inside each labelled segment) of the videos found under ``inputs``,
+    with their label columns; plus the media facts of each video."""
+    from socialfeat.clips import plan_video
+    from socialfeat.extract import _segments_for
+    from socialfeat.inputs import find_videos
+    from socialfeat.media import MediaError, probe as probe_media
+
+    rows, infos = [], {}
+    for ref in find_videos(list(inputs)):
+        segs = _segments_for(ref, table)
+        if not segs:
+            continue
+        try:
+            info = probe_media(ref.path)
+        except MediaError as e:
+            log.warning("skipping %s", e)
+            continue
+        infos[ref.relpath] = info
+        for c in plan_video(ref.video_id, info.duration, clip_seconds, None, segs):
+            rows.append({"path": ref.relpath, "start_s": c.start, "end_s": c.end, "window_s": c.window,
+                         **c.extra})
+    if not rows:
+        raise ValueError("no labelled clip matches the input videos (check the labels' video column)")
+    return pd.DataFrame(rows), infos
+
+
+def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, task: str, *,
+             model: str = "social-mae", weights: str | Path | None = None, probe_only: bool = True,
+             features: str | Path | None = None, embedding: str = "joint", task_type: str = "auto",
+             label_columns: list[str] | None = None, group_columns: list[str] | None = None, cv: int = 0,
+             val_fraction: float = 0.2, epochs: int | None = None, lr: float | None = None,
+             head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1", workers: int = 2,
+             seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``."""
+    from socialfeat.clips import read_segments
+    from socialfeat.extract import extract
+
+    table = read_segments(labels)
+    flat = pd.DataFrame([s for segs in table.values() for s in segs])
+    spec = infer_label_spec(flat, task_type, label_columns, group_columns)
+    backbone = weights if weights is not None else model
+    if probe_only:
+        if features is None:
+            features = Path(str(output) + ".features.h5")
+            extract(list(inputs), features, model=model, weights=weights, segments=labels, workers=workers,
+                    batch_size=batch_size, progress=progress)
+        metrics = probe(features, task, spec, output, embedding, cv, val_fraction, regression_loss,
+                        epochs or 300, lr or 1e-2, seed)
+    else:
+        from socialfeat.models import load_model
+        clip_seconds = load_model(backbone).info.preprocess.clip_seconds
+        clips, infos = labelled_clips(inputs, table, clip_seconds)
+        metrics = finetune_full(clips, infos, str(backbone), task, spec, output, cv, val_fraction, epochs or 10,
+                                lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
+    metrics.update(task=task, label_names=list(spec.label_names), labels_file=str(labels))
+    write_metrics(metrics, output)
+    return metrics

@@ -1,0 +1,138 @@
+"""Task predictions on top of the encoder: light heads on embeddings, and whole
+finetuned models, behind one interface used by ``extract --tasks``.
+
+A light head (``socialfeat finetune --probe``) is LayerNorm + Linear on one
+embedding kind -- the same shape as the released models' ``mlp_head`` -- saved
+with its task type, label names, embedding kind and the SHA-256 of the backbone
+whose embeddings it was fitted on; it refuses to run on any other backbone.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from socialfeat.models import load_model, read_checkpoint
+from socialfeat.models.avmae import Encoding
+
+HEAD_FORMAT = "socialfeat-head"
+TASK_TYPES = ("classification", "multilabel", "regression")
+VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
+          "regression": "scores on the training labels' scale"}
+
+
+class HeadMismatchError(ValueError):
+    """A head used with a backbone other than the one it was trained on."""
+
+
+class TaskHead(nn.Module):
+    """LayerNorm + Linear on a (B, D) embedding -> (B, K) logits or trait scores."""
+
+    def __init__(self, dim: int, n_outputs: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+def outputs_to_values(outputs: torch.Tensor, task_type: str) -> torch.Tensor:
+    """Classification -> softmax probabilities; multilabel -> sigmoid; regression -> the scores."""
+    if task_type == "classification":
+        return torch.softmax(outputs.float(), dim=-1)
+    if task_type == "multilabel":
+        return torch.sigmoid(outputs.float())
+    return outputs.float()
+
+
+def save_head(head: TaskHead, path: str | Path, *, task: str, task_type: str, label_names: list[str],
+              embedding: str, backbone_sha256: str, backbone_name: str, metrics: dict | None = None) -> Path:
+    """Write a head checkpoint atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": HEAD_FORMAT, "task": task, "task_type": task_type, "label_names": list(label_names),
+               "embedding": embedding, "backbone_sha256": backbone_sha256, "backbone_name": backbone_name,
+               "dim": head.norm.normalized_shape[0], "metrics": metrics or {},
+               "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass
+class Task:
+    """One prediction source for extraction: a light head or a whole finetuned model."""
+
+    name: str
+    task_type: str
+    label_names: list[str]
+    head: TaskHead | None = None  # light head ...
+    embedding: str = "joint"
+    model: nn.Module | None = None  # ... or a whole finetuned model (its own forward pass)
+    source: str = ""
+
+    def to(self, device: torch.device) -> "Task":
+        for m in (self.head, self.model):
+            if m is not None:
+                m.to(device).eval()
+        return self
+
+    def predict(self, shared: Encoding, audio: torch.Tensor | None, video: torch.Tensor) -> torch.Tensor | None:
+        """(B, K) values, or None when the inputs lack what this task needs (e.g. no audio)."""
+        if self.head is not None:
+            emb = getattr(shared, self.embedding)
+            return None if emb is None else outputs_to_values(self.head(emb.float()), self.task_type)
+        if audio is None:
+            return None
+        enc = self.model.encode(audio, video)
+        return outputs_to_values(enc.logits, self.task_type)
+
+    def meta(self) -> dict[str, Any]:
+        return {"label_names": list(self.label_names), "task": self.task_type, "values": VALUES[self.task_type],
+                "source": self.source, "embedding": self.embedding if self.head is not None else "own model"}
+
+
+def _from_finetuned_model(name: str, model: nn.Module, backbone_info) -> Task:
+    info = model.info
+    if info.task is None or not info.label_names:
+        raise ValueError(f"task {name!r}: {info.source} has no task head")
+    if info.preprocess != backbone_info.preprocess:
+        raise HeadMismatchError(f"task {name!r}: {info.source} expects other inputs ({info.preprocess.family}, "
+                                f"{info.preprocess.clip_seconds} s) than the extraction model")
+    return Task(name, info.task, list(info.label_names), model=model, source=str(info.source))
+
+
+def load_task(spec: str, backbone_info) -> Task:
+    """``NAME`` (a released finetuned model: social-mae-NAME from the registry/cache) or
+    ``NAME=PATH`` (a head checkpoint from ``socialfeat finetune``, or a whole finetuned
+    checkpoint)."""
+    name, _, path = spec.partition("=")
+    name = name.strip()
+    if not path:
+        return _from_finetuned_model(name, load_model(f"social-mae-{name}"), backbone_info)
+    obj = read_checkpoint(path)
+    if obj.get("format") != HEAD_FORMAT:
+        return _from_finetuned_model(name, load_model(path), backbone_info)
+    if obj["backbone_sha256"] != backbone_info.sha256:
+        raise HeadMismatchError(
+            f"task {name!r}: head {path} was fitted on backbone {obj['backbone_name']} "
+            f"(sha256 {obj['backbone_sha256'][:12]}) but extraction uses {backbone_info.name} "
+            f"(sha256 {str(backbone_info.sha256)[:12]}); refit the head on this backbone")
+    head = TaskHead(obj["dim"], len(obj["label_names"]))
+    head.load_state_dict(obj["state_dict"])
+    return Task(name, obj["task_type"], list(obj["label_names"]), head=head, embedding=obj["embedding"],
+                source=str(path))
+

@@ -1,0 +1,121 @@
+"""Task heads on the user's labels (``socialfeat finetune``) and predictions in ``extract --tasks``,
+on generated recordings with a learnable signal: speech vs silence vs noise, and noise loudness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import socialfeat
+from media_factory import make_task_corpus
+from socialfeat.finetune import group_ids, grouped_folds
+
+from conftest import run_cli
+
+AMPLITUDES = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.9]
+
+
+@pytest.fixture(scope="module")
+def task_media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks") / "videos"
+    files = make_task_corpus(root)
+    sound = root.parent / "sound.csv"
+    lines = ["video,start,end,sound,speaker"]
+    for i in range(4):  # speaker s{i} appears in three recordings
+        lines += [f"speech_{i}.mp4,0,6,speech,s{i}", f"silence_{i}.mp4,0,6,silence,s{i}",
+                  f"noise_{i}.mp4,0,6,noise,s{i}"]
+    sound.write_text("\n".join(lines) + "\n")
+    loud = root.parent / "loudness.csv"
+    # two traits: loudness on a 0-1 scale, (dBFS + 40) / 40, and its complement
+    loud.write_text("video,start,end,loudness,quietness\n" + "".join(
+        f"level_{i}.mp4,0,6,{(20 * math.log10(a) + 40) / 40:.4f},{1 - (20 * math.log10(a) + 40) / 40:.4f}\n"
+        for i, a in enumerate(AMPLITUDES)))
+    return root, sound, loud
+
+
+def metrics_of(path) -> dict:
+    return json.loads(open(str(path) + ".metrics.json").read())
+
+
+def test_grouped_splits_never_leak():
+    df = pd.DataFrame({"path": ["a", "a", "b", "c", "d", "e"], "speaker": ["x", "x", "x", "y", "z", "z"]})
+    groups = group_ids(df, ["speaker"])
+    assert groups[0] == groups[1] == groups[2] and groups[4] == groups[5] and len(set(groups)) == 3
+    for train, test in grouped_folds(groups, 3, seed=0):
+        assert not set(df.path[train]) & set(df.path[test])
+        assert not set(df.speaker[train]) & set(df.speaker[test])
+
+
+def test_probe_classifies_sound_and_extract_writes_probabilities(task_media, tiny_ckpt, tmp_path):
+    root, sound, _ = task_media
+    head = tmp_path / "sound_head.pt"
+    run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", head, "--probe", "--weights", tiny_ckpt,
+            "--embedding", "audio", "--group-columns", "speaker", "--cv", "4", "--no-progress")
+    m = metrics_of(head)
+    assert m["task_type"] == "classification" and m["folds"] == 4 and m["n_groups"] == 4
+    assert m["label_names"] == ["noise", "silence", "speech"]
+    score, base = m["held_out"]["balanced_accuracy"]["mean"], m["baseline"]["balanced_accuracy"]["mean"]
+    assert score >= 0.8 and score > base + 0.3, m
+
+    out = tmp_path / "pred.h5"
+    proc = run_cli("extract", root, "-o", out, "--weights", tiny_ckpt, "--tasks", f"sound={head}",
+                   "--csv", tmp_path / "csv", "--no-progress")
+    assert proc.returncode == 0
+    with h5py.File(out) as f:
+        ds = f["predictions/sound"]
+        labels = [x.decode() if isinstance(x, bytes) else x for x in ds.attrs["label_names"]]
+        assert labels == ["noise", "silence", "speech"] and ds.attrs["task"] == "classification"
+        np.testing.assert_allclose(ds[()].sum(axis=1), 1.0, atol=1e-5)
+    clips = pd.read_csv(tmp_path / "csv" / "clips.csv")
+    probs = clips[["sound_noise", "sound_silence", "sound_speech"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    speech = clips[clips.path.str.startswith("speech_")]
+    assert (speech[["sound_noise", "sound_silence", "sound_speech"]].to_numpy().argmax(1) == 2).mean() > 0.8
+
+
+def test_probe_regression_beats_the_mean(task_media, tiny_ckpt, tmp_path):
+    root, _, loud = task_media
+    head = tmp_path / "loud_head.pt"
+    run_cli("finetune", root, "--task", "loudness", "--labels", loud, "-o", head, "--probe", "--weights",
+            tiny_ckpt, "--embedding", "audio", "--type", "regression", "--cv", "4", "--no-progress")
+    m = metrics_of(head)
+    assert m["task_type"] == "regression" and m["n_groups"] == 8
+    assert m["label_names"] == ["loudness", "quietness"] and "1-mae_quietness" in m["held_out"]
+    score, base = m["held_out"]["1-mae_mean"]["mean"], m["baseline"]["1-mae_mean"]["mean"]
+    assert score > base + 0.1, m
+    # the same head again from the features file the first run extracted (no videos needed)
+    again = tmp_path / "again.pt"
+    run_cli("finetune", "--task", "loudness", "--labels", loud, "-o", again, "--probe", "--features",
+            str(head) + ".features.h5", "--embedding", "audio", "--type", "regression", "--cv", "4")
+    assert metrics_of(again)["held_out"] == m["held_out"]
+
+
+def test_full_finetuning_beats_chance(task_media, tiny_ckpt, tmp_path):
+    root, sound, _ = task_media
+    model = tmp_path / "sound_model.pt"
+    run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", model, "--weights", tiny_ckpt,
+            "--group-columns", "speaker", "--val-fraction", "0.25", "--epochs", "6", "--lr", "5e-4",
+            "--head-lr-mult", "10", "--batch-size", "6", "--workers", "0", "--no-progress")
+    m = metrics_of(model)
+    assert m["mode"] == "full"
+    assert m["held_out"]["balanced_accuracy"]["mean"] >= 0.6, m  # chance: 1/3
+    out = tmp_path / "own.h5"
+    run_cli("extract", root / "speech_0.mp4", "-o", out, "--weights", tiny_ckpt, "--tasks", f"sound={model}",
+            "--no-progress")
+    df = socialfeat.load_features(out, embeddings=None)
+    np.testing.assert_allclose(df[["sound_noise", "sound_silence", "sound_speech"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_head_refuses_another_backbone(task_media, tiny_ckpt, tiny_ft_ckpt, tmp_path):
+    root, sound, _ = task_media
+    head = tmp_path / "h.pt"
+    run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", head, "--probe", "--weights", tiny_ckpt,
+            "--label-columns", "sound", "--no-progress")
+    proc = run_cli("extract", root / "speech_0.mp4", "-o", tmp_path / "x.h5", "--weights", tiny_ft_ckpt,
+                   "--tasks", f"sound={head}", check=False)
+    assert proc.returncode == 1 and "was fitted on backbone" in proc.stderr and "\n" == proc.stderr[-1]
