@@ -222,6 +222,16 @@ def finetune(inputs, task, labels, output, probe_only, features, model, weights,
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+def report(path: str, output: str) -> None:
+    """Write a self-contained HTML report (provenance, QC, errors, timelines, embedding overview) of PATH."""
+    from socialfeat.report import build_report
+
+    click.echo(f"report: {build_report(path, output)}", err=True)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def info(path: str) -> None:
     """Summarise a features file: provenance, counts, statuses, errors."""
     from socialfeat.export import describe

@@ -243,6 +243,12 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     return df.merge(facts, on="video_id", how="left", sort=False)
 
 
+def prediction_tasks(path: str | Path) -> list[str]:
+    """Names of the tasks with predictions in the file (column prefixes in load_features)."""
+    with h5py.File(path, "r") as f:
+        return list(f["predictions"])
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
