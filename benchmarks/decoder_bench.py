@@ -14,8 +14,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-
 from _media import make_videos
+
 from socialfeat.media import FrameStream, probe
 
 

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-
 from _media import make_videos
+
 from socialfeat.extract import extract
 from socialfeat.models import create_model, save_checkpoint
 

@@ -57,7 +57,7 @@ def split_validation(videos: list[TrainVideo], fraction: float, seed: int) -> tu
     return [v for i, v in enumerate(videos) if i not in val], [v for i, v in enumerate(videos) if i in val]
 
 
-class ClipDataset(Dataset):
+class TrainClips(Dataset):
     """``clips_per_video`` clips per video (default: as many as fixed windows fit);
     random window starts per epoch (``random_windows``) or the fixed windows (validation)."""
 

@@ -18,8 +18,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretraining.data import ClipDataset, GlobalBatchSampler, split_validation, usable_videos
-from pretraining.distributed import barrier, cleanup, init_distributed, mean_over_processes
+from pretraining.data import (
+    GlobalBatchSampler,
+    TrainClips,
+    split_validation,
+    usable_videos,
+)
+from pretraining.distributed import (
+    barrier,
+    cleanup,
+    init_distributed,
+    mean_over_processes,
+)
 from pretraining.init import load_initial_weights
 from pretraining.objective import PretrainObjective
 from pretraining.schedule import make_scheduler
@@ -103,7 +113,7 @@ class CsvLog:
 
 
 @torch.no_grad()
-def validate(objective: PretrainObjective, dataset: ClipDataset, batch_size: int, device: torch.device) -> dict:
+def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int, device: torch.device) -> dict:
     """Held-out reconstruction and contrastive losses with fixed masks, and audio<->visual
     retrieval recall@1 among all held-out clips."""
     model = objective.model
@@ -161,7 +171,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     if not train_videos:
         raise ValueError("no usable training videos (readable, with audio, long enough)")
     noise = "normal" if model.info.family == "social-mae" else "uniform"
-    make_ds = lambda videos, random: ClipDataset(  # noqa: E731
+    make_ds = lambda videos, random: TrainClips(  # noqa: E731
         videos, spec, noise, model.num_audio_tokens, model.num_video_tokens, cfg.seed,
         cfg.clips_per_video if random else None, random_windows=random)
     train_ds = make_ds(train_videos, True)

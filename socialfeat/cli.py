@@ -26,7 +26,11 @@ EXIT_FATAL = 1
 def _fatal_errors_as_one_line():
     """Expected failures (missing weights, bad checkpoint or annotation file) end the
     command with one line on stderr instead of a traceback."""
-    from socialfeat.models import CheckpointError, UnknownModelError, WeightsUnavailableError
+    from socialfeat.models import (
+        CheckpointError,
+        UnknownModelError,
+        WeightsUnavailableError,
+    )
     from socialfeat.models.hub import ChecksumError
 
     try:
@@ -95,8 +99,8 @@ def models(cache_dir: str | None) -> None:
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
             missing_audio, csv_dir, csv_embeddings, tasks, device, batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
-    from socialfeat.extract import extract as run_extract
     from socialfeat.export import export_csv, h5_to_flat_csv
+    from socialfeat.extract import extract as run_extract
 
     if not inputs and not file_list:
         raise click.UsageError("give at least one input directory/file or --file-list")

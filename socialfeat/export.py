@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -60,6 +59,3 @@ def describe(h5_path: str | Path) -> str:
         lines += [f"  {r.path}: {r.stage}: {r.message}" for r in errors.itertuples()]
     return "\n".join(lines)
 
-
-def settings_of(h5_path: str | Path) -> dict:
-    return json.loads(read_attrs(h5_path)["settings"])

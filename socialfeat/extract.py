@@ -27,7 +27,13 @@ from socialfeat.clips import read_segments
 from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
 from socialfeat.models import load_model
-from socialfeat.pipeline import ClipDataset, ClipItem, PlanSettings, VideoDone, worker_init
+from socialfeat.pipeline import (
+    ClipDataset,
+    ClipItem,
+    PlanSettings,
+    VideoDone,
+    worker_init,
+)
 from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble
 
 log = logging.getLogger(__name__)

@@ -237,9 +237,9 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], backbone: str, tas
                   lr: float = 1e-4, head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1",
                   workers: int = 0, seed: int = 0) -> dict[str, Any]:
     """Train backbone + head on the labelled clips (rows of a clips table with targets)."""
+    from pretraining.init import load_initial_weights
     from socialfeat.models import load_model, save_checkpoint
     from socialfeat.models.checkpoint import ModelInfo, build_model
-    from pretraining.init import load_initial_weights
 
     base = load_model(backbone)
     y = targets(clips, spec)
@@ -314,7 +314,8 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
     from socialfeat.clips import plan_video
     from socialfeat.extract import _segments_for
     from socialfeat.inputs import find_videos
-    from socialfeat.media import MediaError, probe as probe_media
+    from socialfeat.media import MediaError
+    from socialfeat.media import probe as probe_media
 
     rows, infos = [], {}
     for ref in find_videos(list(inputs)):

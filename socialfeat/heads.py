@@ -22,8 +22,7 @@ from socialfeat.models import load_model, read_checkpoint
 from socialfeat.models.avmae import Encoding
 
 HEAD_FORMAT = "socialfeat-head"
-TASK_TYPES = ("classification", "multilabel", "regression")
-VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
+VALUES = {  # what the stored numbers are, per task type"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
           "regression": "scores on the training labels' scale"}
 
 

@@ -14,7 +14,6 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator

@@ -19,7 +19,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from socialfeat.clip_inputs import assemble, requested_times
 from socialfeat.clips import MIN_COVERAGE, plan_video
 from socialfeat.inputs import VideoRef
-from socialfeat.media import TRUNCATION_TOLERANCE_S, FrameStream, MediaError, load_audio, probe
+from socialfeat.media import (
+    TRUNCATION_TOLERANCE_S,
+    FrameStream,
+    MediaError,
+    load_audio,
+    probe,
+)
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
 
 log = logging.getLogger(__name__)

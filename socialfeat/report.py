@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from socialfeat.store import load_errors, load_features, load_videos, prediction_tasks, read_attrs
+from socialfeat.store import (
+    load_errors,
+    load_features,
+    load_videos,
+    prediction_tasks,
+    read_attrs,
+)
 
 MAX_TIMELINES = 24  # videos drawn individually; the tables list all of them
 

@@ -2,11 +2,24 @@
 
 from socialfeat.models.avmae import Encoding
 from socialfeat.models.cav_mae import CAVMAE, CAVMAEFT
-from socialfeat.models.checkpoint import (CheckpointError, ModelInfo, create_model, load_model,
-                                          read_checkpoint, save_checkpoint, strip_prefix)
+from socialfeat.models.checkpoint import (
+                                          CheckpointError,
+                                          ModelInfo,
+                                          create_model,
+                                          load_model,
+                                          read_checkpoint,
+                                          save_checkpoint,
+                                          strip_prefix,
+)
 from socialfeat.models.hub import WeightsUnavailableError, cache_dir, fetch, is_cached
-from socialfeat.models.registry import (PretrainedCfg, UnknownModelError, get_arch_config, get_pretrained_cfg,
-                                        list_architectures, list_pretrained)
+from socialfeat.models.registry import (
+                                          PretrainedCfg,
+                                          UnknownModelError,
+                                          get_arch_config,
+                                          get_pretrained_cfg,
+                                          list_architectures,
+                                          list_pretrained,
+)
 from socialfeat.models.social_mae import SocialMAE, SocialMAEFT
 
 __all__ = ["CAVMAE", "CAVMAEFT", "SocialMAE", "SocialMAEFT", "Encoding", "ModelInfo", "CheckpointError",

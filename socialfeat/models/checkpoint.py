@@ -25,7 +25,11 @@ import torch
 from torch import nn
 
 from socialfeat.models.cav_mae import CAVMAE, CAVMAEFT
-from socialfeat.models.registry import get_arch_config, get_pretrained_cfg, list_pretrained
+from socialfeat.models.registry import (
+    get_arch_config,
+    get_pretrained_cfg,
+    list_pretrained,
+)
 from socialfeat.models.social_mae import SocialMAE, SocialMAEFT
 from socialfeat.preprocess import PreprocessSpec
 

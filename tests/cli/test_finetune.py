@@ -23,7 +23,7 @@ AMPLITUDES = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.9]
 @pytest.fixture(scope="module")
 def task_media(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks") / "videos"
-    files = make_task_corpus(root)
+    make_task_corpus(root)
     sound = root.parent / "sound.csv"
     lines = ["video,start,end,sound,speaker"]
     for i in range(4):  # speaker s{i} appears in three recordings
