@@ -199,57 +199,69 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses)
 
 
+def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray]]],
+                 task_names: list[str]) -> VideoResult:
+    """One video's journal entry from its record and its encoded clips (any engine)."""
+    if done.video["status"] == "error":  # anything already encoded for it is discarded
+        encoded = []
+    encoded = sorted(encoded, key=lambda pair: pair[0]["clip_index"])
+    res = VideoResult(video=dict(done.video, n_clips=len(encoded)), errors=done.errors,
+                      clips=[row for row, _ in encoded])
+    if encoded:
+        res.embeddings = {k: np.stack([v[k] for _, v in encoded]) for k in EMBEDDING_KINDS}
+        res.predictions = {t: np.stack([v[t] for _, v in encoded]) for t in task_names}
+    return res
+
+
+class _Recorder:
+    """Writes each finished video to the journal (the durable path shared by all engines)."""
+
+    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult], bar):
+        self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
+
+    def __call__(self, pos: int, res: VideoResult) -> None:
+        self.journal.write(res, self.fingerprints[pos])
+        self.results[pos] = res
+        for e in res.errors:
+            log.warning("%s: %s: %s", e["path"], e["stage"], e["message"])
+        self.bar.update(1)
+
+
 def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results, tasks):
     dataset = ClipDataset(jobs, spec, plan)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                         worker_init_fn=worker_init if workers else None,
                         prefetch_factor=4 if workers else None)
     encoder = _Encoder(net, dev, batch_size, tasks)
-    partial: dict[int, VideoResult] = {}
+    task_names = [t.name for t in tasks]
+    encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
     finished: dict[int, VideoDone] = {}
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
     bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
     bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
+    record = _Recorder(journal, fingerprints, results, bar_v)
 
-    def collect(done_items):
+    def write(pos: int) -> None:
+        record(pos, video_result(finished.pop(pos), encoded.pop(pos, []), task_names))
+
+    def collect(done_items) -> None:
         for item, vecs in done_items:
-            res = partial[item.video_pos]
-            res.clips.append(item.clip)
-            for kind in EMBEDDING_KINDS:
-                res.embeddings.setdefault(kind, []).append(vecs[kind])
-            for task in tasks:
-                res.predictions.setdefault(task.name, []).append(vecs[task.name])
+            encoded.setdefault(item.video_pos, []).append((item.clip, vecs))
             open_clips[item.video_pos] -= 1
         bar_c.update(len(done_items))
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
-            write(pos, finished.pop(pos))
-
-    def write(pos: int, done: VideoDone):
-        res = partial.pop(pos, None) or VideoResult(video={})
-        if done.video["status"] == "error":  # anything already encoded for it is discarded
-            res = VideoResult(video={})
-        res.video, res.errors = done.video, done.errors
-        res.video["n_clips"] = len(res.clips)
-        res.embeddings = {k: np.stack(v) for k, v in res.embeddings.items()} if res.clips else {}
-        res.predictions = {k: np.stack(v) for k, v in res.predictions.items()} if res.clips else {}
-        journal.write(res, fingerprints[pos])
-        results[pos] = res
-        for e in done.errors:
-            log.warning("%s: %s: %s", e["path"], e["stage"], e["message"])
-        bar_v.update(1)
+            write(pos)
 
     for item in loader:
         if isinstance(item, ClipItem):
-            partial.setdefault(item.video_pos, VideoResult(video={}))
             open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
             collect(encoder.add(item))
         else:
-            partial.setdefault(item.video_pos, VideoResult(video={}))
             finished[item.video_pos] = item
             if open_clips.get(item.video_pos, 0) == 0:
-                write(item.video_pos, finished.pop(item.video_pos))
+                write(item.video_pos)
     collect(encoder.flush())
     for pos in list(finished):
-        write(pos, finished.pop(pos))
+        write(pos)
     bar_c.close()
     bar_v.close()

@@ -22,7 +22,8 @@ from socialfeat.models import load_model, read_checkpoint
 from socialfeat.models.avmae import Encoding
 
 HEAD_FORMAT = "socialfeat-head"
-VALUES = {  # what the stored numbers are, per task type"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
+# what the stored numbers are, per task type
+VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
           "regression": "scores on the training labels' scale"}
 
 
