@@ -92,18 +92,31 @@ def models(cache_dir: str | None) -> None:
 @click.option("--csv-embeddings", is_flag=True, help="Put embeddings (wide columns) into the clips CSV.")
 @click.option("--tasks", default="", help="Comma-separated predictors: NAME (released finetuned model, e.g. "
               "emotion,laughter,personality) or NAME=PATH (head from `socialfeat finetune`, or a finetuned checkpoint).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Process only shard I of N (e.g. $SLURM_ARRAY_TASK_ID/N); combine with `socialfeat merge`.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              help="local: DataLoader workers; ray: CPU tasks + encoder actors on a Ray cluster.")
+@click.option("--address", default=None, help="With --engine ray: cluster address ('auto' to join a running one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16)
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
-            missing_audio, csv_dir, csv_embeddings, tasks, device, batch_size, workers, no_progress) -> None:
+            missing_audio, csv_dir, csv_embeddings, tasks, shard, engine, address, device, batch_size, workers,
+            no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
 
     if not inputs and not file_list:
         raise click.UsageError("give at least one input directory/file or --file-list")
+    shard_pair = None
+    if shard:
+        try:
+            shard_pair = tuple(int(x) for x in shard.split("/"))
+            assert len(shard_pair) == 2 and 1 <= shard_pair[0] <= shard_pair[1]
+        except (ValueError, AssertionError):
+            raise click.BadParameter(f"expected I/N with 1 <= I <= N, got {shard!r}", param_hint="--shard") from None
     out = Path(output)
     as_csv = out.suffix.lower() == ".csv"
     h5_out = out.with_name(out.name + ".h5") if as_csv else out
@@ -112,7 +125,8 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
                               hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
-                              tasks=[t for t in tasks.split(",") if t.strip()],
+                              tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
+                              engine=engine, address=address,
                               command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
@@ -232,6 +246,22 @@ def report(path: str, output: str) -> None:
     from socialfeat.report import build_report
 
     click.echo(f"report: {build_report(path, output)}", err=True)
+
+
+@main.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def merge(parts, output) -> None:
+    """Combine the outputs of `extract --shard I/N` runs (same model and settings) into OUTPUT."""
+    from socialfeat.merge import MergeError
+    from socialfeat.merge import merge as run_merge
+
+    try:
+        path = run_merge(list(parts), output, command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
+    except MergeError as e:
+        click.echo(f"socialfeat: error: {e}", err=True)
+        sys.exit(EXIT_FATAL)
+    click.echo(f"merged {len(parts)} files into {path}", err=True)
 
 
 @main.command()

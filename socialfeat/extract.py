@@ -70,6 +70,13 @@ def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def in_shard(ref: VideoRef, index: int, count: int) -> bool:
+    """Shard ``index`` of ``count`` (1-based) by the video id: stable when files are added."""
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: need 1 <= I <= N")
+    return int(ref.video_id, 16) % count == index - 1
+
+
 def _segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
     if table is None:
         return None
@@ -129,6 +136,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             clip_seconds: float | None = None, hop_seconds: float | None = None,
             segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int = 16,
             workers: int = 2, device: str = "auto", progress: bool = True, tasks: list[str] = (),
+            shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
@@ -136,6 +144,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     a rerun when the file (size, mtime) and every setting are unchanged.
     ``tasks``: extra predictors, each 'NAME' (released finetuned model) or 'NAME=PATH'
     (head from ``socialfeat finetune`` or a finetuned checkpoint); see heads.load_task.
+    ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
+    path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
+    ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -154,6 +165,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio)
     seg_table = read_segments(segments) if segments is not None else None
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    if shard is not None:
+        refs = [r for r in refs if in_shard(r, *shard)]
     journal = Journal(output)
 
     results: dict[int, VideoResult] = {}
@@ -176,7 +189,18 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     if n_reused:
         log.info("resuming: %d of %d videos already done", n_reused, len(refs))
 
-    if jobs:
+    if jobs and engine == "ray":
+        from socialfeat.ray_engine import run_ray
+
+        if weights is None:
+            from socialfeat.models.hub import fetch
+            weights = fetch(model)
+        bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
+        with logging_redirect_tqdm():
+            run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
+                    _Recorder(journal, fingerprints, results, bar), [p.name for p in predictors])
+        bar.close()
+    elif jobs:
         with logging_redirect_tqdm():
             _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results,
                       predictors)
@@ -187,7 +211,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
              "model_config": info.to_dict(), "preprocess": spec.to_dict(),
              "settings": {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
-                          "missing_audio": missing_audio, "segments": str(segments) if segments else ""},
+                          "missing_audio": missing_audio, "segments": str(segments) if segments else "",
+                          "tasks": [p.meta() for p in predictors]},
+             "shard": f"{shard[0]}/{shard[1]}" if shard else "",
              "command_line": command_line or " ".join(sys.argv), "started_at": started,
              "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     assemble(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0], prediction_labels=task_meta)

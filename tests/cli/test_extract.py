@@ -135,18 +135,19 @@ def test_provenance_attributes(clean_run, tiny_ckpt):
     assert "clips: " in info.stdout and "empty.mp4: open: empty file" in info.stdout
 
 
-def _table_data(path):
-    """Everything in the file except run timestamps and the command line."""
+def _table_data(path, ignore_attrs=()):
+    """Everything in the file except run timestamps, the command line and ``ignore_attrs``."""
+    skip = {"started_at", "finished_at", "command_line", *ignore_attrs}
     with h5py.File(path) as f:
         data = {}
         f.visititems(lambda name, obj: data.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        attrs = {k: v for k, v in f.attrs.items() if k not in ("started_at", "finished_at", "command_line")}
+        attrs = {k: v for k, v in f.attrs.items() if k not in skip}
     return data, attrs
 
 
-def assert_same_output(a, b, atol=0.0):
-    da, aa = _table_data(a)
-    db, ab = _table_data(b)
+def assert_same_output(a, b, atol=0.0, ignore_attrs=()):
+    da, aa = _table_data(a, ignore_attrs)
+    db, ab = _table_data(b, ignore_attrs)
     assert set(da) == set(db)
     for k in da:
         if da[k].dtype.kind == "f":

@@ -1,0 +1,103 @@
+"""``extract --engine ray``: the same extraction spread over a Ray cluster.
+
+CPU tasks (one per video) decode and preprocess with the local engine's own
+``video_items``; they send batches of clips to encoder actors (one per GPU, or one
+CPU actor when the cluster has no GPU) holding the model and task heads, and
+return only the small per-clip vectors. The driver writes each finished video
+through the same journal as the local engine and assembles the same HDF5.
+
+A task whose worker dies is retried by Ray (``max_retries``); a video that still
+fails is recorded as an error row, never dropped; a rerun completes what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+TASK_RETRIES = 3
+
+
+def _require_ray():
+    try:
+        import ray
+    except ImportError:  # optional extra
+        raise RuntimeError("--engine ray needs Ray: pip install 'socialfeat[ray]'") from None
+    return ray
+
+
+class EncoderWorker:
+    """Holds the model and the task predictors; encodes batches of prepared clips."""
+
+    def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str):
+        from socialfeat.extract import _Encoder, resolve_device
+        from socialfeat.heads import load_task
+        from socialfeat.models import load_model
+
+        dev = resolve_device(device)
+        model = load_model(weights).to(dev).eval()
+        self.tasks = [load_task(t, model.info).to(dev) for t in tasks]
+        self.encoder = _Encoder(model, dev, batch_size, self.tasks)
+
+    def encode(self, items: list) -> list[tuple[dict, dict]]:
+        self.encoder.buffer = list(items)
+        return [(item.clip, vecs) for item, vecs in self.encoder.flush()]
+
+
+def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size: int):
+    """Decode one video, have its clips encoded batch by batch; returns (VideoDone, encoded)."""
+    import ray
+
+    from socialfeat.pipeline import ClipItem, video_items
+
+    torch.set_num_threads(1)
+    encoded, batch, done = [], [], None
+    for item in video_items(pos, ref, spec, plan, segments):
+        if isinstance(item, ClipItem):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                encoded += ray.get(encoder.encode.remote(batch))
+                batch = []
+        else:
+            done = item
+    if batch:
+        encoded += ray.get(encoder.encode.remote(batch))
+    return done, encoded
+
+
+def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_size: int, device: str,
+            address: str | None, record, task_names: list[str]) -> None:
+    """Process ``jobs`` on Ray and hand each finished video to ``record(pos, VideoResult)``."""
+    ray = _require_ray()
+    from socialfeat.extract import video_result
+    from socialfeat.pipeline import VideoDone
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    n_gpus = int(ray.cluster_resources().get("GPU", 0))
+    actor_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if n_gpus and device != "cpu" else {"num_cpus": 0}
+    Actor = ray.remote(max_restarts=2, max_task_retries=2, **actor_opts)(EncoderWorker)
+    encoders = [Actor.remote(weights, task_specs, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu")
+                for _ in range(max(1, n_gpus if "num_gpus" in actor_opts else 1))]
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(prepare_and_encode)
+    pending = {}
+    for pos, ref, segs in jobs:
+        ref_obj = task.remote(pos, ref, segs, spec, plan, encoders[pos % len(encoders)], batch_size)
+        pending[ref_obj] = (pos, ref)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        pos, ref = pending.pop(ready[0])
+        try:
+            done, encoded = ray.get(ready[0])
+        except Exception as e:  # the task failed even after its retries
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            video = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
+                     "status": "error", "error": f"worker: {first}", "n_clips": 0}
+            done, encoded = VideoDone(pos, video, [{"video_id": ref.video_id, "path": ref.relpath,
+                                                    "stage": "worker", "message": first}], 0), []
+        record(pos, video_result(done, encoded, task_names))
+    for actor in encoders:
+        ray.kill(actor)
