@@ -147,7 +147,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
     except (MediaError, OSError) as e:
         errors.append(_error(ref, "decode-video", str(e)))
     decoded_end = (stream.last_time or 0.0) + stream.frame_interval
-    video["decoded_duration_s"] = round(min(decoded_end, max(info.duration, decoded_end)), 6)
+    video["decoded_duration_s"] = round(decoded_end, 6)
     video["decode_errors"] = stream.decode_errors
     # clips cut short by the end of the decodable video
     while next_clip < len(clips):
@@ -170,8 +170,8 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         msg = f"{stream.decode_errors} damaged video packet(s) skipped"
         video.update(status="damaged", error=f"decode-video: {msg}")
         errors.append(_error(ref, "decode-video", msg))
-    if video["status"] == "ok" and any(e["stage"] == "decode-audio" for e in errors):
-        video.update(status="damaged", error=errors[-1]["stage"] + ": " + errors[-1]["message"])
+    if video["status"] == "ok" and errors:  # damaged audio, or a decoder error mid-stream
+        video.update(status="damaged", error=errors[0]["stage"] + ": " + errors[0]["message"])
     if n_emitted == 0 and video["status"] in ("ok", "damaged"):
         video.update(status="no_clips", error="plan: no clip could be formed")
         errors.append(_error(ref, "plan", "no clip could be formed (video too short or undecodable)"))
