@@ -84,8 +84,9 @@ def models(cache_dir: str | None) -> None:
               help="Window length [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
 @click.option("--hop-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Step between window starts [default: the window length].")
-@click.option("--segments", type=click.Path(exists=True, dir_okay=False),
-              help="CSV with video,start,end (+ any columns to carry): clips come from these segments.")
+@click.option("--segments", default=None, metavar="CSV|speech",
+              help="CSV with video,start,end (+ any columns to carry): clips come from these segments; "
+                   "or 'speech': clips inside detected speech (Silero VAD).")
 @click.option("--missing-audio", type=click.Choice(["nan", "silence"]), default="nan",
               help="Videos without audio: NaN audio/joint embeddings, or embed silence.")
 @click.option("--csv", "csv_dir", type=click.Path(file_okay=False), help="Also write videos/clips/errors CSVs here.")
@@ -110,6 +111,8 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
 
     if not inputs and not file_list:
         raise click.UsageError("give at least one input directory/file or --file-list")
+    if segments and segments != "speech" and not Path(segments).is_file():
+        raise click.BadParameter(f"{segments!r} is neither a CSV file nor 'speech'", param_hint="--segments")
     shard_pair = None
     if shard:
         try:

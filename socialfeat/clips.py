@@ -1,10 +1,14 @@
 """Clip planning: which time windows of a video become model inputs.
 
 A clip is a plain record (video, window start, window length, content end,
-coverage, extra columns). Windows tile an interval -- the whole recording, or
-each annotated segment -- at a hop; the last partial window is kept when its
-content covers at least half a window, and every interval yields at least one
-clip (a short interval is padded as the reference pads short videos).
+coverage, extra columns).
+- Whole recordings: windows tile the recording at a hop; the last partial window
+  is kept when its content covers at least half a window.
+- Segments (annotations or detected speech): a segment longer than a window is cut
+  into the fewest equal pieces that fit a window, so clips start and end exactly
+  at the segment's boundaries and no annotated time is lost.
+Every interval yields at least one clip (a short one is padded as the reference
+pads short videos).
 """
 
 from __future__ import annotations
@@ -57,10 +61,17 @@ def plan_windows(start: float, end: float, clip_seconds: float, hop_seconds: flo
     return out
 
 
+def split_segment(start: float, end: float, clip_seconds: float) -> list[tuple[float, float]]:
+    """[start, end) in ceil(length / window) equal consecutive pieces."""
+    n = max(1, math.ceil((end - start) / clip_seconds - _EPS))
+    step = (end - start) / n
+    return [(round(start + k * step, 6), round(start + (k + 1) * step if k < n - 1 else end, 6)) for k in range(n)]
+
+
 def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds: float | None = None,
                segments: list[dict[str, Any]] | None = None) -> list[Clip]:
-    """Clips of one video: fixed windows over the whole recording, or windows
-    inside each annotated segment (its extra columns carried along)."""
+    """Clips of one video: fixed windows over the whole recording (``hop_seconds``
+    apart), or pieces of each segment (its extra columns carried along)."""
     if segments is None:
         intervals = [(0.0, duration, {})]
     else:
@@ -73,7 +84,9 @@ def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds:
     for a, b, extra in intervals:
         if b - a <= _EPS:
             continue
-        for s, e in plan_windows(a, b, clip_seconds, hop_seconds):
+        pieces = plan_windows(a, b, clip_seconds, hop_seconds) if segments is None else \
+            split_segment(a, b, clip_seconds)
+        for s, e in pieces:
             clips.append(Clip(video_id, len(clips), s, clip_seconds, e, dict(extra)))
     return clips
 

@@ -147,6 +147,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
     ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
+    ``segments``: an annotation CSV, or 'speech' for clips inside voice-activity regions.
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -161,9 +162,14 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
+    speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
-                        hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio)
-    seg_table = read_segments(segments) if segments is not None else None
+                        hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
+                        speech=speech)
+    if speech:
+        from socialfeat.vad import _model
+        _model()  # fail early, with one message, when Silero VAD is not installed
+    seg_table = read_segments(segments) if segments is not None and not speech else None
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
     if shard is not None:
         refs = [r for r in refs if in_shard(r, *shard)]

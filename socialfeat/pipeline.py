@@ -27,6 +27,7 @@ from socialfeat.media import (
     probe,
 )
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
+from socialfeat.vad import speech_fraction, speech_regions
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class PlanSettings:
     clip_seconds: float
     hop_seconds: float | None
     missing_audio: str  # 'nan' (no audio embedding) or 'silence' (embed silence)
+    speech: bool = False  # clips from voice activity (``--segments speech``)
+    vad_min_gap: float = 0.3  # s: shorter pauses do not split a speech region
+    vad_min_speech: float = 0.25  # s: shorter speech regions are dropped
 
 
 @dataclass
@@ -99,6 +103,21 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         errors.append(_error(ref, "plan", "no segments for this video in the segments file"))
         yield VideoDone(pos, video, errors, 0)
         return
+    regions = None
+    if plan.speech:
+        if audio is None:
+            video.update(status="no_clips", error="plan: no audio to detect speech in")
+            errors.append(_error(ref, "plan", "no audio to detect speech in"))
+            yield VideoDone(pos, video, errors, 0)
+            return
+        regions = speech_regions(audio.window(0, len(audio.samples) + audio.start_sample), audio.sample_rate,
+                                 plan.vad_min_gap, plan.vad_min_speech)
+        segments = [{"start": a, "end": b} for a, b in regions]
+        if not segments:
+            video.update(status="no_clips", error="plan: no speech detected")
+            errors.append(_error(ref, "plan", "no speech detected"))
+            yield VideoDone(pos, video, errors, 0)
+            return
     clips = plan_video(ref.video_id, info.duration, plan.clip_seconds, plan.hop_seconds, segments)
 
     # Frame requests of all clips, sorted by time (overlapping windows interleave).
@@ -126,6 +145,8 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
                "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
                "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
                "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(x.flags), **clip.extra}
+        if regions is not None:
+            row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
         return ClipItem(pos, row, x.audio, x.video)
 
     next_clip = 0

@@ -141,3 +141,33 @@ def make_task_corpus(root: Path, seconds: float = 6.0, size: str = "160x120") ->
         files[f"level_{i}"] = talking_video(root / f"level_{i}.mp4", seconds, size, audio=wav,
                                             color=colors[i % 4])
     return files
+
+
+def trimmed_utterance(out: Path, text: str) -> float:
+    """An espeak-ng utterance with its leading/trailing silence cut; returns its duration (s)."""
+    raw = out.with_name(out.stem + "_raw.wav")
+    run("espeak-ng", "-s", "160", "-w", str(raw), text)
+    trim = "silenceremove=start_periods=1:start_threshold=-45dB"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(raw), "-af", f"{trim},areverse,{trim},areverse", "-ar", "16000",
+        "-ac", "1", str(out))
+    raw.unlink()
+    out_probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                                str(out)], capture_output=True, text=True, check=True)
+    return float(out_probe.stdout.strip())
+
+
+def speech_at_known_times(root: Path, seconds: float = 14.0) -> tuple[Path, list[tuple[float, float]]]:
+    """A talking-face video whose audio is silence with two utterances at known times;
+    returns the video and the true (onset, offset) of each utterance."""
+    require_tools()
+    root.mkdir(parents=True, exist_ok=True)
+    d1 = trimmed_utterance(root / "u1.wav", "hello there how are you doing today my good friend")
+    d2 = trimmed_utterance(root / "u2.wav", "we are counting one two three four five six seven")
+    on1, on2 = 1.5, 1.5 + d1 + 3.0
+    track = root / "vad_track.wav"
+    run("ffmpeg", "-v", "error", "-y", "-i", str(root / "u1.wav"), "-i", str(root / "u2.wav"), "-filter_complex",
+        f"[0:a]adelay={int(on1 * 1000)}:all=1[a];[1:a]adelay={int(on2 * 1000)}:all=1[b];"
+        f"[a][b]amix=inputs=2:normalize=0,apad,atrim=0:{seconds}[out]", "-map", "[out]", "-ar", "16000", "-ac", "1",
+        str(track))
+    video = talking_video(root / "two_utterances.mp4", seconds=seconds, audio=track)
+    return video, [(on1, on1 + d1), (on2, on2 + d2)]

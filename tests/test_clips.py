@@ -32,10 +32,11 @@ def test_segments_carry_columns(tmp_path):
     table = read_segments(f)
     assert set(table) == {"a.mp4", "b.mp4"} and table["a.mp4"][1]["speaker"] == "client"
     clips = plan_video("vid", 12.0, 4.0, None, table["a.mp4"])
-    assert [(c.start, c.end) for c in clips] == [(1.0, 3.0), (5.0, 9.0), (9.0, 12.0)]
+    # the second segment, 5-14 s, is cut at the end of the recording (12 s) and into two equal pieces
+    assert [(c.start, c.end) for c in clips] == [(1.0, 3.0), (5.0, 8.5), (8.5, 12.0)]
     assert [c.extra["speaker"] for c in clips] == ["therapist", "client", "client"]
     assert [c.extra["segment_index"] for c in clips] == [0, 1, 1] and clips[0].extra["turn"] == 1.0
-    assert clips[0].coverage == 0.5
+    assert clips[0].coverage == 0.5 and all(c.window == 4.0 for c in clips)
 
 
 def test_segment_errors_name_the_line(tmp_path):

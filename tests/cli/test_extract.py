@@ -202,10 +202,10 @@ def test_segments_missing_audio_silence_and_predictions(corpus, tiny_ft_ckpt, tm
     assert proc.returncode == 3  # short.mp4 has no segments: reported, not silently dropped
     df = pd.read_csv(out)
     talk = df[df.path == "talk.mp4"]
-    # 2-s windows inside each segment; the 0.5-s tail of the second is under half a window
-    assert list(zip(talk.start_s, talk.end_s)) == [(0.5, 2.0), (2.5, 4.5), (4.5, 6.5)]
-    assert list(talk.speaker) == ["interviewer", "participant", "participant"]
-    assert list(talk.turn) == [1, 2, 2] and list(talk.segment_index) == [0, 1, 1]
+    # the 4.5-s segment is cut into three equal pieces that fit the 2-s window
+    assert list(zip(talk.start_s, talk.end_s)) == [(0.5, 2.0), (2.5, 4.0), (4.0, 5.5), (5.5, 7.0)]
+    assert list(talk.speaker) == ["interviewer", "participant", "participant", "participant"]
+    assert list(talk.turn) == [1, 2, 2, 2] and list(talk.segment_index) == [0, 1, 1, 1]
     probs = df[["emotion_calm", "emotion_happy", "emotion_angry"]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)  # silence embedded: predictions everywhere
     noaudio = df[df.path == "noaudio.mp4"]

@@ -68,3 +68,19 @@ def test_cav_mae_family_end_to_end(corpus, tmp_path):
         np.testing.assert_allclose(row.filter(like=f"{kind}_").to_numpy(np.float32), getattr(enc, kind)[0],
                                    atol=2e-4, err_msg=kind)
     assert video.shape == (1, 3, 112, 112) and t == pytest.approx(7.0)
+
+
+def test_speech_segments_follow_voice_activity(tiny_ckpt, tmp_path):
+    from media_factory import speech_at_known_times
+
+    video, truth = speech_at_known_times(tmp_path / "vad")
+    out = tmp_path / "speech.h5"
+    proc = run_cli("extract", video, "-o", out, "--weights", tiny_ckpt, "--segments", "speech", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    df = socialfeat.load_features(out, embeddings=None)
+    regions = [(g.start_s.min(), g.end_s.max()) for _, g in df.groupby("segment_index")]
+    assert len(regions) == len(truth), (regions, truth)
+    for (start, end), (onset, offset) in zip(regions, truth):
+        assert abs(start - onset) <= 0.3 and abs(end - offset) <= 0.3, (regions, truth)
+    assert (df.speech_fraction > 0.8).all() and (df.coverage > 0).all()
+    assert df.start_s.min() > 1.0  # the leading silence gives no clip
