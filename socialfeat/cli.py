@@ -93,6 +93,11 @@ def models(cache_dir: str | None) -> None:
 @click.option("--csv-embeddings", is_flag=True, help="Put embeddings (wide columns) into the clips CSV.")
 @click.option("--tasks", default="", help="Comma-separated predictors: NAME (released finetuned model, e.g. "
               "emotion,laughter,personality) or NAME=PATH (head from `socialfeat finetune`, or a finetuned checkpoint).")
+@click.option("--crop", type=click.Choice(["none", "face"]), default="none",
+              help="face: feed square crops around detected faces (VoxCeleb2-like framing) instead of the frame.")
+@click.option("--faces", type=click.Choice(["main", "all"]), default="main",
+              help="With --crop face: the main face track, or one row per face track (a `track` column).")
+@click.option("--require-face", is_flag=True, help="With --crop face: do not embed clips without a face.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process only shard I of N (e.g. $SLURM_ARRAY_TASK_ID/N); combine with `socialfeat merge`.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
@@ -103,8 +108,8 @@ def models(cache_dir: str | None) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
-            missing_audio, csv_dir, csv_embeddings, tasks, shard, engine, address, device, batch_size, workers,
-            no_progress) -> None:
+            missing_audio, csv_dir, csv_embeddings, tasks, crop, faces, require_face, shard, engine, address, device,
+            batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
@@ -129,7 +134,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
                               tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
-                              engine=engine, address=address,
+                              engine=engine, address=address, crop=crop, faces=faces, require_face=require_face,
                               command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)

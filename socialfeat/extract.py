@@ -109,8 +109,8 @@ class _Encoder:
         out = {k: np.full((len(items), dim), np.nan, np.float32) for k in EMBEDDING_KINDS}
         for task in self.tasks:
             out[task.name] = np.full((len(items), len(task.label_names)), np.nan, np.float32)
-        with_audio = [i for i, it in enumerate(items) if it.audio is not None]
-        without = [i for i, it in enumerate(items) if it.audio is None]
+        with_audio = [i for i, it in enumerate(items) if it.audio is not None and not it.skip]
+        without = [i for i, it in enumerate(items) if it.audio is None and not it.skip]
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             for idx, use_audio in ((with_audio, True), (without, False)):
@@ -137,6 +137,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int = 16,
             workers: int = 2, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
+            crop: str = "none", faces: str = "main", require_face: bool = False,
             command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
@@ -148,6 +149,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
     ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
     ``segments``: an annotation CSV, or 'speech' for clips inside voice-activity regions.
+    ``crop='face'``: square crops around detected faces (``faces='all'``: a row per face track).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -165,7 +167,10 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
-                        speech=speech)
+                        speech=speech, crop=crop, faces=faces, require_face=require_face)
+    if crop == "face":
+        from socialfeat.faces import FaceDetector
+        FaceDetector()  # fail early, with one message, when OpenCV 4 is missing
     if speech:
         from socialfeat.vad import _model
         _model()  # fail early, with one message, when Silero VAD is not installed
@@ -218,6 +223,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
              "model_config": info.to_dict(), "preprocess": spec.to_dict(),
              "settings": {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
                           "missing_audio": missing_audio, "segments": str(segments) if segments else "",
+                          "crop": crop, "faces": faces, "require_face": require_face,
                           "tasks": [p.meta() for p in predictors]},
              "shard": f"{shard[0]}/{shard[1]}" if shard else "",
              "command_line": command_line or " ".join(sys.argv), "started_at": started,
@@ -236,7 +242,7 @@ def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray
     """One video's journal entry from its record and its encoded clips (any engine)."""
     if done.video["status"] == "error":  # anything already encoded for it is discarded
         encoded = []
-    encoded = sorted(encoded, key=lambda pair: pair[0]["clip_index"])
+    encoded = sorted(encoded, key=lambda pair: (pair[0]["clip_index"], pair[0].get("track", 0)))
     res = VideoResult(video=dict(done.video, n_clips=len(encoded)), errors=done.errors,
                       clips=[row for row, _ in encoded])
     if encoded:

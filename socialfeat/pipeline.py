@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from socialfeat.clip_inputs import assemble, requested_times
 from socialfeat.clips import MIN_COVERAGE, plan_video
+from socialfeat.faces import FaceDetector, TrackIds, boxes_for_all_frames, crop, link_tracks
 from socialfeat.inputs import VideoRef
 from socialfeat.media import (
     TRUNCATION_TOLERANCE_S,
@@ -40,6 +42,9 @@ class PlanSettings:
     speech: bool = False  # clips from voice activity (``--segments speech``)
     vad_min_gap: float = 0.3  # s: shorter pauses do not split a speech region
     vad_min_speech: float = 0.25  # s: shorter speech regions are dropped
+    crop: str = "none"  # 'face': square crops around detected faces instead of the whole frame
+    faces: str = "main"  # with crop='face': 'main' (the clip's main face track) or 'all' (a row per track)
+    require_face: bool = False  # with crop='face': clips without a face are not embedded
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ClipItem:
     clip: dict[str, Any]  # a row of the clips table (without embeddings)
     audio: torch.Tensor | None  # (target_length, 128) fbank or None
     video: torch.Tensor  # model layout
+    skip: bool = False  # a row without embeddings (e.g. no face with --require-face)
 
 
 @dataclass
@@ -132,22 +138,50 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
     stream = FrameStream(info)
     n_emitted = 0
 
-    def finish(ci: int, frames_in: dict[int, tuple[float, float, torch.Tensor]],
-               content_end: float) -> ClipItem | None:
-        clip = clips[ci]
-        end = min(clip.end, content_end)
-        if not frames_in or end <= clip.start:
-            return None
-        x = assemble(spec, clip.start, clip.window, end, [frames_in[k] for k in sorted(frames_in)], audio,
-                     plan.missing_audio)
+    detector = FaceDetector() if plan.crop == "face" else None
+    track_ids = TrackIds()
+
+    def make_item(clip, end: float, frames: list, extra: dict[str, Any], skip: bool = False) -> ClipItem:
+        x = assemble(spec, clip.start, clip.window, end, frames, audio, plan.missing_audio)
+        flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
         row = {"video_id": clip.video_id, "path": ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
                "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
                "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
-               "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(x.flags), **clip.extra}
+               "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(flags), **extra, **clip.extra}
         if regions is not None:
             row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
-        return ClipItem(pos, row, x.audio, x.video)
+        return ClipItem(pos, row, x.audio, x.video, skip)
+
+    def face_items(clip, end: float, entries: list) -> list[ClipItem]:
+        """One item per selected face track, or one whole-frame item flagged no_face."""
+        tracks = link_tracks([detector(rgb) for _, _, rgb in entries])
+        ids = track_ids.assign(tracks)
+        chosen = list(zip(ids, tracks))
+        if plan.faces == "main" and chosen:
+            chosen = [max(chosen, key=lambda it: (len(it[1]), np.mean([b.w * b.h for b in it[1].values()])))]
+        if not chosen:
+            frames = [(t, g, frames_tensor(rgb[None], spec)[0]) for t, g, rgb in entries]
+            return [make_item(clip, end, frames, {"track": -1, "face_fraction": 0.0, "face_boxes": ""},
+                              skip=plan.require_face)]
+        items = []
+        for tid, track in chosen:
+            boxes = [b.square() for b in boxes_for_all_frames(track, len(entries))]
+            frames = [(t, g, frames_tensor(crop(rgb, b)[None], spec)[0]) for (t, g, rgb), b in zip(entries, boxes)]
+            extra = {"track": tid, "face_fraction": round(len(track) / len(entries), 6),
+                     "face_boxes": ";".join(b.text() for b in boxes)}
+            items.append(make_item(clip, end, frames, extra))
+        return items
+
+    def finish(ci: int, frames_in: dict[int, tuple], content_end: float) -> list[ClipItem]:
+        clip = clips[ci]
+        end = min(clip.end, content_end)
+        if not frames_in or end <= clip.start:
+            return []
+        entries = [frames_in[k] for k in sorted(frames_in)]
+        if detector is not None:
+            return face_items(clip, end, entries)
+        return [make_item(clip, end, entries, {})]
 
     next_clip = 0
     frames = stream.at_times(r[0] for r in requests)
@@ -155,11 +189,12 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         for (t, ci, k), (_, frame) in zip(requests, frames):
             if frame is None:
                 continue
-            got.setdefault(ci, {})[k] = (t, frame.time, frames_tensor(frame.rgb[None], spec)[0])
+            # face cropping needs the clip's full frames; otherwise transform at once (small tensors)
+            pixels = frame.rgb if detector is not None else frames_tensor(frame.rgb[None], spec)[0]
+            got.setdefault(ci, {})[k] = (t, frame.time, pixels)
             # emit, in order, every clip whose frames are all in
             while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
-                item = finish(next_clip, got.pop(next_clip), clips[next_clip].end)
-                if item is not None:
+                for item in finish(next_clip, got.pop(next_clip), clips[next_clip].end):
                     n_emitted += 1
                     yield item
                 next_clip += 1
@@ -173,12 +208,10 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
     # clips cut short by the end of the decodable video
     while next_clip < len(clips):
         clip = clips[next_clip]
-        item = None
         if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or next_clip == 0:
-            item = finish(next_clip, got.pop(next_clip, {}), decoded_end)
-        if item is not None:
-            n_emitted += 1
-            yield item
+            for item in finish(next_clip, got.pop(next_clip, {}), decoded_end):
+                n_emitted += 1
+                yield item
         next_clip += 1
     if stream.last_time is None:
         video.update(status="error", error="decode-video: no decodable video frames")

@@ -171,3 +171,29 @@ def speech_at_known_times(root: Path, seconds: float = 14.0) -> tuple[Path, list
         str(track))
     video = talking_video(root / "two_utterances.mp4", seconds=seconds, audio=track)
     return video, [(on1, on1 + d1), (on2, on2 + d2)]
+
+
+ASTRONAUT = DATA / "astronaut_face.png"  # scikit-image's public-domain astronaut, face crop (120x144)
+
+
+def face_video(out: Path, faces: list[tuple[str, str]], seconds: float = 6.0, size: str = "480x360",
+               flip_second: bool = True) -> Path:
+    """The astronaut face composited at positions given as ffmpeg expressions of t, e.g.
+    [("100+150*sin(2*PI*t/6)", "120")], with speech audio; 25 fps constant frame rate."""
+    audio = speech_wav(out.parent / f".{out.stem}_speech.wav", seconds)
+    inputs = ["-f", "lavfi", "-i", f"color=c=0x445566:s={size}:r=25:d={seconds}"]
+    graph, last = [], "[0:v]"
+    for i, (x, y) in enumerate(faces):
+        inputs += ["-loop", "1", "-i", str(ASTRONAUT)]
+        src = f"[{i + 1}:v]"
+        if flip_second and i == 1:
+            graph.append(f"{src}hflip[f{i}]")
+            src = f"[f{i}]"
+        graph.append(f"{last}{src}overlay=x='{x}':y='{y}':shortest=1[v{i}]")
+        last = f"[v{i}]"
+    graph.append(f"{last}format=yuv420p[v]")
+    n = len(faces)
+    run("ffmpeg", "-v", "error", "-y", *inputs, "-i", str(audio), "-filter_complex", ";".join(graph),
+        "-map", "[v]", "-map", f"{n + 1}:a", "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+        "-c:a", "aac", "-ar", "16000", str(out))
+    return out
