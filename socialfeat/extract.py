@@ -130,6 +130,19 @@ class _Encoder:
         return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
 
 
+def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:
+    """The model's own head (finetuned weights) followed by every ``--tasks`` item."""
+    info = net.info
+    predictors = [load_task(t, info).to(dev) for t in tasks]
+    if info.task and info.label_names:
+        predictors.insert(0, Task(info.task_name or "task", info.task, list(info.label_names), model=net,
+                                  source=str(info.source)))
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
+    return predictors
+
+
 def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
             weights: str | Path | None = None, *, file_list: str | Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
@@ -157,13 +170,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     net = load_model(weights if weights is not None else model).to(dev).eval()
     info = net.info
     spec = info.preprocess
-    predictors = [load_task(t, info).to(dev) for t in tasks]
-    if info.task and info.label_names:  # the model's own head
-        predictors.insert(0, Task(info.task_name or "task", info.task, list(info.label_names), model=net,
-                                  source=str(info.source)))
-    names = [p.name for p in predictors]
-    if len(set(names)) != len(names):
-        raise ValueError(f"task names must be unique, got {names}")
+    predictors = build_predictors(net, tasks, dev)
     speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,

@@ -33,14 +33,12 @@ class EncoderWorker:
     """Holds the model and the task predictors; encodes batches of prepared clips."""
 
     def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str):
-        from socialfeat.extract import _Encoder, resolve_device
-        from socialfeat.heads import load_task
+        from socialfeat.extract import _Encoder, build_predictors, resolve_device
         from socialfeat.models import load_model
 
         dev = resolve_device(device)
         model = load_model(weights).to(dev).eval()
-        self.tasks = [load_task(t, model.info).to(dev) for t in tasks]
-        self.encoder = _Encoder(model, dev, batch_size, self.tasks)
+        self.encoder = _Encoder(model, dev, batch_size, build_predictors(model, tasks, dev))
 
     def encode(self, items: list) -> list[tuple[dict, dict]]:
         self.encoder.buffer = list(items)

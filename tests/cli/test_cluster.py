@@ -69,3 +69,11 @@ def test_ray_engine_equals_local_even_when_a_worker_is_killed(single, corpus, ti
     assert killed is not None, "no Ray worker was caught running"
     assert proc.returncode == 3, stderr  # the corpus has bad files; nothing else failed
     assert_same_output(single, out, atol=1e-5)  # the killed worker's video was retried, nothing lost
+
+
+def test_ray_engine_writes_the_models_own_predictions(corpus, tiny_ft_ckpt, tmp_path):
+    local, ray_out = tmp_path / "local.h5", tmp_path / "ray.h5"
+    run_cli("extract", corpus["talk"], "-o", local, "--weights", tiny_ft_ckpt, "--no-progress")
+    run_cli("extract", corpus["talk"], "-o", ray_out, "--weights", tiny_ft_ckpt, "--engine", "ray", "--no-progress")
+    assert_same_output(local, ray_out, atol=1e-5)
+    assert socialfeat.load_features(ray_out, embeddings=None).filter(like="emotion_").sum(axis=1).round(4).eq(1).all()
