@@ -261,14 +261,10 @@ def report(path: str, output: str) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 def merge(parts, output) -> None:
     """Combine the outputs of `extract --shard I/N` runs (same model and settings) into OUTPUT."""
-    from socialfeat.merge import MergeError
     from socialfeat.merge import merge as run_merge
 
-    try:
+    with _fatal_errors_as_one_line():  # MergeError is a ValueError
         path = run_merge(list(parts), output, command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
-    except MergeError as e:
-        click.echo(f"socialfeat: error: {e}", err=True)
-        sys.exit(EXIT_FATAL)
     click.echo(f"merged {len(parts)} files into {path}", err=True)
 
 
