@@ -84,3 +84,16 @@ def test_speech_segments_follow_voice_activity(tiny_ckpt, tmp_path):
         assert abs(start - onset) <= 0.3 and abs(end - offset) <= 0.3, (regions, truth)
     assert (df.speech_fraction > 0.8).all() and (df.coverage > 0).all()
     assert df.start_s.min() > 1.0  # the leading silence gives no clip
+
+
+def test_overlapping_windows_equal_the_same_windows_alone(corpus, tiny_ckpt, tmp_path):
+    """Hop < window interleaves the frame requests of neighbouring clips during one decode."""
+    tiled, overlapped = tmp_path / "tiled.h5", tmp_path / "overlap.h5"
+    run_cli("extract", corpus["vfr"], "-o", tiled, "--weights", tiny_ckpt, "--no-progress")
+    run_cli("extract", corpus["vfr"], "-o", overlapped, "--weights", tiny_ckpt, "--hop-seconds", "0.5",
+            "--no-progress")
+    a = socialfeat.load_features(tiled, embeddings="all").set_index("start_s")
+    b = socialfeat.load_features(overlapped, embeddings="all").set_index("start_s")
+    assert list(b.index) == [0.5 * k for k in range(17)]  # up to the window reaching the end
+    cols = [c for c in a.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_allclose(b.loc[a.index, cols].to_numpy(), a[cols].to_numpy(), atol=1e-5)
