@@ -9,8 +9,6 @@ whose embeddings it was fitted on; it refuses to run on any other backbone.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from socialfeat.atomic import atomic_path
 from socialfeat.models import load_model, read_checkpoint
 from socialfeat.models.avmae import Encoding
 
@@ -55,21 +54,13 @@ def outputs_to_values(outputs: torch.Tensor, task_type: str) -> torch.Tensor:
 def save_head(head: TaskHead, path: str | Path, *, task: str, task_type: str, label_names: list[str],
               embedding: str, backbone_sha256: str, backbone_name: str, metrics: dict | None = None) -> Path:
     """Write a head checkpoint atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": HEAD_FORMAT, "task": task, "task_type": task_type, "label_names": list(label_names),
                "embedding": embedding, "backbone_sha256": backbone_sha256, "backbone_name": backbone_name,
                "dim": head.norm.normalized_shape[0], "metrics": metrics or {},
                "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 @dataclass

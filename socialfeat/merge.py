@@ -14,7 +14,13 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from socialfeat.store import EMBEDDING_KINDS, VideoResult, _read_table, assemble, read_attrs
+from socialfeat.store import (
+    EMBEDDING_KINDS,
+    VideoResult,
+    _read_table,
+    assemble,
+    read_attrs,
+)
 
 MUST_MATCH = ("socialfeat_version", "model_name", "model_class", "weights_sha256", "model_config", "preprocess",
               "settings", "embedding_dim")

@@ -19,7 +19,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from socialfeat.clip_inputs import assemble, requested_times
 from socialfeat.clips import MIN_COVERAGE, plan_video
-from socialfeat.faces import FaceDetector, TrackIds, boxes_for_all_frames, crop, link_tracks
+from socialfeat.faces import (
+    FaceDetector,
+    TrackIds,
+    boxes_for_all_frames,
+    crop,
+    link_tracks,
+)
 from socialfeat.inputs import VideoRef
 from socialfeat.media import (
     TRUNCATION_TOLERANCE_S,

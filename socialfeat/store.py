@@ -14,8 +14,6 @@ docs/format.md describes every dataset.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+
+from socialfeat.atomic import atomic_path
 
 EMBEDDING_KINDS = ("joint", "audio", "visual")
 STR = h5py.string_dtype("utf-8")
@@ -37,13 +37,6 @@ class VideoResult:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (n_clips, D)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (n_clips, K)
     errors: list[dict[str, Any]] = field(default_factory=list)  # rows of the errors table
-
-
-def _atomic_h5(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
 
 
 def _json_default(o):
@@ -66,9 +59,7 @@ class Journal:
         return self.dir / f"{video_id}.h5"
 
     def write(self, result: VideoResult, fingerprint: str) -> None:
-        path = self.part_path(result.video["video_id"])
-        tmp = _atomic_h5(path)
-        try:
+        with atomic_path(self.part_path(result.video["video_id"]), fsync=True) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["fingerprint"] = fingerprint
                 f.attrs["video"] = json.dumps(result.video, default=_json_default)
@@ -78,13 +69,6 @@ class Journal:
                     f.create_dataset(f"embeddings/{kind}", data=np.asarray(arr, np.float32))
                 for task, arr in result.predictions.items():
                     f.create_dataset(f"predictions/{task}", data=np.asarray(arr, np.float32))
-                f.flush()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def read(self, video_id: str) -> tuple[VideoResult, str] | None:
         """A finished part and its fingerprint, or None when absent or unreadable."""
@@ -153,8 +137,7 @@ def assemble(results: list[VideoResult], output: str | Path, attrs: dict[str, An
     videos = [r.video for r in results]
     clips = [c for r in results for c in r.clips]
     errors = [e for r in results for e in r.errors]
-    tmp = _atomic_h5(output)
-    try:
+    with atomic_path(output) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
@@ -176,10 +159,6 @@ def assemble(results: list[VideoResult], output: str | Path, attrs: dict[str, An
                 ds.attrs["label_names"] = np.array(meta["label_names"], dtype=object).astype(STR)
                 ds.attrs["task"] = meta["task"]
                 ds.attrs["values"] = meta["values"]
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return output
 
 

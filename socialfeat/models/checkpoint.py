@@ -14,9 +14,7 @@ arbitrary pickled code is refused.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from socialfeat.atomic import atomic_path
 from socialfeat.models.cav_mae import CAVMAE, CAVMAEFT
 from socialfeat.models.registry import (
     get_arch_config,
@@ -249,18 +248,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | 
     info: ModelInfo = getattr(model, "info", None)
     if info is None:
         raise CheckpointError("model has no .info; build it with create_model or load_model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": info.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if extra:
         payload["extra"] = extra
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
