@@ -55,8 +55,17 @@ def inflate(key: str, src: torch.Tensor, dst: torch.Tensor, model: nn.Module) ->
 
 
 def load_initial_weights(model: nn.Module, init: str, video_patch_init: str = "inflate") -> dict[str, list[str]]:
-    """Copy what fits from ``init`` into ``model``; returns {'loaded', 'inflated', 'fresh', 'ignored'}."""
-    src = _source_state_dict(init)
+    """Copy what fits from the checkpoint ``init`` into ``model``; see copy_matching_weights."""
+    report = copy_matching_weights(model, _source_state_dict(init), video_patch_init)
+    log.info("init from %s: %d tensors loaded, %d inflated, %d fresh, %d ignored", init, len(report["loaded"]),
+             len(report["inflated"]), len(report["fresh"]), len(report["ignored"]))
+    return report
+
+
+def copy_matching_weights(model: nn.Module, src: dict[str, torch.Tensor],
+                          video_patch_init: str = "inflate") -> dict[str, list[str]]:
+    """Copy what fits from the state dict ``src`` into ``model`` (inflating 2-D visual tensors when
+    asked); returns {'loaded', 'inflated', 'fresh', 'ignored'} key lists."""
     own = model.state_dict()
     report = {"loaded": [], "inflated": [], "fresh": [], "ignored": sorted(set(src) - set(own))}
     new = {}
@@ -74,6 +83,4 @@ def load_initial_weights(model: nn.Module, init: str, video_patch_init: str = "i
             else:
                 report["fresh"].append(key)
     model.load_state_dict(new, strict=False)
-    log.info("init from %s: %d tensors loaded, %d inflated, %d fresh, %d ignored", init, len(report["loaded"]),
-             len(report["inflated"]), len(report["fresh"]), len(report["ignored"]))
     return report

@@ -77,7 +77,7 @@ def in_shard(ref: VideoRef, index: int, count: int) -> bool:
     return int(ref.video_id, 16) % count == index - 1
 
 
-def _segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
+def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
     if table is None:
         return None
     for key in (ref.relpath, ref.path.name, str(ref.path)):
@@ -191,7 +191,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     fingerprints: dict[int, str] = {}
     jobs = []
     for pos, ref in enumerate(refs):
-        segs = _segments_for(ref, seg_table)
+        segs = segments_for(ref, seg_table)
         try:
             st = ref.path.stat()
             size, mtime = st.st_size, st.st_mtime

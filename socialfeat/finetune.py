@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,16 +231,17 @@ class LabelledClips(Dataset):
         return audio, x.video, torch.as_tensor(r["target"])
 
 
-def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], backbone: str, task: str, spec: LabelSpec,
+def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, task: str, spec: LabelSpec,
                   output: str | Path, cv: int = 0, val_fraction: float = 0.2, epochs: int = 10,
                   lr: float = 1e-4, head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1",
                   workers: int = 0, seed: int = 0) -> dict[str, Any]:
-    """Train backbone + head on the labelled clips (rows of a clips table with targets)."""
-    from pretraining.init import load_initial_weights
-    from socialfeat.models import load_model, save_checkpoint
+    """Train backbone + head (initialised from the loaded backbone ``base``) on the labelled
+    clips (rows of a clips table with targets)."""
+    from pretraining.init import copy_matching_weights
+    from socialfeat.models import save_checkpoint
     from socialfeat.models.checkpoint import ModelInfo, build_model
 
-    base = load_model(backbone)
+    base_weights = base.state_dict()
     y = targets(clips, spec)
     rows = [{**r, "target": t} for r, t in zip(clips[["path", "start_s", "end_s", "window_s"]].to_dict("records"),
                                                y.tolist())]
@@ -258,8 +258,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], backbone: str, tas
                          label_names=list(spec.label_names))
         torch.manual_seed(seed)
         model = build_model(info)
-        with tempfile.TemporaryDirectory() as tmp:
-            load_initial_weights(model, str(save_checkpoint(base, Path(tmp) / "b.pt")), "reference")
+        copy_matching_weights(model, base_weights, "reference")  # encoder weights; a fresh head
         return model
 
     def train(idx: np.ndarray):
@@ -312,14 +311,14 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
     """Clips (fixed windows inside each labelled segment) of the videos found under ``inputs``,
     with their label columns; plus the media facts of each video."""
     from socialfeat.clips import plan_video
-    from socialfeat.extract import _segments_for
+    from socialfeat.extract import segments_for
     from socialfeat.inputs import find_videos
     from socialfeat.media import MediaError
     from socialfeat.media import probe as probe_media
 
     rows, infos = [], {}
     for ref in find_videos(list(inputs)):
-        segs = _segments_for(ref, table)
+        segs = segments_for(ref, table)
         if not segs:
             continue
         try:
@@ -360,9 +359,9 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
                         epochs or 300, lr or 1e-2, seed)
     else:
         from socialfeat.models import load_model
-        clip_seconds = load_model(backbone).info.preprocess.clip_seconds
-        clips, infos = labelled_clips(inputs, table, clip_seconds)
-        metrics = finetune_full(clips, infos, str(backbone), task, spec, output, cv, val_fraction, epochs or 10,
+        base = load_model(backbone)  # loaded once: its clip length plans the clips, its weights start training
+        clips, infos = labelled_clips(inputs, table, base.info.preprocess.clip_seconds)
+        metrics = finetune_full(clips, infos, base, task, spec, output, cv, val_fraction, epochs or 10,
                                 lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
     metrics.update(task=task, label_names=list(spec.label_names), labels_file=str(labels))
     write_metrics(metrics, output)
