@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from socialfeat.atomic import atomic_path
 from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg
 
 log = logging.getLogger(__name__)
@@ -59,16 +58,20 @@ def _expected_sha256(cfg: PretrainedCfg, path: Path) -> str | None:
     return sidecar.read_text().split()[0] if sidecar.is_file() else None
 
 
-def verify(cfg: PretrainedCfg, path: Path) -> str:
-    """Check ``path`` against the published or first-recorded checksum; returns the digest."""
-    digest = sha256_file(path)
-    expected = _expected_sha256(cfg, path)
+def _check(cfg: PretrainedCfg, path: Path, digest: str, expected: str | None) -> None:
+    """Raise on a mismatch; without any expected value, record ``digest`` beside ``path``."""
     if expected is None:
         path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
         log.warning("%s: no published checksum; recorded sha256 %s for later verification", cfg.name, digest)
     elif digest != expected:
         raise ChecksumError(f"{path}: sha256 {digest} does not match the expected {expected}; "
                             f"delete the file to download it again")
+
+
+def verify(cfg: PretrainedCfg, path: Path) -> str:
+    """Check ``path`` against the published or first-recorded checksum; returns the digest."""
+    digest = sha256_file(path)
+    _check(cfg, path, digest, _expected_sha256(cfg, path))
     return digest
 
 
@@ -84,24 +87,20 @@ def fetch(name: str, cache: str | Path | None = None, progress: bool = True) -> 
     if not cfg.url:
         raise WeightsUnavailableError(f"{name}: weights file {path} is missing and has no public "
                                       f"download address; {hint}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(cfg.url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
-            with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-        verify(cfg, Path(tmp))
-        sidecar = Path(tmp + ".sha256")
-        if sidecar.exists():
-            shutil.move(sidecar, path.with_name(path.name + ".sha256"))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a bad or interrupted download never lands under the final name
+            with open(tmp, "wb") as out, urllib.request.urlopen(cfg.url, timeout=60) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                from tqdm import tqdm
+                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+                    while block := resp.read(1 << 20):
+                        out.write(block)
+                        bar.update(len(block))
+            digest = sha256_file(tmp)
+            if cfg.sha256:
+                _check(cfg, path, digest, cfg.sha256)
     except OSError as e:
         raise WeightsUnavailableError(f"{name}: could not download {cfg.url} ({e}); {hint}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if not cfg.sha256:
+        _check(cfg, path, digest, None)
     return path
