@@ -104,12 +104,15 @@ def models(cache_dir: str | None) -> None:
               help="local: DataLoader workers; ray: CPU tasks + encoder actors on a Ray cluster.")
 @click.option("--address", default=None, help="With --engine ray: cluster address ('auto' to join a running one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. bf16 on the CPU is about 2.5x faster "
+                   "where the CPU has bf16 units (AMX), with embeddings at cosine >= 0.999 to fp32.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16)
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
             missing_audio, csv_dir, csv_embeddings, tasks, crop, faces, require_face, shard, engine, address, device,
-            batch_size, workers, no_progress) -> None:
+            precision, batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
@@ -135,7 +138,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
                               tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
                               engine=engine, address=address, crop=crop, faces=faces, require_face=require_face,
-                              command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
+                              precision=precision, command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
     if csv_dir:

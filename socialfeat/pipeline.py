@@ -51,6 +51,10 @@ class PlanSettings:
     crop: str = "none"  # 'face': square crops around detected faces instead of the whole frame
     faces: str = "main"  # with crop='face': 'main' (the clip's main face track) or 'all' (a row per track)
     require_face: bool = False  # with crop='face': clips without a face are not embedded
+    # 'bf16': the model runs under bf16 autocast, whose patch embeddings round their inputs
+    # to bf16 first; rounding them here instead gives the same numbers and halves the bytes
+    # that travel from the workers to the model.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -157,7 +161,11 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
                "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(flags), **extra, **clip.extra}
         if regions is not None:
             row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
-        return ClipItem(pos, row, x.audio, x.video, skip)
+        clip_audio, clip_video = x.audio, x.video
+        if plan.precision == "bf16":
+            clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
+            clip_video = clip_video.to(torch.bfloat16)
+        return ClipItem(pos, row, clip_audio, clip_video, skip)
 
     def face_items(clip, end: float, entries: list) -> list[ClipItem]:
         """One item per selected face track, or one whole-frame item flagged no_face."""

@@ -32,13 +32,13 @@ def _require_ray():
 class EncoderWorker:
     """Holds the model and the task predictors; encodes batches of prepared clips."""
 
-    def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str):
+    def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str, precision: str):
         from socialfeat.extract import _Encoder, build_predictors, resolve_device
         from socialfeat.models import load_model
 
         dev = resolve_device(device)
         model = load_model(weights).to(dev).eval()
-        self.encoder = _Encoder(model, dev, batch_size, build_predictors(model, tasks, dev))
+        self.encoder = _Encoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision)
 
     def encode(self, items: list) -> list[tuple[dict, dict]]:
         self.encoder.buffer = list(items)
@@ -78,7 +78,8 @@ def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_s
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if n_gpus and device != "cpu" else {"num_cpus": 0}
     Actor = ray.remote(max_restarts=2, max_task_retries=2, **actor_opts)(EncoderWorker)
-    encoders = [Actor.remote(weights, task_specs, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu")
+    encoders = [Actor.remote(weights, task_specs, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu",
+                             plan.precision)
                 for _ in range(max(1, n_gpus if "num_gpus" in actor_opts else 1))]
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(prepare_and_encode)
     pending = {}
