@@ -1,89 +1,222 @@
-"""Every GPU measurement in one short run (for a lent GPU machine with no network).
+"""Every GPU measurement of issue #8 in one short run (a lent GPU machine has no network).
 
-Writes ``$OUT/gpu_figures.json`` (or ./gpu_figures.json) with: device name, encode clips/s
-(fp32 and bf16 autocast, with and without torch.compile) at batch 1/16/64, bf16-vs-fp32
-embedding cosine, peak memory, and the training step rate. Usage on the device machine:
-  .venv/bin/python benchmarks/gpu_all.py --seconds 3
+Writes ``$OUT/gpu_figures.json`` (or ./gpu_figures.json) after every section, so a run cut
+short still returns what it measured:
+
+1. encode clips/s, eager: fp32, bf16 autocast, bf16 weights; batch 1/16/64; peak memory;
+2. embedding cosine of bf16 (autocast and weights) against fp32;
+3. encode clips/s with torch.compile (bf16 weights, batch 64): default mode and
+   'reduce-overhead' (CUDA graphs), with the compile time;
+4. pretraining step rate (bf16 autocast, batch 16);
+5. end to end: ``socialfeat.extract`` on generated H.264 files against the decode limit
+   (the same files decoded by PyAV, one process per core, one thread each).
+
+On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
+  PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_all.py
+A quick check of the script on a CPU:
+  python benchmarks/gpu_all.py --device cpu --arch social-mae-tiny --seconds 0.2 --e2e-videos 2 --e2e-seconds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from pretraining.objective import PretrainObjective
-from socialfeat.models import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretraining.objective import PretrainObjective  # noqa: E402
+from socialfeat.models import create_model, save_checkpoint  # noqa: E402
 
 
-def timed(fn, seconds: float) -> float:
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, seconds: float, dev: torch.device) -> float:
     fn()
-    torch.cuda.synchronize()
+    sync(dev)
     n, t0 = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - t0 < seconds:
         fn()
         n += 1
-    torch.cuda.synchronize()
+    sync(dev)
     return (time.perf_counter() - t0) / n
 
 
+def peak_gib(dev: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None
+
+
+def reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def pyav_decode(path: str) -> None:
+    import av
+
+    with av.open(path) as c:
+        for stream in c.streams:
+            stream.thread_count = 1
+        for _ in c.decode(*c.streams):
+            pass
+
+
+class Report:
+    def __init__(self, target: Path, **head):
+        self.target, self.data = target, dict(head)
+
+    def __setitem__(self, key, value) -> None:
+        self.data[key] = value
+        self.target.write_text(json.dumps(self.data, indent=1))
+        print(json.dumps({key: value}), flush=True)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seconds", type=float, default=3.0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
     p.add_argument("--arch", default="social-mae")
+    p.add_argument("--seconds", type=float, default=2.0, help="timing window per encode figure")
+    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--e2e-videos", type=int, default=32)
+    p.add_argument("--e2e-seconds", type=float, default=120.0)
+    p.add_argument("--e2e-size", default="640x480")
+    p.add_argument("--workers", type=int, default=0, help="extract workers [default: cores - 1]")
     args = p.parse_args()
-    assert torch.cuda.is_available(), "this script measures a CUDA device"
-    dev = torch.device("cuda")
-    out: dict = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "encode": []}
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    report = Report(Path(os.environ.get("OUT", ".")) / "gpu_figures.json", device=name, torch=torch.__version__,
+                    arch=args.arch, cpus=os.cpu_count())
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 figures are true fp32
+
     model = create_model(args.arch).to(dev).eval()
     kw = model.info.model_kwargs
     vshape = (3, kw["img_size"], kw["img_size"]) + ((kw["n_frame"],) if "n_frame" in kw else ())
     g = torch.Generator(device="cpu").manual_seed(0)
     a64 = torch.randn(64, kw["audio_length"], 128, generator=g).to(dev)
     v64 = torch.randn(64, *vshape, generator=g).to(dev)
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+
+    def variant(kind: str, net=None):
+        net = net or (model_bf16 if kind == "bf16_weights" else model)
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=kind == "bf16_autocast")
+        cast = (lambda x: x.to(torch.bfloat16)) if kind == "bf16_weights" else (lambda x: x)
+
+        def run(bs: int, fn=None):
+            with torch.inference_mode(), amp:
+                return (fn or net.encode)(cast(a64[:bs]), cast(v64[:bs]))
+        return run
+
+    # 1. eager encode
+    rows = []
+    for kind in ("fp32", "bf16_autocast", "bf16_weights"):
+        run = variant(kind)
+        for bs in (1, 16, 64):
+            reset_peak(dev)
+            sec = timed(lambda: run(bs), args.seconds, dev)
+            rows.append({"kind": kind, "batch": bs, "clips_per_s": round(bs / sec, 2), "peak_gib": peak_gib(dev)})
+            print(rows[-1], flush=True)
+    report["encode_eager"] = rows
+
+    # 2. bf16 agreement with fp32
     with torch.inference_mode():
-        full = model.encode(a64[:8], v64[:8])
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            half = model.encode(a64[:8], v64[:8])
-    out["bf16_cosine_min"] = {k: float(torch.nn.functional.cosine_similarity(
-        getattr(full, k), getattr(half, k).float(), dim=-1).min()) for k in ("joint", "audio", "visual")}
-    compiled = torch.compile(model.encode, dynamic=False)
-    for name, fn in (("eager", model.encode), ("compile", compiled)):
-        for dtype in ("fp32", "bf16"):
-            for bs in (1, 16, 64):
-                amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16")
+        full = variant("fp32")(16)
+        cos = {}
+        for kind in ("bf16_autocast", "bf16_weights"):
+            half = variant(kind)(16)
+            cos[kind] = {k: float(F.cosine_similarity(getattr(full, k), getattr(half, k).float(), dim=-1).min())
+                         for k in ("joint", "audio", "visual")}
+    report["bf16_cosine_min"] = cos
 
-                def run():
-                    with torch.inference_mode(), amp:
-                        fn(a64[:bs], v64[:bs])
+    # 3. torch.compile
+    if not args.skip_compile:
+        rows = []
+        for mode in ("default", "reduce-overhead"):
+            try:
+                compiled = torch.compile(model_bf16.encode, mode=mode, dynamic=False)
+                run = variant("bf16_weights")
+                t0 = time.perf_counter()
+                run(64, compiled)
+                run(64, compiled)
+                sync(dev)
+                compile_s = time.perf_counter() - t0
+                reset_peak(dev)
+                sec = timed(lambda: run(64, compiled), args.seconds, dev)
+                rows.append({"mode": mode, "batch": 64, "clips_per_s": round(64 / sec, 2), "compile_s": round(compile_s, 1),
+                             "peak_gib": peak_gib(dev)})
+            except Exception as e:  # report, keep measuring
+                rows.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:300]})
+            print(rows[-1], flush=True)
+            torch._dynamo.reset()
+        report["encode_compiled_bf16_weights"] = rows
 
-                torch.cuda.reset_peak_memory_stats(dev)
-                sec = timed(run, args.seconds)
-                row = {"mode": name, "dtype": dtype, "batch": bs, "clips_per_s": bs / sec,
-                       "peak_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30}
-                out["encode"].append(row)
-                print(row, flush=True)
+    # 4. pretraining step rate
     train = create_model(args.arch).to(dev).train()
     objective = PretrainObjective(train)
     opt = torch.optim.Adam(train.parameters(), lr=5e-5)
-    bs = 16
+    bs = 16 if dev.type == "cuda" else 2
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             loss = objective(a64[:bs], v64[:bs], torch.randn(bs, train.num_audio_tokens, device=dev),
                              torch.randn(bs, train.num_video_tokens, device=dev))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    out["pretrain_clips_per_s_bf16_batch16"] = bs / timed(step, args.seconds)
-    target = Path(os.environ.get("OUT", ".")) / "gpu_figures.json"
-    target.write_text(json.dumps(out, indent=1))
-    print(json.dumps(out, indent=1))
+    reset_peak(dev)
+    report["pretrain"] = {"batch": bs, "clips_per_s": round(bs / timed(step, args.seconds, dev), 2),
+                          "peak_gib": peak_gib(dev)}
+    del train, objective, opt, model_bf16
+
+    # 5. end to end against the decode limit
+    from _media import encoded_video
+
+    from socialfeat.extract import extract
+
+    workers = args.workers or max(1, (os.cpu_count() or 2) - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            files = list(pool.map(encoded_video, [tmp / "videos" / f"v{i:03d}.mp4" for i in range(args.e2e_videos)],
+                                  [args.e2e_seconds] * args.e2e_videos, [args.e2e_size] * args.e2e_videos,
+                                  [30] * args.e2e_videos, range(args.e2e_videos)))
+        made_s = time.perf_counter() - t0
+        clip_s = model.info.preprocess.clip_seconds
+        n_clips = args.e2e_videos * int(args.e2e_seconds // clip_s)
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(pyav_decode, [str(f) for f in files]))
+        decode_rate = n_clips / (time.perf_counter() - t0)
+        ckpt = save_checkpoint(model.cpu(), tmp / "model.pt")
+        del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        rows = []
+        for batch in (64,):
+            reset_peak(dev)
+            t0 = time.perf_counter()
+            summary = extract([tmp / "videos"], tmp / f"out{batch}.h5", weights=ckpt, batch_size=batch,
+                              workers=workers, device=args.device, progress=False)
+            sec = time.perf_counter() - t0
+            rows.append({"batch": batch, "workers": workers, "clips": summary.n_clips,
+                         "clips_per_s": round(summary.n_clips / sec, 2),
+                         "vs_decode_limit": round(summary.n_clips / sec / decode_rate, 3), "peak_gib": peak_gib(dev)})
+            print(rows[-1], flush=True)
+        report["end_to_end"] = {"videos": args.e2e_videos, "seconds_each": args.e2e_seconds, "size": args.e2e_size,
+                                "media_generation_s": round(made_s, 1),
+                                "decode_limit_clips_per_s": round(decode_rate, 2), "runs": rows}
 
 
 if __name__ == "__main__":
