@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _media import make_videos
 
-from socialfeat.extract import extract
+from socialfeat.extract import extract, resolve_precision
 from socialfeat.models import create_model, save_checkpoint
 
 
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,7 +56,8 @@ def main() -> None:
         vshape = (3, kw["img_size"], kw["img_size"]) + ((kw["n_frame"],) if "n_frame" in kw else ())
         a = torch.randn(args.batch_size, kw["audio_length"], 128, device=dev)
         v = torch.randn(args.batch_size, *vshape, device=dev)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+        precision = resolve_precision(args.precision, dev)
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         n_batches = max(1, n_clips // args.batch_size)
         with torch.inference_mode(), amp:
             net.encode(a, v)
@@ -68,10 +70,10 @@ def main() -> None:
 
         t = time.perf_counter()
         summary = extract([tmp / "videos"], tmp / "out.h5", weights=ckpt, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, progress=False)
+                          workers=args.workers, device=args.device, precision=precision, progress=False)
         e2e = summary.n_clips / (time.perf_counter() - t)
     print(f"# {args.videos} x {args.seconds:.0f} s {args.size} H.264, {args.arch}, {args.workers} workers, "
-          f"batch {args.batch_size}, device {dev}")
+          f"batch {args.batch_size}, device {dev}, {precision}")
     print(f"decode-only (ffmpeg -> null): {decode:9.1f} clips/s")
     print(f"model-only (encode):          {model_only:9.1f} clips/s")
     print(f"end-to-end (extract):         {e2e:9.1f} clips/s")
