@@ -107,7 +107,8 @@ def models(cache_dir: str | None) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. bf16 on the CPU is about 2.5x faster "
                    "where the CPU has bf16 units (AMX), with embeddings at cosine >= 0.999 to fp32.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Clips per forward pass [default: 16 on a GPU, 2 on the CPU, where small batches run faster].")
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
