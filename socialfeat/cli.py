@@ -109,7 +109,8 @@ def models(cache_dir: str | None) -> None:
                    "where the CPU has bf16 units (AMX), with embeddings at cosine >= 0.999 to fp32.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward pass [default: 16 on a GPU, 2 on the CPU, where small batches run faster].")
-@click.option("--workers", type=click.IntRange(min=0), default=2, help="Decoding worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding worker processes [default: all cores but one with a GPU, 2 on the CPU].")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
             missing_audio, csv_dir, csv_embeddings, tasks, crop, faces, require_face, shard, engine, address, device,

@@ -32,6 +32,7 @@ from socialfeat.pipeline import (
     ClipItem,
     PlanSettings,
     VideoDone,
+    available_cores,
     worker_init,
 )
 from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble
@@ -162,7 +163,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
             clip_seconds: float | None = None, hop_seconds: float | None = None,
             segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int | None = None,
-            workers: int = 2, device: str = "auto", progress: bool = True, tasks: list[str] = (),
+            workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
             command_line: str | None = None) -> ExtractSummary:
@@ -180,12 +181,16 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``precision``: 'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA, fp32 on the CPU).
     ``batch_size``: clips per forward pass; default 16 on a GPU and 2 on the CPU, where
     small batches stay in cache and run about 15 % faster (docs/performance.md).
+    ``workers``: decoding processes; default all cores but one with a GPU, 2 on the CPU
+    (where the model, not decoding, sets the pace).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
+    if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
+        workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
     net = load_model(weights if weights is not None else model).to(dev).eval()
     info = net.info
     spec = info.preprocess
