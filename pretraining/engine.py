@@ -36,6 +36,7 @@ from pretraining.schedule import make_scheduler
 from socialfeat.inputs import find_videos
 from socialfeat.models import create_model, read_checkpoint, save_checkpoint
 from socialfeat.models.checkpoint import ModelInfo, build_model, load_state_dict_strict
+from socialfeat.pipeline import worker_init
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc")
@@ -217,7 +218,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     while step < total_steps and epoch < cfg.epochs:
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch, start_batch=(step - epoch * steps_per_epoch) * cfg.accum_steps)
-        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=cuda)
+        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=cuda,
+                            worker_init_fn=worker_init)
         sums, n_micro, n_clips, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, 0, time.perf_counter()
         for batch in loader:
             b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}

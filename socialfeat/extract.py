@@ -26,13 +26,13 @@ from socialfeat import __version__
 from socialfeat.clips import read_segments
 from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
+from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.pipeline import (
     ClipDataset,
     ClipItem,
     PlanSettings,
     VideoDone,
-    available_cores,
     worker_init,
 )
 from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from socialfeat.heads import TaskHead, save_head
+from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                                weight_decay=5e-7, betas=(0.95, 0.999))
         crit = loss_fn(spec.task_type, regression_loss)
         loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
-                            batch_size=batch_size, shuffle=True, num_workers=workers,
+                            batch_size=batch_size, shuffle=True, num_workers=workers, worker_init_fn=worker_init,
                             generator=torch.Generator().manual_seed(seed))
         for _ in range(epochs):
             for audio, video, target in loader:
@@ -281,7 +282,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
 
     def predict(model, idx: np.ndarray) -> np.ndarray:
         loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
-                            batch_size=batch_size, num_workers=workers)
+                            batch_size=batch_size, num_workers=workers, worker_init_fn=worker_init)
         with torch.no_grad():
             return np.concatenate([model(a, v, "multimodal").numpy() for a, v, _ in loader])
 

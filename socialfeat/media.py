@@ -14,6 +14,7 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -207,6 +208,22 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8, rotation applied
 
 
+_decoder_threads = 0  # 0: libavcodec's choice (a thread per core); see use_decoder_threads
+
+
+def use_decoder_threads(n: int) -> None:
+    """Decoder threads for every video this process opens from now on. Worker
+    processes set their share of the cores, so that many workers, each with a
+    thread per core, do not oversubscribe the machine."""
+    global _decoder_threads
+    _decoder_threads = max(0, int(n))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask a scheduler such as SLURM sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class FrameStream:
     """Decode a video once, front to back, and hand out the frame shown at each
     requested time (the last frame whose pts <= t). Only the frames asked for
@@ -214,15 +231,16 @@ class FrameStream:
     the length of the video. Damaged packets are skipped and counted.
     """
 
-    def __init__(self, info: MediaInfo, threads: int = 0, seek_to: float | None = None):
-        """``seek_to``: start decoding at the keyframe before this time (s) instead
-        of the beginning, for reading a window of a long recording."""
+    def __init__(self, info: MediaInfo, threads: int | None = None, seek_to: float | None = None):
+        """``threads``: decoder threads (default: the process setting, see
+        use_decoder_threads). ``seek_to``: start decoding at the keyframe before
+        this time (s) instead of the beginning, for reading a window of a long recording."""
         self.info = info
         self._seek_to = seek_to
         self.decode_errors = 0
         self.last_time: float | None = None  # time of the last decoded frame
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
-        self._threads = threads
+        self._threads = _decoder_threads if threads is None else threads
 
     def _frames(self) -> Iterator[av.VideoFrame]:
         with _open(Path(self.info.path)) as c:

@@ -10,7 +10,6 @@ Problems become error rows; they never raise out of here.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -32,22 +31,15 @@ from socialfeat.media import (
     TRUNCATION_TOLERANCE_S,
     FrameStream,
     MediaError,
+    available_cores,
     load_audio,
     probe,
+    use_decoder_threads,
 )
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
 from socialfeat.vad import speech_fraction, speech_regions
 
 log = logging.getLogger(__name__)
-
-# Decoder threads per video: 0 lets libavcodec choose (all cores), right for a lone decoder;
-# each DataLoader worker sets its share of the cores instead (see worker_init).
-_decode_threads = 0
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask a scheduler such as SLURM sets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -155,7 +147,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         requests += [(t, ci, k) for k, t in enumerate(valid)]
     requests.sort()
     got: dict[int, dict[int, tuple[float, float, torch.Tensor]]] = {}
-    stream = FrameStream(info, threads=_decode_threads)
+    stream = FrameStream(info)
     n_emitted = 0
 
     detector = FaceDetector() if plan.crop == "face" else None
@@ -281,7 +273,6 @@ def worker_init(_: int) -> None:
     """Parallelism comes from the workers themselves: one torch thread each, and the
     cores shared out among their decoders (many workers each starting a decoding
     thread per core would oversubscribe the machine)."""
-    global _decode_threads
     torch.set_num_threads(1)
     info = get_worker_info()
-    _decode_threads = max(1, available_cores() // (info.num_workers if info else 1))
+    use_decoder_threads(max(1, available_cores() // (info.num_workers if info else 1)))

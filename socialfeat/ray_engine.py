@@ -49,11 +49,11 @@ def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size:
     """Decode one video, have its clips encoded batch by batch; returns (VideoDone, encoded)."""
     import ray
 
-    from socialfeat import pipeline
+    from socialfeat.media import use_decoder_threads
     from socialfeat.pipeline import ClipItem, video_items
 
     torch.set_num_threads(1)
-    pipeline._decode_threads = 1  # the task holds one CPU of the cluster
+    use_decoder_threads(1)  # the task holds one CPU of the cluster
     encoded, batch, done = [], [], None
     for item in video_items(pos, ref, spec, plan, segments):
         if isinstance(item, ClipItem):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from socialfeat import pipeline
-from socialfeat.pipeline import available_cores, worker_init
+from socialfeat import media
+from socialfeat.media import available_cores
+from socialfeat.pipeline import worker_init
 
 
 class DecoderThreads(IterableDataset):
     def __iter__(self):
-        yield pipeline._decode_threads
+        yield media._decoder_threads
 
 
 def test_each_worker_decodes_with_its_share_of_the_cores():
     loader = DataLoader(DecoderThreads(), batch_size=None, num_workers=2, worker_init_fn=worker_init)
     assert list(loader) == [max(1, available_cores() // 2)] * 2
-    assert pipeline._decode_threads == 0  # the main process keeps libavcodec's own choice
+    assert media._decoder_threads == 0  # the main process keeps libavcodec's own choice
