@@ -9,7 +9,8 @@ short still returns what it measured:
    'reduce-overhead' (CUDA graphs), with the compile time;
 4. pretraining step rate (bf16 autocast, batch 16);
 5. end to end: ``socialfeat.extract`` on generated H.264 files against the decode limit
-   (the same files decoded by PyAV, one process per core, one thread each).
+   (the same files decoded by PyAV, one process per core, one thread each), with the sampled
+   frames resized on the GPU (default there) and in the workers.
 
 On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_all.py
@@ -204,13 +205,14 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         rows = []
-        for batch in (64,):
+        for batch, on_device in ((64, True), (64, False)):
             reset_peak(dev)
             t0 = time.perf_counter()
-            summary = extract([tmp / "videos"], tmp / f"out{batch}.h5", weights=ckpt, batch_size=batch,
-                              workers=workers, device=args.device, progress=False)
+            summary = extract([tmp / "videos"], tmp / f"out{batch}{on_device}.h5", weights=ckpt, batch_size=batch,
+                              workers=workers, device=args.device, progress=False, frames_on_device=on_device)
             sec = time.perf_counter() - t0
-            rows.append({"batch": batch, "workers": workers, "clips": summary.n_clips,
+            rows.append({"batch": batch, "frames_resized_on_device": on_device, "workers": workers,
+                         "clips": summary.n_clips,
                          "clips_per_s": round(summary.n_clips / sec, 2),
                          "vs_decode_limit": round(summary.n_clips / sec / decode_rate, 3), "peak_gib": peak_gib(dev)})
             print(rows[-1], flush=True)

@@ -49,7 +49,8 @@ def assemble(spec: PreprocessSpec, start: float, window: float, end: float,
              missing_audio: str = "nan") -> ClipInputs:
     """Inputs of the clip [start, end) in a window of ``window`` s.
 
-    frames: (requested time, frame time, transformed frame (3, S, S)) in order.
+    frames: (requested time, frame time, transformed frame (3, S, S)) in order; or
+    decoded frames (H, W, 3) uint8, then ``video`` stays (T, H, W, 3) uint8 (see model_video).
     """
     coverage = min(1.0, (end - start) / window)
     flags = []
@@ -75,8 +76,17 @@ def assemble(spec: PreprocessSpec, start: float, window: float, end: float,
             n = max(1, int(round((end - start) * spec.sample_rate)))
             a_tensor = fbank(torch.zeros(n), spec.sample_rate, spec)
             flags.append("silence_embedded")
-    video = video_input(torch.stack(tensors), spec)
+    stacked = torch.stack(tensors)
+    video = stacked if stacked.dtype == torch.uint8 else video_input(stacked, spec)
     return ClipInputs(a_tensor, video, end, coverage, n_rep, min(1.0, a_cov), flags)
+
+
+def model_video(video: torch.Tensor, spec: PreprocessSpec, device: torch.device) -> torch.Tensor:
+    """A clip's video input in model layout on ``device``, transforming frames that
+    arrive as decoded uint8 (T, H, W, 3) there."""
+    if video.dtype != torch.uint8:
+        return video.to(device, non_blocking=True)
+    return video_input(frames_tensor(video.to(device, non_blocking=True), spec), spec)
 
 
 def read_clip(info: MediaInfo, spec: PreprocessSpec, start: float, window: float,

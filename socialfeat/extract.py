@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
+from socialfeat.clip_inputs import model_video
 from socialfeat.clips import read_segments
 from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
@@ -107,6 +108,7 @@ class _Encoder:
 
     def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32"):
         self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
+        self.spec = model.info.preprocess
         self.bf16 = precision == "bf16"
         self.buffer: list[ClipItem] = []
 
@@ -131,7 +133,7 @@ class _Encoder:
             for idx, use_audio in ((with_audio, True), (without, False)):
                 if not idx:
                     continue
-                video = self._to(torch.stack([items[i].video for i in idx]))
+                video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
                 audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
                 enc = self.model.encode(audio, video)
                 for kind in EMBEDDING_KINDS:
@@ -166,7 +168,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
-            command_line: str | None = None) -> ExtractSummary:
+            frames_on_device: bool | None = None, command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
     Resumable: finished videos are journalled in ``<output>.parts`` and reused on
@@ -183,6 +185,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     small batches stay in cache and run about 15 % faster (docs/performance.md).
     ``workers``: decoding processes; default all cores but one with a GPU, 2 on the CPU
     (where the model, not decoding, sets the pace).
+    ``frames_on_device``: resize the sampled frames where the model runs instead of in the
+    workers (default: on a GPU, where the workers then only decode; see pipeline.PlanSettings).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -198,7 +202,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
-                        speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision)
+                        speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
+                        raw_frames=dev.type == "cuda" if frames_on_device is None else frames_on_device)
     if crop == "face":
         from socialfeat.faces import FaceDetector
         FaceDetector()  # fail early, with one message, when OpenCV 4 is missing

@@ -40,6 +40,7 @@ from socialfeat.preprocess import PreprocessSpec, frames_tensor
 from socialfeat.vad import speech_fraction, speech_regions
 
 log = logging.getLogger(__name__)
+RAW_FRAMES_MAX_PIXELS = 1920 * 1080  # larger frames cost more to move between processes than to resize
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ class PlanSettings:
     # to bf16 first; rounding them here instead gives the same numbers and halves the bytes
     # that travel from the workers to the model.
     precision: str = "fp32"
+    # True: hand the sampled frames over as decoded (uint8) and let the model's process resize
+    # them on its GPU, so that workers only decode. Applies to whole-frame Social-MAE inputs of
+    # videos up to RAW_FRAMES_MAX_PIXELS; everything else is transformed here.
+    raw_frames: bool = False
 
 
 @dataclass
@@ -64,7 +69,8 @@ class ClipItem:
     video_pos: int
     clip: dict[str, Any]  # a row of the clips table (without embeddings)
     audio: torch.Tensor | None  # (target_length, 128) fbank or None
-    video: torch.Tensor  # model layout
+    # model layout; or, uint8 (T, H, W, 3), sampled frames still to be transformed where the model runs
+    video: torch.Tensor
     skip: bool = False  # a row without embeddings (e.g. no face with --require-face)
 
 
@@ -152,6 +158,8 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
 
     detector = FaceDetector() if plan.crop == "face" else None
     track_ids = TrackIds()
+    raw = (plan.raw_frames and detector is None and spec.frame_transform == "squash-bgr"
+           and info.width * info.height <= RAW_FRAMES_MAX_PIXELS)
 
     def make_item(clip, end: float, frames: list, extra: dict[str, Any], skip: bool = False) -> ClipItem:
         x = assemble(spec, clip.start, clip.window, end, frames, audio, plan.missing_audio)
@@ -164,7 +172,7 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         if regions is not None:
             row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
         clip_audio, clip_video = x.audio, x.video
-        if plan.precision == "bf16":
+        if plan.precision == "bf16" and clip_video.is_floating_point():
             clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
             clip_video = clip_video.to(torch.bfloat16)
         return ClipItem(pos, row, clip_audio, clip_video, skip)
@@ -206,7 +214,12 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
             if frame is None:
                 continue
             # face cropping needs the clip's full frames; otherwise transform at once (small tensors)
-            pixels = frame.rgb if detector is not None else frames_tensor(frame.rgb[None], spec)[0]
+            if raw:
+                pixels = torch.from_numpy(frame.rgb)
+            elif detector is not None:
+                pixels = frame.rgb
+            else:
+                pixels = frames_tensor(frame.rgb[None], spec)[0]
             got.setdefault(ci, {})[k] = (t, frame.time, pixels)
             # emit, in order, every clip whose frames are all in
             while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:

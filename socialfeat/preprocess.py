@@ -143,12 +143,15 @@ def frame_tensor(rgb: np.ndarray, model: Any = "social-mae") -> torch.Tensor:
     return frames_tensor(np.asarray(rgb)[None], model)[0]
 
 
-def frames_tensor(rgb: np.ndarray, model: Any = "social-mae") -> torch.Tensor:
-    """RGB uint8 frames (N, H, W, 3) -> (N, 3, S, S) float32, per the model's transform."""
+def frames_tensor(rgb: np.ndarray | torch.Tensor, model: Any = "social-mae") -> torch.Tensor:
+    """RGB uint8 frames (N, H, W, 3) -> (N, 3, S, S) float32, per the model's transform.
+
+    A torch tensor is transformed on its own device (extraction on a GPU resizes there,
+    so that the decoding workers only decode); CAV-MAE's PIL transform runs on the CPU.
+    """
     spec = resolve_spec(model)
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected RGB uint8 frames (N, H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"expected RGB uint8 frames (N, H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}")
     if spec.frame_transform == "squash-bgr":
         x = _float_frames(rgb)
         if x.shape[-2:] != (spec.image_size, spec.image_size):
@@ -156,26 +159,29 @@ def frames_tensor(rgb: np.ndarray, model: Any = "social-mae") -> torch.Tensor:
                               align_corners=False, antialias=False)
         x = x[:, [2, 1, 0]]  # RGB -> BGR; resizing is per channel, so flipping after it is exact and cheaper
     elif spec.frame_transform == "center-crop":
-        x = torch.stack([_resize_short_center_crop(f, spec.image_size) for f in rgb])
+        frames = rgb.cpu().numpy() if isinstance(rgb, torch.Tensor) else rgb
+        x = torch.stack([_resize_short_center_crop(f, spec.image_size) for f in frames])
     else:
         raise ValueError(f"unknown frame_transform {spec.frame_transform!r}")
-    mean = torch.tensor(spec.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.image_std).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.image_mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.image_std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
 _frame_buffer = threading.local()
 
 
-def _float_frames(rgb: np.ndarray) -> torch.Tensor:
+def _float_frames(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1], the reference's ToTensor values.
 
-    Written into a float buffer kept per thread for the last frame shape: a fresh
-    full-resolution float image per frame costs more in page faults than the
-    conversion itself (about 1.7x slower at 720p). The caller must not keep the
+    On the CPU it is written into a float buffer kept per thread for the last frame
+    shape: a fresh full-resolution float image per frame costs more in page faults
+    than the conversion itself (1.2-1.7x slower). The caller must not keep the
     result; every use here resizes it (or copies it) at once.
     """
-    src = torch.from_numpy(rgb).permute(0, 3, 1, 2)
+    src = (rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.asarray(rgb))).permute(0, 3, 1, 2)
+    if src.device.type != "cpu":
+        return src.float().contiguous().div_(255.0)
     buf = getattr(_frame_buffer, "tensor", None)
     if buf is None or buf.shape != src.shape:
         buf = _frame_buffer.tensor = torch.empty(src.shape, dtype=torch.float32)

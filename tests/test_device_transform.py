@@ -1,0 +1,40 @@
+"""Frames resized where the model runs (the GPU default) give the numbers of frames resized in the workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import socialfeat
+from socialfeat import pipeline
+from socialfeat.extract import extract
+from socialfeat.inputs import VideoRef
+from socialfeat.models import load_model
+from socialfeat.pipeline import ClipItem, PlanSettings, video_items
+
+
+def test_raw_frames_travel_as_decoded_uint8(corpus, tiny_ckpt, monkeypatch):
+    spec = load_model(tiny_ckpt).info.preprocess
+    ref = VideoRef(corpus["talk"], "talk.mp4")
+    plan = PlanSettings(clip_seconds=spec.clip_seconds, hop_seconds=None, missing_audio="nan", raw_frames=True)
+    items = [it for it in video_items(0, ref, spec, plan, None) if isinstance(it, ClipItem)]
+    assert items and all(it.video.dtype == torch.uint8 and it.video.shape == (spec.num_frames, 240, 320, 3)
+                         for it in items)
+    monkeypatch.setattr(pipeline, "RAW_FRAMES_MAX_PIXELS", 320 * 240 - 1)  # too large now: transformed here
+    items = [it for it in video_items(0, ref, spec, plan, None) if isinstance(it, ClipItem)]
+    layout = (3, spec.image_size, spec.image_size, spec.num_frames)
+    assert all(it.video.dtype == torch.float32 and it.video.shape == layout for it in items)
+
+
+def test_device_transform_equals_worker_transform(corpus, tiny_ckpt, tmp_path):
+    outs = {}
+    for on_device in (False, True):
+        outs[on_device] = tmp_path / f"dev{on_device}.h5"
+        extract([corpus["root"]], outs[on_device], weights=tiny_ckpt, workers=1, progress=False,
+                frames_on_device=on_device, include=("*.mp4", "*.mkv"))
+    a = socialfeat.load_features(outs[False], embeddings="all")
+    b = socialfeat.load_features(outs[True], embeddings="all")
+    assert len(a) == len(b) > 10 and list(a.path) == list(b.path)
+    assert {"rotated90.mp4", "vfr.mp4", "noaudio.mp4"} <= set(a.path)  # rotation, variable frame rate
+    cols = [c for c in a.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), atol=1e-5, rtol=0, equal_nan=True)
