@@ -40,7 +40,7 @@ from socialfeat.preprocess import PreprocessSpec, frames_tensor
 from socialfeat.vad import speech_fraction, speech_regions
 
 log = logging.getLogger(__name__)
-RAW_FRAMES_MAX_PIXELS = 1920 * 1080  # larger frames cost more to move between processes than to resize
+RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to hold in shared memory) than it saves
 
 
 @dataclass(frozen=True)
