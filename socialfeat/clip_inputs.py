@@ -57,6 +57,8 @@ def assemble(spec: PreprocessSpec, start: float, window: float, end: float,
     if coverage < 1.0 - 1e-6:
         flags.append("partial_window")
     tensors, n_rep = pad_frames([f for _, _, f in frames], spec.num_frames)
+    if tensors[0].dtype == torch.uint8 and len({t.shape for t in tensors}) > 1:
+        tensors = [frames_tensor(t[None], spec)[0] for t in tensors]  # the frame size changed mid-clip
     if n_rep:
         flags.append("frames_repeated")
     if max(abs(req - got) for req, got, _ in frames) > FRAME_GAP_S:

@@ -172,9 +172,10 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         if regions is not None:
             row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
         clip_audio, clip_video = x.audio, x.video
-        if plan.precision == "bf16" and clip_video.is_floating_point():
+        if plan.precision == "bf16":
             clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
-            clip_video = clip_video.to(torch.bfloat16)
+            if clip_video.is_floating_point():  # (decoded uint8 frames are transformed later)
+                clip_video = clip_video.to(torch.bfloat16)
         return ClipItem(pos, row, clip_audio, clip_video, skip)
 
     def face_items(clip, end: float, entries: list) -> list[ClipItem]:

@@ -38,3 +38,17 @@ def test_device_transform_equals_worker_transform(corpus, tiny_ckpt, tmp_path):
     assert {"rotated90.mp4", "vfr.mp4", "noaudio.mp4"} <= set(a.path)  # rotation, variable frame rate
     cols = [c for c in a.columns if c.startswith(("joint_", "audio_", "visual_"))]
     np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_frame_size_change_inside_a_clip_is_transformed_in_the_worker():
+    """Streams can change resolution; decoded frames of two sizes cannot travel as one array."""
+    from socialfeat.clip_inputs import assemble
+    from socialfeat.preprocess import SOCIAL_MAE_SPEC, frames_tensor
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (240 if k < 4 else 360, 320, 3), dtype=np.uint8) for k in range(8)]
+    raw = assemble(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0, [(k / 2, k / 2, torch.from_numpy(f)) for k, f in enumerate(frames)],
+                   None)
+    done = assemble(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0,
+                    [(k / 2, k / 2, frames_tensor(f[None], SOCIAL_MAE_SPEC)[0]) for k, f in enumerate(frames)], None)
+    assert raw.video.dtype == torch.float32 and torch.equal(raw.video, done.video)
