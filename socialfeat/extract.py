@@ -186,7 +186,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``workers``: decoding processes; default all cores but one with a GPU, 2 on the CPU
     (where the model, not decoding, sets the pace).
     ``frames_on_device``: resize the sampled frames where the model runs instead of in the
-    workers (default: on a GPU, where the workers then only decode; see pipeline.PlanSettings).
+    workers (default: on a GPU with the local engine, where the workers then only decode; not
+    across a Ray cluster, whose network would carry 4-5x the bytes; see pipeline.PlanSettings).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
@@ -203,7 +204,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
-                        raw_frames=dev.type == "cuda" if frames_on_device is None else frames_on_device)
+                        raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
+                        else frames_on_device)
     if crop == "face":
         from socialfeat.faces import FaceDetector
         FaceDetector()  # fail early, with one message, when OpenCV 4 is missing
