@@ -129,19 +129,23 @@ class _Encoder:
             out[task.name] = np.full((len(items), len(task.label_names)), np.nan, np.float32)
         with_audio = [i for i, it in enumerate(items) if it.audio is not None and not it.skip]
         without = [i for i, it in enumerate(items) if it.audio is None and not it.skip]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode():
             for idx, use_audio in ((with_audio, True), (without, False)):
                 if not idx:
                     continue
+                # inputs are finished in fp32 (frames resized here, see model_video), outside autocast
                 video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
                 audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
-                enc = self.model.encode(audio, video)
+                with autocast:
+                    enc = self.model.encode(audio, video)
                 for kind in EMBEDDING_KINDS:
                     val = getattr(enc, kind)
                     if val is not None:
                         out[kind][idx] = val.float().cpu().numpy()
                 for task in self.tasks:
-                    values = task.predict(enc, audio, video)
+                    with autocast:
+                        values = task.predict(enc, audio, video)
                     if values is not None:
                         out[task.name][idx] = values.float().cpu().numpy()
         return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
