@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretraining.objective import PretrainObjective  # noqa: E402
+from socialfeat.media import available_cores  # noqa: E402
 from socialfeat.models import create_model, save_checkpoint  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     report = Report(Path(os.environ.get("OUT", ".")) / "gpu_figures.json", device=name, torch=torch.__version__,
-                    arch=args.arch, cpus=os.cpu_count())
+                    arch=args.arch, cpus=available_cores())
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 figures are true fp32
 
     model = create_model(args.arch).to(dev).eval()
@@ -106,6 +107,14 @@ def main() -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
     a64 = torch.randn(64, kw["audio_length"], 128, generator=g).to(dev)
     v64 = torch.randn(64, *vshape, generator=g).to(dev)
+
+    measure_encode(model, a64, v64, dev, args, report)
+    measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)
+    measure_end_to_end(model, dev, args, report)
+
+
+def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device, args, report: Report) -> None:
+    """Sections 1-3: eager encode, bf16 agreement, torch.compile."""
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
 
     def variant(kind: str, net=None):
@@ -161,8 +170,13 @@ def main() -> None:
             torch._dynamo.reset()
         report["encode_compiled_bf16_weights"] = rows
 
+
+
+def measure_pretrain(arch: str, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device, seconds: float,
+                     report: Report) -> None:
+    """Section 4: training steps per second."""
     # 4. pretraining step rate
-    train = create_model(args.arch).to(dev).train()
+    train = create_model(arch).to(dev).train()
     objective = PretrainObjective(train)
     opt = torch.optim.Adam(train.parameters(), lr=5e-5)
     bs = 16 if dev.type == "cuda" else 2
@@ -176,20 +190,23 @@ def main() -> None:
         opt.step()
 
     reset_peak(dev)
-    report["pretrain"] = {"batch": bs, "clips_per_s": round(bs / timed(step, args.seconds, dev), 2),
+    report["pretrain"] = {"batch": bs, "clips_per_s": round(bs / timed(step, seconds, dev), 2),
                           "peak_gib": peak_gib(dev)}
-    del train, objective, opt, model_bf16
 
+
+
+def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
+    """Section 5: ``extract`` against the decode limit, frames resized on the device and in the workers."""
     # 5. end to end against the decode limit
     from _media import encoded_video
 
     from socialfeat.extract import extract
 
-    workers = args.workers or max(1, (os.cpu_count() or 2) - 1)
+    workers = args.workers or max(1, available_cores() - 1)  # extract's own default with a GPU
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(os.cpu_count()) as pool:
+        with ProcessPoolExecutor(available_cores()) as pool:
             files = list(pool.map(encoded_video, [tmp / "videos" / f"v{i:03d}.mp4" for i in range(args.e2e_videos)],
                                   [args.e2e_seconds] * args.e2e_videos, [args.e2e_size] * args.e2e_videos,
                                   [30] * args.e2e_videos, range(args.e2e_videos)))
@@ -197,11 +214,10 @@ def main() -> None:
         clip_s = model.info.preprocess.clip_seconds
         n_clips = args.e2e_videos * int(args.e2e_seconds // clip_s)
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(os.cpu_count()) as pool:
+        with ProcessPoolExecutor(available_cores()) as pool:
             list(pool.map(pyav_decode, [str(f) for f in files]))
         decode_rate = n_clips / (time.perf_counter() - t0)
         ckpt = save_checkpoint(model.cpu(), tmp / "model.pt")
-        del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         rows = []

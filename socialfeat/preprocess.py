@@ -150,6 +150,8 @@ def frames_tensor(rgb: np.ndarray | torch.Tensor, model: Any = "social-mae") -> 
     so that the decoding workers only decode); CAV-MAE's PIL transform runs on the CPU.
     """
     spec = resolve_spec(model)
+    if not isinstance(rgb, torch.Tensor):
+        rgb = np.asarray(rgb)
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype not in (np.uint8, torch.uint8):
         raise ValueError(f"expected RGB uint8 frames (N, H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}")
     if spec.frame_transform == "squash-bgr":
@@ -179,7 +181,7 @@ def _float_frames(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     than the conversion itself (1.2-1.7x slower). The caller must not keep the
     result; every use here resizes it (or copies it) at once.
     """
-    src = (rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(np.asarray(rgb))).permute(0, 3, 1, 2)
+    src = (rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)).permute(0, 3, 1, 2)
     if src.device.type != "cpu":
         return src.float().contiguous().div_(255.0)
     buf = getattr(_frame_buffer, "tensor", None)
