@@ -3,8 +3,6 @@ the single-process engine on the same inputs."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
@@ -13,6 +11,7 @@ import pytest
 import socialfeat
 
 from conftest import SOCIALFEAT, run_cli
+from processes import command_line, descendants, kill
 from cli.test_extract import assert_same_output
 
 IGNORED = {"merged_from", "shard"}
@@ -60,10 +59,11 @@ def test_ray_engine_equals_local_even_when_a_worker_is_killed(single, corpus, ti
     killed = None
     deadline = time.time() + 240
     while killed is None and proc.poll() is None and time.time() < deadline:
-        found = subprocess.run(["pgrep", "-f", "ray::prepare_and_encode"], capture_output=True, text=True).stdout
-        if found.split():
-            killed = int(found.split()[0])
-            os.kill(killed, signal.SIGKILL)  # a decoding worker dies mid-video
+        # only among this run's own processes (the driver started its Ray cluster as children)
+        busy = [pid for pid in descendants(proc.pid) if command_line(pid).startswith("ray::prepare_and_encode")]
+        if busy:
+            killed = busy[0]
+            kill(killed)  # a decoding worker dies mid-video
         time.sleep(0.005)
     _, stderr = proc.communicate(timeout=300)
     assert killed is not None, "no Ray worker was caught running"

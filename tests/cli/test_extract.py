@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import time
 
@@ -22,6 +21,7 @@ from socialfeat.preprocess import fbank, frames_tensor, video_input
 
 from conftest import SOCIALFEAT, run_cli
 from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
+from processes import freeze, kill
 
 BROKEN = {"empty.mp4": ("open", "empty file"), "notes.mp4": ("open", "not a readable media file"),
           "truncated_nomoov.mp4": ("open", "not a readable media file"),
@@ -171,9 +171,10 @@ def test_kill_and_resume_equals_clean_run(clean_run, corpus, tiny_ckpt, tmp_path
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "resumed.h5.parts"
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:
+    while time.time() < deadline and len(list(parts.glob("*.h5"))) < 3:  # an event, not a duration
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    freeze(proc.pid)  # nothing more is written between this count and the kill
+    kill(proc.pid)
     proc.wait()
     assert not out.exists(), "the run finished before it could be killed"
     n_done = len(list(parts.glob("*.h5")))

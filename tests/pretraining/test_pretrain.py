@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pretraining.init import load_initial_weights
 from socialfeat.models import SocialMAE, create_model, load_model, save_checkpoint
 
 from conftest import SOCIALFEAT, run_cli
+from processes import freeze, kill
 
 # contrastive weight 1: in a 32-step run the default 0.01 leaves that term too small to move
 TINY = ["--arch", "social-mae-tiny", "--batch-size", "4", "--lr", "1e-3", "--clips-per-video", "8",
@@ -67,8 +66,9 @@ def test_killed_run_resumes_exactly(train_videos, straight_run, tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and (not (run / "train_log.csv").exists() or len(read_log(run)) < 13):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.05)  # an event (13 logged steps, a checkpoint after step 8), not a duration
+    freeze(proc.pid)
+    kill(proc.pid)
     proc.wait()
     assert 13 <= len(read_log(run)) < 32, "the run was not interrupted mid-way"
     run_cli("pretrain", train_videos, "--out", run, "--resume", "--epochs", "4", "--no-progress")
