@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from _media import make_videos
 
-from socialfeat.extract import extract, resolve_precision
+from socialfeat.encoder import resolve_precision
+from socialfeat.extract import extract
 from socialfeat.models import create_model, save_checkpoint
 
 

@@ -33,6 +33,7 @@ from pretraining.distributed import (
 from pretraining.init import load_initial_weights
 from pretraining.objective import PretrainObjective
 from pretraining.schedule import make_scheduler
+from socialfeat.errors import UsageError
 from socialfeat.inputs import find_videos
 from socialfeat.models import create_model, read_checkpoint, save_checkpoint
 from socialfeat.models.checkpoint import ModelInfo, build_model, load_state_dict_strict
@@ -149,7 +150,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     state = None
     if resume:
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"{ckpt_path}: nothing to resume")
+            raise UsageError(f"{ckpt_path}: nothing to resume")
         obj = read_checkpoint(ckpt_path)
         state = obj["extra"]["train_state"]
         saved = state["config"]
@@ -170,7 +171,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
     train_videos, val_videos = split_validation(usable_videos(refs, spec), cfg.val_fraction, cfg.seed)
     if not train_videos:
-        raise ValueError("no usable training videos (readable, with audio, long enough)")
+        raise UsageError("no usable training videos (readable, with audio, long enough)")
     noise = "normal" if model.info.family == "social-mae" else "uniform"
     make_ds = lambda videos, random: TrainClips(  # noqa: E731
         videos, spec, noise, model.num_audio_tokens, model.num_video_tokens, cfg.seed,
@@ -180,7 +181,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     sampler = GlobalBatchSampler(len(train_ds), cfg.batch_size, rank, world, cfg.seed)
     steps_per_epoch = sampler.batches_per_epoch() // cfg.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_ds)} training clips are fewer than one global batch "
+        raise UsageError(f"{len(train_ds)} training clips are fewer than one global batch "
                          f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
 
     objective = PretrainObjective(model, cfg.mask_ratio_a, cfg.mask_ratio_v, cfg.mae_weight, cfg.contrast_weight)

@@ -20,25 +20,27 @@ from socialfeat import __version__
 
 EXIT_PARTIAL = 3
 EXIT_FATAL = 1
+EXIT_USAGE = 2
 
 
 @contextlib.contextmanager
 def _fatal_errors_as_one_line():
-    """Expected failures (missing weights, bad checkpoint or annotation file) end the
-    command with one line on stderr instead of a traceback."""
-    from socialfeat.models import (
-        CheckpointError,
-        UnknownModelError,
-        WeightsUnavailableError,
-    )
-    from socialfeat.models.hub import ChecksumError
+    """socialfeat's own errors (missing weights, a bad checkpoint, segments or labels file)
+    end the command with one line on stderr: exit 2 for a usage problem, 1 otherwise.
+    Running out of GPU memory gets a hint. Anything else is a bug and keeps its traceback."""
+    import torch
+
+    from socialfeat.errors import SocialfeatError, UsageError
 
     try:
         yield
-    except (WeightsUnavailableError, ChecksumError, CheckpointError, UnknownModelError, ValueError,
-            FileNotFoundError, RuntimeError) as e:
+    except SocialfeatError as e:
         logging.getLogger(__name__).debug("fatal error", exc_info=True)  # traceback with -vv
         click.echo(f"socialfeat: error: {e}", err=True)
+        sys.exit(EXIT_USAGE if isinstance(e, UsageError) else EXIT_FATAL)
+    except torch.cuda.OutOfMemoryError:
+        logging.getLogger(__name__).debug("out of memory", exc_info=True)
+        click.echo("socialfeat: error: the GPU ran out of memory; try a smaller --batch-size", err=True)
         sys.exit(EXIT_FATAL)
 
 
@@ -268,7 +270,7 @@ def merge(parts, output) -> None:
     """Combine the outputs of `extract --shard I/N` runs (same model and settings) into OUTPUT."""
     from socialfeat.merge import merge as run_merge
 
-    with _fatal_errors_as_one_line():  # MergeError is a ValueError
+    with _fatal_errors_as_one_line():
         path = run_merge(list(parts), output, command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     click.echo(f"merged {len(parts)} files into {path}", err=True)
 

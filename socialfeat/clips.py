@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from socialfeat.errors import UsageError
+
 MIN_COVERAGE = 0.5
 _EPS = 1e-6
 
@@ -104,7 +106,7 @@ def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         return {}
     missing = {"video", "start", "end"} - set(rows[0])
     if missing:
-        raise ValueError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}")
+        raise UsageError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}")
     extra_cols = [c for c in rows[0] if c not in ("video", "start", "end")]
     numeric = {c for c in extra_cols if all(_is_number(r[c]) for r in rows)}
     out: dict[str, list[dict[str, Any]]] = {}
@@ -112,9 +114,9 @@ def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         try:
             start, end = float(r["start"]), float(r["end"])
         except ValueError:
-            raise ValueError(f"{path}:{line}: start/end must be seconds, got {r['start']!r}, {r['end']!r}") from None
+            raise UsageError(f"{path}:{line}: start/end must be seconds, got {r['start']!r}, {r['end']!r}") from None
         if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-            raise ValueError(f"{path}:{line}: segment end {end} is not after start {start}")
+            raise UsageError(f"{path}:{line}: segment end {end} is not after start {start}")
         seg = {"video": r["video"], "start": start, "end": end}
         for c in extra_cols:
             seg[c] = float(r[c]) if c in numeric else (r[c] or "")

@@ -16,16 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
-from socialfeat.clip_inputs import model_video
 from socialfeat.clips import read_segments
-from socialfeat.heads import Task, load_task
+from socialfeat.encoder import (
+    BatchEncoder,
+    build_predictors,
+    resolve_device,
+    resolve_precision,
+    video_result,
+)
+from socialfeat.errors import UsageError
 from socialfeat.inputs import VideoRef, find_videos
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
@@ -36,7 +40,7 @@ from socialfeat.pipeline import (
     VideoDone,
     worker_init,
 )
-from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble
+from socialfeat.store import Journal, VideoResult, assemble
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
@@ -57,28 +61,6 @@ class ExtractSummary:
         return self.n_failed == 0
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str, dev: torch.device) -> str:
-    """'auto': bf16 autocast on CUDA (embedding cosine >= 0.999 against fp32, several
-    times faster), exact fp32 on the CPU (bf16 is opt-in there: fast only on CPUs with
-    bf16 matrix units)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if dev.type == "cuda" else "fp32"
-    return precision
-
-
 def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float,
                  tasks: list[dict]) -> str:
     payload = {"weights": model_info.sha256, "model": model_info.to_dict(), "plan": plan.__dict__,
@@ -89,7 +71,7 @@ def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: 
 def in_shard(ref: VideoRef, index: int, count: int) -> bool:
     """Shard ``index`` of ``count`` (1-based) by the video id: stable when files are added."""
     if not 1 <= index <= count:
-        raise ValueError(f"shard {index}/{count}: need 1 <= I <= N")
+        raise UsageError(f"shard {index}/{count}: need 1 <= I <= N")
     return int(ref.video_id, 16) % count == index - 1
 
 
@@ -100,68 +82,6 @@ def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
         if key in table:
             return table[key]
     return []
-
-
-class _Encoder:
-    """Batches clips (across videos) through the model and the task predictors, and
-    routes results back. Every task reuses the batch already decoded and preprocessed."""
-
-    def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32"):
-        self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
-        self.spec = model.info.preprocess
-        self.bf16 = precision == "bf16"
-        self.buffer: list[ClipItem] = []
-
-    def add(self, item: ClipItem) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
-        self.buffer.append(item)
-        return self.flush() if len(self.buffer) >= self.batch_size else []
-
-    def _to(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True)
-
-    def flush(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
-        items, self.buffer = self.buffer, []
-        if not items:
-            return []
-        dim = self.model.norm.normalized_shape[0]
-        out = {k: np.full((len(items), dim), np.nan, np.float32) for k in EMBEDDING_KINDS}
-        for task in self.tasks:
-            out[task.name] = np.full((len(items), len(task.label_names)), np.nan, np.float32)
-        with_audio = [i for i, it in enumerate(items) if it.audio is not None and not it.skip]
-        without = [i for i, it in enumerate(items) if it.audio is None and not it.skip]
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        with torch.inference_mode():
-            for idx, use_audio in ((with_audio, True), (without, False)):
-                if not idx:
-                    continue
-                # inputs are finished in fp32 (frames resized here, see model_video), outside autocast
-                video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
-                audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
-                with autocast:
-                    enc = self.model.encode(audio, video)
-                for kind in EMBEDDING_KINDS:
-                    val = getattr(enc, kind)
-                    if val is not None:
-                        out[kind][idx] = val.float().cpu().numpy()
-                for task in self.tasks:
-                    with autocast:
-                        values = task.predict(enc, audio, video)
-                    if values is not None:
-                        out[task.name][idx] = values.float().cpu().numpy()
-        return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
-
-
-def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:
-    """The model's own head (finetuned weights) followed by every ``--tasks`` item."""
-    info = net.info
-    predictors = [load_task(t, info).to(dev) for t in tasks]
-    if info.task and info.label_names:
-        predictors.insert(0, Task(info.task_name or "task", info.task, list(info.label_names), model=net,
-                                  source=str(info.source)))
-    names = [p.name for p in predictors]
-    if len(set(names)) != len(names):
-        raise ValueError(f"task names must be unique, got {names}")
-    return predictors
 
 
 def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
@@ -214,8 +134,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
         from socialfeat.faces import FaceDetector
         FaceDetector()  # fail early, with one message, when OpenCV 4 is missing
     if speech:
-        from socialfeat.vad import _model
-        _model()  # fail early, with one message, when Silero VAD is not installed
+        from socialfeat.vad import load_vad
+        load_vad()  # fail early, with one message, when Silero VAD is not installed
     seg_table = read_segments(segments) if segments is not None and not speech else None
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
     if shard is not None:
@@ -279,20 +199,6 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses)
 
 
-def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray]]],
-                 task_names: list[str]) -> VideoResult:
-    """One video's journal entry from its record and its encoded clips (any engine)."""
-    if done.video["status"] == "error":  # anything already encoded for it is discarded
-        encoded = []
-    encoded = sorted(encoded, key=lambda pair: (pair[0]["clip_index"], pair[0].get("track", 0)))
-    res = VideoResult(video=dict(done.video, n_clips=len(encoded)), errors=done.errors,
-                      clips=[row for row, _ in encoded])
-    if encoded:
-        res.embeddings = {k: np.stack([v[k] for _, v in encoded]) for k in EMBEDDING_KINDS}
-        res.predictions = {t: np.stack([v[t] for _, v in encoded]) for t in task_names}
-    return res
-
-
 class _Recorder:
     """Writes each finished video to the journal (the durable path shared by all engines)."""
 
@@ -312,7 +218,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                         worker_init_fn=worker_init if workers else None,
                         prefetch_factor=4 if workers else None)
-    encoder = _Encoder(net, dev, batch_size, tasks, plan.precision)
+    encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision)
     task_names = [t.name for t in tasks]
     encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
     finished: dict[int, VideoDone] = {}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from socialfeat.errors import MissingDependencyError
+
 CROP_SCALE = 1.8  # square side / face size: roughly the framing of VoxCeleb2 crops
 MIN_IOU = 0.2  # boxes in consecutive frames overlapping more than this belong to one track
 MIN_TRACK_SHARE = 0.25  # tracks seen on fewer sampled frames are treated as false detections
@@ -53,10 +55,10 @@ class FaceDetector:
         try:
             import cv2
         except ImportError:
-            raise RuntimeError("--crop face needs OpenCV 4: pip install 'socialfeat[faces]'") from None
+            raise MissingDependencyError("--crop face needs OpenCV 4: pip install 'socialfeat[faces]'") from None
         path = getattr(getattr(cv2, "data", None), "haarcascades", None)
         if not path:
-            raise RuntimeError("this OpenCV ships no Haar cascades (OpenCV 5 dropped them): "
+            raise MissingDependencyError("this OpenCV ships no Haar cascades (OpenCV 5 dropped them): "
                                "pip install 'opencv-python-headless<5'")
         self._cv2 = cv2
         self.cascade = cv2.CascadeClassifier(path + "haarcascade_frontalface_default.xml")

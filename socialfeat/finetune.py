@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from socialfeat.errors import UsageError
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
@@ -48,26 +49,26 @@ def infer_label_spec(table: pd.DataFrame, task_type: str = "auto", label_columns
     groups = list(group_columns or [])
     cols = list(label_columns or [c for c in table.columns if c not in RESERVED and c not in groups])
     if not cols:
-        raise ValueError("the labels file has no label column (expected video, start, end, then labels)")
+        raise UsageError("the labels file has no label column (expected video, start, end, then labels)")
     missing = [c for c in cols + groups if c not in table.columns]
     if missing:
-        raise ValueError(f"labels file lacks column(s) {missing}")
+        raise UsageError(f"labels file lacks column(s) {missing}")
     numeric = all(pd.api.types.is_numeric_dtype(table[c]) for c in cols)
     if task_type == "auto":
         task_type = "regression" if numeric and (len(cols) > 1 or table[cols[0]].nunique() > 20
                                                  or (table[cols[0]] % 1 != 0).any()) else "classification"
     if task_type == "classification":
         if len(cols) != 1:
-            raise ValueError(f"classification needs one label column, got {cols}")
+            raise UsageError(f"classification needs one label column, got {cols}")
         names = sorted(table[cols[0]].astype(str).unique().tolist())
         if len(names) < 2:
-            raise ValueError(f"classification needs at least two classes, found {names}")
+            raise UsageError(f"classification needs at least two classes, found {names}")
     elif task_type == "regression":
         if not numeric:
-            raise ValueError(f"regression needs numeric label columns, got {cols}")
+            raise UsageError(f"regression needs numeric label columns, got {cols}")
         names = cols
     else:
-        raise ValueError(f"unknown task type {task_type!r}")
+        raise UsageError(f"unknown task type {task_type!r}")
     return LabelSpec(task_type, cols, names, groups)
 
 
@@ -105,7 +106,7 @@ def grouped_folds(groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarra
     """K folds over whole groups (no group on both sides)."""
     uniq = np.unique(groups)
     if k < 2 or k > len(uniq):
-        raise ValueError(f"--cv {k}: need 2 <= K <= number of groups ({len(uniq)})")
+        raise UsageError(f"--cv {k}: need 2 <= K <= number of groups ({len(uniq)})")
     order = np.random.default_rng(seed).permutation(uniq)
     folds = []
     for part in np.array_split(order, k):
@@ -118,7 +119,7 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     uniq = np.random.default_rng(seed).permutation(np.unique(groups))
     n_val = max(1, int(round(val_fraction * len(uniq))))
     if n_val >= len(uniq):
-        raise ValueError(f"need at least two groups (videos/speakers) to hold some out, found {len(uniq)}")
+        raise UsageError(f"need at least two groups (videos/speakers) to hold some out, found {len(uniq)}")
     test = np.isin(groups, uniq[:n_val])
     return np.flatnonzero(~test), np.flatnonzero(test)
 
@@ -187,7 +188,7 @@ def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, 
     emb_cols = [c for c in df.columns if c.startswith(f"{embedding}_")]
     missing = [c for c in spec.columns + spec.group_columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{features}: clips lack label column(s) {missing}; extract with --segments LABELS.csv")
+        raise UsageError(f"{features}: clips lack label column(s) {missing}; extract with --segments LABELS.csv")
     keep = np.isfinite(df[emb_cols].to_numpy()).all(1) & df[spec.columns].notna().all(1).to_numpy()
     dropped = int((~keep).sum())
     if dropped:
@@ -241,6 +242,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     from pretraining.init import copy_matching_weights
     from socialfeat.models import save_checkpoint
     from socialfeat.models.checkpoint import ModelInfo, build_model
+    from socialfeat.models.families import class_name, model_kwargs
 
     base_weights = base.state_dict()
     y = targets(clips, spec)
@@ -249,14 +251,10 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     groups = group_ids(clips, spec.group_columns)
 
     def new_model():
-        kwargs = {k: v for k, v in base.info.model_kwargs.items()
-                  if k not in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "label_dim",
-                               "target_order")}
-        kwargs.update(label_dim=len(spec.label_names), tr_pos=True)
-        cls = "SocialMAEFT" if base.info.family == "social-mae" else "CAVMAEFT"
-        info = ModelInfo(name=f"{base.info.name}+{task}", model_class=cls, model_kwargs=kwargs,
-                         preprocess=base.info.preprocess, task=spec.task_type, task_name=task,
-                         label_names=list(spec.label_names))
+        family_kwargs = model_kwargs(base.info.model_kwargs, "finetune", len(spec.label_names))
+        info = ModelInfo(name=f"{base.info.name}+{task}", model_class=class_name(base.info.family, "finetune"),
+                         model_kwargs=family_kwargs, preprocess=base.info.preprocess, task=spec.task_type,
+                         task_name=task, label_names=list(spec.label_names))
         torch.manual_seed(seed)
         model = build_model(info)
         copy_matching_weights(model, base_weights, "reference")  # encoder weights; a fresh head
@@ -332,7 +330,7 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
             rows.append({"path": ref.relpath, "start_s": c.start, "end_s": c.end, "window_s": c.window,
                          **c.extra})
     if not rows:
-        raise ValueError("no labelled clip matches the input videos (check the labels' video column)")
+        raise UsageError("no labelled clip matches the input videos (check the labels' video column)")
     return pd.DataFrame(rows), infos
 
 

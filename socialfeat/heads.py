@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from socialfeat.atomic import atomic_path
+from socialfeat.errors import SocialfeatError, UsageError
 from socialfeat.models import load_model, read_checkpoint
 from socialfeat.models.avmae import Encoding
 
@@ -26,7 +27,7 @@ VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid prob
           "regression": "scores on the training labels' scale"}
 
 
-class HeadMismatchError(ValueError):
+class HeadMismatchError(SocialfeatError, ValueError):
     """A head used with a backbone other than the one it was trained on."""
 
 
@@ -99,7 +100,7 @@ class Task:
 def _from_finetuned_model(name: str, model: nn.Module, backbone_info) -> Task:
     info = model.info
     if info.task is None or not info.label_names:
-        raise ValueError(f"task {name!r}: {info.source} has no task head")
+        raise UsageError(f"task {name!r}: {info.source} has no task head")
     if info.preprocess != backbone_info.preprocess:
         raise HeadMismatchError(f"task {name!r}: {info.source} expects other inputs ({info.preprocess.family}, "
                                 f"{info.preprocess.clip_seconds} s) than the extraction model")

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from socialfeat.errors import InputNotFoundError
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 
@@ -85,5 +87,5 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             ap = p.resolve()
             refs.setdefault(ap, VideoRef(ap, ap.name))
         else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
+            raise InputNotFoundError(f"{p}: no such file or directory")
     return sorted(refs.values(), key=lambda r: (r.relpath, str(r.path)))

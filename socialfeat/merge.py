@@ -14,10 +14,11 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from socialfeat.errors import SocialfeatError
 from socialfeat.store import (
     EMBEDDING_KINDS,
     VideoResult,
-    _read_table,
+    read_table,
     assemble,
     read_attrs,
 )
@@ -26,7 +27,7 @@ MUST_MATCH = ("socialfeat_version", "model_name", "model_class", "weights_sha256
               "settings", "embedding_dim")
 
 
-class MergeError(ValueError):
+class MergeError(SocialfeatError, ValueError):
     """Shards that were not made with the same model and settings."""
 
 
@@ -43,7 +44,7 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 def read_results(path: str | Path) -> tuple[list[VideoResult], dict]:
     """A features file back as per-video results (the journal's unit) plus its prediction metadata."""
     with h5py.File(path, "r") as f:
-        videos, clips, errors = (_rows(_read_table(f[g])) for g in ("videos", "clips", "errors"))
+        videos, clips, errors = (_rows(read_table(f[g])) for g in ("videos", "clips", "errors"))
         emb = {k: f["embeddings"][k][()] for k in EMBEDDING_KINDS}
         preds = {t: f["predictions"][t][()] for t in f["predictions"]}
         meta = {t: {"label_names": [x.decode() if isinstance(x, bytes) else str(x) for x in ds.attrs["label_names"]],

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import torchaudio
 from PIL import Image
 
+from socialfeat.architectures import get_arch_config
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Kaldi fbank arguments of both reference dataloaders (``_wav2fbank``); the rest are
@@ -73,26 +75,24 @@ class PreprocessSpec:
         return start + (k + self.frame_offset) * duration / self.num_frames
 
 
+def arch_spec(arch: str) -> PreprocessSpec:
+    """The preprocessing recipe of an architecture (``model_configs/<arch>.json``)."""
+    return PreprocessSpec.from_dict(get_arch_config(arch)["preprocess"])
+
+
 # The two released preprocessing recipes (clip length can be changed per run).
-CAV_MAE_SPEC = PreprocessSpec(family="cav-mae", clip_seconds=10.0, num_frames=1, frame_offset=0.5,
-                              target_length=1024, fbank_mean=-5.081, fbank_std=4.4849,
-                              frame_transform="center-crop")
-SOCIAL_MAE_SPEC = PreprocessSpec(family="social-mae", clip_seconds=4.0, num_frames=8, frame_offset=0.0,
-                                 target_length=1024, fbank_mean=-6.2943, fbank_std=12.26344,
-                                 frame_transform="squash-bgr")
+CAV_MAE_SPEC = arch_spec("cav-mae")
+SOCIAL_MAE_SPEC = arch_spec("social-mae")
 FAMILY_SPECS = {"cav-mae": CAV_MAE_SPEC, "social-mae": SOCIAL_MAE_SPEC}
 
 
 def resolve_spec(model: Any) -> PreprocessSpec:
-    """Accept a spec, a family name ('cav-mae' / 'social-mae'), a registry name,
-    or a model carrying ``.preprocess``."""
+    """Accept a spec, an architecture name ('social-mae', 'cav-mae', 'social-mae-tiny' ...),
+    or anything carrying ``.preprocess`` (a model, a registry entry)."""
     if isinstance(model, PreprocessSpec):
         return model
     if isinstance(model, str):
-        if model in FAMILY_SPECS:
-            return FAMILY_SPECS[model]
-        from socialfeat.models.registry import get_pretrained_cfg
-        return get_pretrained_cfg(model).preprocess
+        return FAMILY_SPECS[model] if model in FAMILY_SPECS else arch_spec(model)
     spec = getattr(model, "preprocess", None)
     if isinstance(spec, PreprocessSpec):
         return spec

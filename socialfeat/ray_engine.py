@@ -17,6 +17,17 @@ from typing import Any
 
 import torch
 
+from socialfeat.encoder import (
+    BatchEncoder,
+    build_predictors,
+    resolve_device,
+    video_result,
+)
+from socialfeat.errors import MissingDependencyError
+from socialfeat.media import use_decoder_threads
+from socialfeat.models import load_model
+from socialfeat.pipeline import ClipItem, VideoDone, video_items
+
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3
 
@@ -25,7 +36,7 @@ def _require_ray():
     try:
         import ray
     except ImportError:  # optional extra
-        raise RuntimeError("--engine ray needs Ray: pip install 'socialfeat[ray]'") from None
+        raise MissingDependencyError("--engine ray needs Ray: pip install 'socialfeat[ray]'") from None
     return ray
 
 
@@ -33,24 +44,17 @@ class EncoderWorker:
     """Holds the model and the task predictors; encodes batches of prepared clips."""
 
     def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str, precision: str):
-        from socialfeat.extract import _Encoder, build_predictors, resolve_device
-        from socialfeat.models import load_model
-
         dev = resolve_device(device)
         model = load_model(weights).to(dev).eval()
-        self.encoder = _Encoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision)
+        self.encoder = BatchEncoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision)
 
     def encode(self, items: list) -> list[tuple[dict, dict]]:
-        self.encoder.buffer = list(items)
-        return [(item.clip, vecs) for item, vecs in self.encoder.flush()]
+        return [(item.clip, vecs) for item, vecs in self.encoder.encode(list(items))]
 
 
 def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size: int):
     """Decode one video, have its clips encoded batch by batch; returns (VideoDone, encoded)."""
     import ray
-
-    from socialfeat.media import use_decoder_threads
-    from socialfeat.pipeline import ClipItem, video_items
 
     torch.set_num_threads(1)
     use_decoder_threads(1)  # the task holds one CPU of the cluster
@@ -72,8 +76,6 @@ def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_s
             address: str | None, record, task_names: list[str]) -> None:
     """Process ``jobs`` on Ray and hand each finished video to ``record(pos, VideoResult)``."""
     ray = _require_ray()
-    from socialfeat.extract import video_result
-    from socialfeat.pipeline import VideoDone
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)

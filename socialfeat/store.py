@@ -163,7 +163,8 @@ def assemble(results: list[VideoResult], output: str | Path, attrs: dict[str, An
 
 
 # ---------------------------------------------------------------- readers
-def _read_table(group: h5py.Group) -> pd.DataFrame:
+def read_table(group: h5py.Group) -> pd.DataFrame:
+    """A table group of the format (one dataset per column, order in attrs['columns'])."""
     cols = json.loads(group.attrs["columns"])
     data = {}
     for c in cols:
@@ -180,13 +181,13 @@ def _read_table(group: h5py.Group) -> pd.DataFrame:
 def load_videos(path: str | Path) -> pd.DataFrame:
     """The videos table (one row per input file, status and error included)."""
     with h5py.File(path, "r") as f:
-        return _read_table(f["videos"])
+        return read_table(f["videos"])
 
 
 def load_errors(path: str | Path) -> pd.DataFrame:
     """The errors table: one row per problem (file, stage, one-line cause)."""
     with h5py.File(path, "r") as f:
-        return _read_table(f["errors"])
+        return read_table(f["errors"])
 
 
 def load_features(path: str | Path, embeddings: str | list[str] | None = "joint",
@@ -206,8 +207,8 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     if bad:
         raise ValueError(f"unknown embedding kind(s) {sorted(bad)}; choose from {EMBEDDING_KINDS}")
     with h5py.File(path, "r") as f:
-        clips = _read_table(f["clips"])
-        videos = _read_table(f["videos"])
+        clips = read_table(f["clips"])
+        videos = read_table(f["videos"])
         frames = [clips]
         if predictions:
             for task, ds in f["predictions"].items():

@@ -9,16 +9,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from socialfeat.errors import MissingDependencyError
+
 _MODEL = None
 
 
-def _model():
+def load_vad():
+    """The Silero VAD model (loaded once per process); fails with one message when the
+    optional extra is missing, so ``extract`` can check before any work starts."""
     global _MODEL
     if _MODEL is None:
         try:
             from silero_vad import load_silero_vad
         except ImportError:
-            raise RuntimeError("--segments speech needs Silero VAD: pip install 'socialfeat[vad]'") from None
+            raise MissingDependencyError("--segments speech needs Silero VAD: pip install 'socialfeat[vad]'") from None
         _MODEL = load_silero_vad()
     return _MODEL
 
@@ -31,7 +35,7 @@ def speech_regions(samples: np.ndarray, sample_rate: int = 16000, min_gap: float
 
     if len(samples) < sample_rate // 10:
         return []
-    stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), _model(),
+    stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), load_vad(),
                                    sampling_rate=sample_rate, min_silence_duration_ms=int(min_gap * 1000),
                                    min_speech_duration_ms=int(min_speech * 1000), return_seconds=False)
     return [(s["start"] / sample_rate, s["end"] / sample_rate) for s in stamps]

@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import torch
+from conftest import run_cli
 
 import socialfeat
-from socialfeat.extract import _Encoder, resolve_precision
+from socialfeat.encoder import BatchEncoder, resolve_precision
 from socialfeat.models import load_model
 from socialfeat.pipeline import ClipItem
 from socialfeat.store import read_attrs
-
-from conftest import run_cli
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -49,7 +48,7 @@ def test_bf16_inputs_from_workers_give_the_same_numbers(tiny_ft_ckpt):
     video = torch.randn(3, 3, kw["img_size"], kw["img_size"], kw["n_frame"], generator=g)
     results = []
     for dtype in (torch.float32, torch.bfloat16):
-        enc = _Encoder(model, torch.device("cpu"), batch_size=8, tasks=[], precision="bf16")
+        enc = BatchEncoder(model, torch.device("cpu"), batch_size=8, tasks=[], precision="bf16")
         for i in range(3):
             enc.add(ClipItem(0, {"i": i}, audio[i].to(dtype), video[i].to(dtype)))
         results.append(enc.flush())

@@ -23,24 +23,17 @@ import torch
 from torch import nn
 
 from socialfeat.atomic import atomic_path
-from socialfeat.models.cav_mae import CAVMAE, CAVMAEFT
-from socialfeat.models.registry import (
-    get_arch_config,
-    get_pretrained_cfg,
-    list_pretrained,
-)
-from socialfeat.models.social_mae import SocialMAE, SocialMAEFT
+from socialfeat.architectures import get_arch_config
+from socialfeat.errors import SocialfeatError
+from socialfeat.models.families import MODEL_CLASSES, class_name, model_class, model_kwargs
+from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg, list_pretrained
 from socialfeat.preprocess import PreprocessSpec
 
 FORMAT = "socialfeat"
 FORMAT_VERSION = 1
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "CAVMAE": CAVMAE, "CAVMAEFT": CAVMAEFT, "SocialMAE": SocialMAE, "SocialMAEFT": SocialMAEFT}
-_CLASS_BY_FAMILY = {("cav-mae", "pretrain"): "CAVMAE", ("cav-mae", "finetune"): "CAVMAEFT",
-                    ("social-mae", "pretrain"): "SocialMAE", ("social-mae", "finetune"): "SocialMAEFT"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SocialfeatError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -68,6 +61,13 @@ class ModelInfo:
                 "label_names": list(self.label_names)}
 
     @classmethod
+    def from_registry(cls, cfg: PretrainedCfg) -> "ModelInfo":
+        """What a released checkpoint of the registry is (its state dict carries no config)."""
+        return cls(name=cfg.name, model_class=cfg.model_class, model_kwargs=cfg.model_kwargs(),
+                   preprocess=cfg.preprocess, task=cfg.task, task_name=cfg.task_name,
+                   label_names=list(cfg.label_names))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
         return cls(name=d["name"], model_class=d["model_class"], model_kwargs=dict(d["model_kwargs"]),
                    preprocess=PreprocessSpec.from_dict(d["preprocess"]), task=d.get("task"),
@@ -78,7 +78,7 @@ def build_model(info: ModelInfo) -> nn.Module:
     """Instantiate the class named in ``info`` (random init) and attach ``info``."""
     if info.model_class not in MODEL_CLASSES:
         raise CheckpointError(f"unknown model class {info.model_class!r}")
-    model = MODEL_CLASSES[info.model_class](**info.model_kwargs)
+    model = model_class(info.model_class)(**info.model_kwargs)
     model.info = info
     model.preprocess = info.preprocess
     return model
@@ -89,13 +89,9 @@ def create_model(arch: str, kind: str = "pretrain", label_names: list[str] | Non
     """A randomly initialised model of a registered architecture (for pretraining
     from scratch and for tests). kind 'finetune' adds a head over ``label_names``."""
     cfg = get_arch_config(arch)
-    kwargs = cfg["model"]
-    if kind == "finetune":
-        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            kwargs.pop(key, None)
-        kwargs["label_dim"] = len(label_names or [])
+    kwargs = model_kwargs(cfg["model"], kind, len(label_names or []))
     kwargs.update(overrides)
-    info = ModelInfo(name=arch, model_class=_CLASS_BY_FAMILY[(cfg["family"], kind)], model_kwargs=kwargs,
+    info = ModelInfo(name=arch, model_class=class_name(cfg["family"], kind), model_kwargs=kwargs,
                      preprocess=PreprocessSpec.from_dict(cfg["preprocess"]), task=task,
                      task_name=task_name, label_names=list(label_names or []))
     return build_model(info)
@@ -173,30 +169,25 @@ def infer_info(state_dict: dict[str, torch.Tensor], name: str) -> ModelInfo:
     family = "social-mae" if w_v.dim() == 5 else "cav-mae"
     kind = "finetune" if "mlp_head.1.weight" in state_dict else "pretrain"
     cfg = get_arch_config(family)
-    kwargs = cfg["model"]
+    label_dim = state_dict["mlp_head.1.weight"].shape[0] if kind == "finetune" else 0
+    kwargs = model_kwargs(cfg["model"], kind, label_dim)
     embed_dim, patch = w_v.shape[0], w_v.shape[2]
     depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks_a.")})
     n_tokens_v = state_dict["pos_embed_v"].shape[1]
     kwargs.update(embed_dim=embed_dim, patch_size=patch, in_chans=w_v.shape[1], modality_specific_depth=depth,
-                  num_heads=max(1, embed_dim // 64), audio_length=pos_a.shape[1] * patch // (128 // patch),
-                  tr_pos=kind == "finetune" or kwargs["tr_pos"])
+                  num_heads=max(1, embed_dim // 64), audio_length=pos_a.shape[1] * patch // (128 // patch))
     if family == "social-mae":
         kwargs["stride"] = w_v.shape[4]
         kwargs["n_frame"] = n_tokens_v // (kwargs["img_size"] // patch) ** 2 * kwargs["stride"]
     else:
         kwargs["img_size"] = int(round(n_tokens_v ** 0.5)) * patch
-    if kind == "finetune":
-        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            kwargs.pop(key, None)
-        kwargs["label_dim"] = state_dict["mlp_head.1.weight"].shape[0]
-    else:
+    if kind == "pretrain":
         kwargs["decoder_embed_dim"] = state_dict["decoder_embed.weight"].shape[0]
         kwargs["decoder_depth"] = len({k.split(".")[1] for k in state_dict if k.startswith("decoder_blocks.")})
         kwargs["decoder_num_heads"] = max(1, kwargs["decoder_embed_dim"] // 32)
-    n_labels = kwargs.get("label_dim", 0)
-    return ModelInfo(name=name, model_class=_CLASS_BY_FAMILY[(family, kind)], model_kwargs=kwargs,
+    return ModelInfo(name=name, model_class=class_name(family, kind), model_kwargs=kwargs,
                      preprocess=PreprocessSpec.from_dict(cfg["preprocess"]),
-                     label_names=[f"class_{i}" for i in range(n_labels)])
+                     label_names=[f"class_{i}" for i in range(label_dim)])
 
 
 def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | None = None,
@@ -223,12 +214,7 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
             registry_cfg = get_pretrained_cfg(config)
             config = None
         if registry_cfg is not None:
-            info = ModelInfo(name=registry_cfg.name,
-                             model_class=_CLASS_BY_FAMILY[(get_arch_config(registry_cfg.arch)["family"],
-                                                           registry_cfg.kind)],
-                             model_kwargs=registry_cfg.model_kwargs(), preprocess=registry_cfg.preprocess,
-                             task=registry_cfg.task, task_name=registry_cfg.task_name,
-                             label_names=list(registry_cfg.label_names))
+            info = ModelInfo.from_registry(registry_cfg)
         elif config is not None:
             if not isinstance(config, dict):
                 import json

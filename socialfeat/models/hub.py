@@ -14,16 +14,17 @@ import urllib.request
 from pathlib import Path
 
 from socialfeat.atomic import atomic_path
+from socialfeat.errors import SocialfeatError
 from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg
 
 log = logging.getLogger(__name__)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(SocialfeatError, RuntimeError):
     """Released weights are not in the cache and cannot be downloaded."""
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(SocialfeatError, RuntimeError):
     """A weights file does not match its recorded SHA-256."""
 
 

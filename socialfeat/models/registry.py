@@ -8,49 +8,20 @@ a task head predicts.
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from socialfeat.architectures import (  # re-exported: the registry is where users look
+    add_arch_config,
+    get_arch_config,
+    list_architectures,
+)
+from socialfeat.errors import UnknownModelError
+from socialfeat.models.families import class_name, model_kwargs
 from socialfeat.preprocess import PreprocessSpec
 
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_ARCHS: dict[str, dict[str, Any]] = {}
-
-
-class UnknownModelError(ValueError):
-    """A model or architecture name that the registry does not know."""
-
-
-def _scan_configs() -> None:
-    for path in sorted(_CONFIG_DIR.glob("*.json")):
-        _ARCHS[path.stem] = json.loads(path.read_text())
-
-
-def list_architectures() -> list[str]:
-    if not _ARCHS:
-        _scan_configs()
-    return sorted(_ARCHS)
-
-
-def get_arch_config(name: str) -> dict[str, Any]:
-    """A deep copy of an architecture config: {'family', 'model': kwargs, 'preprocess': spec dict}."""
-    if not _ARCHS:
-        _scan_configs()
-    if name not in _ARCHS:
-        raise UnknownModelError(f"unknown architecture {name!r}; known: {', '.join(list_architectures())}")
-    return copy.deepcopy(_ARCHS[name])
-
-
-def add_arch_config(path: str | Path) -> str:
-    """Register an architecture JSON (same schema as model_configs/*.json); returns its name."""
-    if not _ARCHS:
-        _scan_configs()
-    path = Path(path)
-    _ARCHS[path.stem] = json.loads(path.read_text())
-    return path.stem
+__all__ = ["PretrainedCfg", "UnknownModelError", "add_arch_config", "get_arch_config", "get_pretrained_cfg",
+           "list_architectures", "list_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +52,12 @@ class PretrainedCfg:
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict(get_arch_config(self.arch)["preprocess"])
 
+    @property
+    def model_class(self) -> str:
+        return class_name(get_arch_config(self.arch)["family"], self.kind)
+
     def model_kwargs(self) -> dict[str, Any]:
-        kwargs = get_arch_config(self.arch)["model"]
-        if self.kind == "finetune":
-            for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-                kwargs.pop(key, None)
-            kwargs["label_dim"] = len(self.label_names)
-            kwargs["tr_pos"] = True  # the FT classes default to trainable positions
+        kwargs = model_kwargs(get_arch_config(self.arch)["model"], self.kind, len(self.label_names))
         kwargs.update(self.model_overrides)
         return kwargs
 

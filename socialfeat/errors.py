@@ -1,0 +1,33 @@
+"""socialfeat's own errors: expected failures that a person can act on.
+
+The CLI prints these as one line (``socialfeat: error: ...``) and exits 2 for a
+usage problem, 1 otherwise; anything else (a shape error, a bug) keeps its
+traceback. Subclasses also derive from the builtin they replace where callers
+may catch that (``ValueError``, ``FileNotFoundError``, ``RuntimeError``).
+"""
+
+from __future__ import annotations
+
+
+class SocialfeatError(Exception):
+    """Base class: the message alone tells what failed and what to do."""
+
+
+class UsageError(SocialfeatError, ValueError):
+    """A bad option or input file given by the user (CLI exit status 2)."""
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """An input path that does not exist."""
+
+
+class MissingDependencyError(SocialfeatError, RuntimeError):
+    """An optional extra (Ray, Silero VAD, OpenCV) is needed but not installed."""
+
+
+class DeviceError(UsageError, RuntimeError):
+    """A requested device that this machine does not have."""
+
+
+class UnknownModelError(UsageError):
+    """A model or architecture name that the registry does not know."""
