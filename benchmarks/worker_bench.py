@@ -33,9 +33,9 @@ import av
 import torch
 from _media import make_videos
 
-from socialfeat.inputs import VideoRef
 from socialfeat.pipeline import ClipItem, PlanSettings, video_items
 from socialfeat.preprocess import frames_tensor, resolve_spec
+from socialfeat.walk import VideoRef
 
 
 def best_of(fn, repeats: int) -> float:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from socialfeat.clip_inputs import read_clip
 from socialfeat.clips import plan_windows
-from socialfeat.inputs import VideoRef
 from socialfeat.media import MediaError, MediaInfo, probe
+from socialfeat.model_inputs import read_clip
 from socialfeat.preprocess import PreprocessSpec
+from socialfeat.walk import VideoRef
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from pretraining.init import load_initial_weights
 from pretraining.objective import PretrainObjective
 from pretraining.schedule import make_scheduler
 from socialfeat.errors import UsageError
-from socialfeat.inputs import find_videos
 from socialfeat.models import create_model, read_checkpoint, save_checkpoint
 from socialfeat.models.checkpoint import ModelInfo, build_model, load_state_dict_strict
 from socialfeat.pipeline import worker_init
+from socialfeat.walk import find_videos
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc")

@@ -6,8 +6,8 @@
 
 __version__ = "0.1.0"
 
-from socialfeat.preprocess import fbank, frame_tensor, frames_tensor  # noqa: E402
+from socialfeat.preprocess import fbank, frames_tensor  # noqa: E402
 from socialfeat.store import load_errors, load_features, load_videos  # noqa: E402
 
-__all__ = ["__version__", "fbank", "frame_tensor", "frames_tensor", "load_features", "load_videos",
+__all__ = ["__version__", "fbank", "frames_tensor", "load_features", "load_videos",
            "load_errors"]

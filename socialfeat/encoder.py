@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from socialfeat.clip_inputs import model_video
 from socialfeat.errors import DeviceError, UsageError
 from socialfeat.heads import Task, load_task
+from socialfeat.model_inputs import model_video
 from socialfeat.pipeline import ClipItem, VideoDone
-from socialfeat.store import EMBEDDING_KINDS, VideoResult
+from socialfeat.store import EMBEDDING_KINDS, VideoResult, VideoStatus
 
 
 def resolve_device(device: str) -> torch.device:
@@ -111,7 +111,7 @@ def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:
 def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray]]],
                  task_names: list[str]) -> VideoResult:
     """One video's journal entry from its record and its encoded clips (any engine)."""
-    if done.video["status"] == "error":  # anything already encoded for it is discarded
+    if done.video["status"] == VideoStatus.ERROR:  # anything already encoded for it is discarded
         encoded = []
     encoded = sorted(encoded, key=lambda pair: (pair[0]["clip_index"], pair[0].get("track", 0)))
     res = VideoResult(video=dict(done.video, n_clips=len(encoded)), errors=done.errors,

@@ -2,7 +2,7 @@
 
 walk inputs -> plan clips -> decode -> preprocess (DataLoader workers,
 ``pipeline.py``) -> encode in batches that span videos (here) -> journal each
-finished video (``store.Journal``) -> assemble the HDF5 (``store.assemble``).
+finished video (``store.Journal``) -> assemble the HDF5 (``store.assemble_output``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from socialfeat.encoder import (
     video_result,
 )
 from socialfeat.errors import UsageError
-from socialfeat.inputs import VideoRef, find_videos
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.pipeline import (
@@ -40,11 +39,11 @@ from socialfeat.pipeline import (
     VideoDone,
     worker_init,
 )
-from socialfeat.store import Journal, VideoResult, assemble
+from socialfeat.store import Journal, VideoResult, VideoStatus, assemble_output
+from socialfeat.walk import VideoRef, find_videos
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
-OK_STATUSES = ("ok",)
 
 
 @dataclass
@@ -121,8 +120,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
     net = load_model(weights if weights is not None else model).to(dev).eval()
-    info = net.info
-    spec = info.preprocess
+    spec = net.info.preprocess
     predictors = build_predictors(net, tasks, dev)
     speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
@@ -130,37 +128,11 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
                         raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
                         else frames_on_device)
-    if crop == "face":
-        from socialfeat.faces import FaceDetector
-        FaceDetector()  # fail early, with one message, when OpenCV 4 is missing
-    if speech:
-        from socialfeat.vad import load_vad
-        load_vad()  # fail early, with one message, when Silero VAD is not installed
+    check_optional_extras(plan)
     seg_table = read_segments(segments) if segments is not None and not speech else None
-    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
-    if shard is not None:
-        refs = [r for r in refs if in_shard(r, *shard)]
+    refs = select_videos(inputs, file_list, include, exclude, shard)
     journal = Journal(output)
-
-    results: dict[int, VideoResult] = {}
-    fingerprints: dict[int, str] = {}
-    jobs = []
-    for pos, ref in enumerate(refs):
-        segs = segments_for(ref, seg_table)
-        try:
-            st = ref.path.stat()
-            size, mtime = st.st_size, st.st_mtime
-        except OSError:
-            size, mtime = -1, 0.0
-        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime, [p.meta() for p in predictors])
-        done = journal.read(ref.video_id)
-        if done is not None and done[1] == fingerprints[pos]:
-            results[pos] = done[0]
-        else:
-            jobs.append((pos, ref, segs))
-    n_reused = len(results)
-    if n_reused:
-        log.info("resuming: %d of %d videos already done", n_reused, len(refs))
+    results, jobs, fingerprints = reuse_finished(refs, seg_table, journal, net.info, plan, predictors)
 
     if jobs and engine == "ray":
         from socialfeat.ray_engine import run_ray
@@ -178,24 +150,76 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results,
                       predictors)
 
-    task_meta = {p.name: p.meta() for p in predictors}
     ordered = [results[p] for p in range(len(refs))]
+    settings = {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
+                "missing_audio": missing_audio, "segments": str(segments) if segments else "",
+                "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
+                "tasks": [p.meta() for p in predictors]}
+    write_output(ordered, output, net, predictors, settings, shard, command_line, started)
+    return summarise(ordered, output, n_reused=len(refs) - len(jobs))
+
+
+def check_optional_extras(plan: PlanSettings) -> None:
+    """Fail before any work, with one message, when an option's extra is not installed."""
+    if plan.crop == "face":
+        from socialfeat.faces import FaceDetector
+        FaceDetector()  # needs OpenCV 4
+    if plan.speech:
+        from socialfeat.vad import load_vad
+        load_vad()  # needs Silero VAD
+
+
+def select_videos(inputs: list[str | Path], file_list: str | Path | None, include: tuple[str, ...],
+                  exclude: tuple[str, ...], shard: tuple[int, int] | None) -> list[VideoRef]:
+    """The input videos, in a stable order; only this shard's with ``shard``."""
+    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    return [r for r in refs if in_shard(r, *shard)] if shard is not None else refs
+
+
+def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan: PlanSettings,
+                   predictors: list) -> tuple[dict[int, VideoResult], list, dict[int, str]]:
+    """Results an earlier run journalled with the same fingerprint, and the jobs left to do."""
+    results: dict[int, VideoResult] = {}
+    fingerprints: dict[int, str] = {}
+    jobs = []
+    for pos, ref in enumerate(refs):
+        segs = segments_for(ref, seg_table)
+        try:
+            st = ref.path.stat()
+            size, mtime = st.st_size, st.st_mtime
+        except OSError:
+            size, mtime = -1, 0.0
+        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime, [p.meta() for p in predictors])
+        done = journal.read(ref.video_id)
+        if done is not None and done[1] == fingerprints[pos]:
+            results[pos] = done[0]
+        else:
+            jobs.append((pos, ref, segs))
+    if results:
+        log.info("resuming: %d of %d videos already done", len(results), len(refs))
+    return results, jobs, fingerprints
+
+
+def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],
+                 shard: tuple[int, int] | None, command_line: str | None, started: str) -> None:
+    """Assemble the journalled videos, in input order, into the output file with its provenance."""
+    info = net.info
     attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
-             "model_config": info.to_dict(), "preprocess": spec.to_dict(),
-             "settings": {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
-                          "missing_audio": missing_audio, "segments": str(segments) if segments else "",
-                          "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
-                          "tasks": [p.meta() for p in predictors]},
+             "model_config": info.to_dict(), "preprocess": info.preprocess.to_dict(), "settings": settings,
              "shard": f"{shard[0]}/{shard[1]}" if shard else "",
              "command_line": command_line or " ".join(sys.argv), "started_at": started,
              "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    assemble(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0], prediction_labels=task_meta)
+    assemble_output(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0],
+                    prediction_labels={p.name: p.meta() for p in predictors})
+
+
+def summarise(ordered: list[VideoResult], output: Path, n_reused: int) -> ExtractSummary:
     statuses: dict[str, int] = {}
     for r in ordered:
         statuses[r.video["status"]] = statuses.get(r.video["status"], 0) + 1
-    n_failed = sum(v for k, v in statuses.items() if k not in OK_STATUSES)
-    return ExtractSummary(output=output, n_videos=len(refs), n_clips=sum(len(r.clips) for r in ordered),
+    n_failed = sum(v for k, v in statuses.items() if not VideoStatus(k).clean)
+    return ExtractSummary(output=output, n_videos=len(ordered), n_clips=sum(len(r.clips) for r in ordered),
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses)
 
 

@@ -226,7 +226,7 @@ class LabelledClips(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        from socialfeat.clip_inputs import read_clip
+        from socialfeat.model_inputs import read_clip
         r = self.rows[i]
         x = read_clip(self.infos[r["path"]], self.spec, r["start_s"], r["window_s"], r["end_s"])
         audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)
@@ -311,9 +311,9 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
     with their label columns; plus the media facts of each video."""
     from socialfeat.clips import plan_video
     from socialfeat.extract import segments_for
-    from socialfeat.inputs import find_videos
     from socialfeat.media import MediaError
     from socialfeat.media import probe as probe_media
+    from socialfeat.walk import find_videos
 
     rows, infos = [], {}
     for ref in find_videos(list(inputs)):

@@ -107,11 +107,11 @@ def _from_finetuned_model(name: str, model: nn.Module, backbone_info) -> Task:
     return Task(name, info.task, list(info.label_names), model=model, source=str(info.source))
 
 
-def load_task(spec: str, backbone_info) -> Task:
+def load_task(request: str, backbone_info) -> Task:
     """``NAME`` (a released finetuned model: social-mae-NAME from the registry/cache) or
     ``NAME=PATH`` (a head checkpoint from ``socialfeat finetune``, or a whole finetuned
     checkpoint)."""
-    name, _, path = spec.partition("=")
+    name, _, path = request.partition("=")
     name = name.strip()
     if not path:
         return _from_finetuned_model(name, load_model(f"social-mae-{name}"), backbone_info)

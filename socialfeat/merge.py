@@ -18,9 +18,9 @@ from socialfeat.errors import SocialfeatError
 from socialfeat.store import (
     EMBEDDING_KINDS,
     VideoResult,
-    read_table,
-    assemble,
+    assemble_output,
     read_attrs,
+    read_table,
 )
 
 MUST_MATCH = ("socialfeat_version", "model_name", "model_class", "weights_sha256", "model_config", "preprocess",
@@ -91,4 +91,4 @@ def merge(parts: list[str | Path], output: str | Path, command_line: str = "") -
     out_attrs.update(command_line=command_line or out_attrs.get("command_line", ""), shard="",
                      started_at=min(a["started_at"] for a in attrs), finished_at=max(a["finished_at"] for a in attrs),
                      merged_from=json.dumps([str(p) for p in parts]))
-    return assemble(results, output, out_attrs, int(first["embedding_dim"]), metas[0])
+    return assemble_output(results, output, out_attrs, int(first["embedding_dim"]), metas[0])

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from socialfeat.clip_inputs import assemble, requested_times
-from socialfeat.clips import MIN_COVERAGE, plan_video
+from socialfeat.clips import MIN_COVERAGE, Clip, plan_video
 from socialfeat.faces import (
     FaceDetector,
     TrackIds,
@@ -26,18 +25,22 @@ from socialfeat.faces import (
     crop,
     link_tracks,
 )
-from socialfeat.inputs import VideoRef
 from socialfeat.media import (
     TRUNCATION_TOLERANCE_S,
+    AudioTrack,
     FrameStream,
     MediaError,
+    MediaInfo,
     available_cores,
     load_audio,
     probe,
     use_decoder_threads,
 )
+from socialfeat.model_inputs import build_clip_inputs, requested_times
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
+from socialfeat.store import VideoStatus
 from socialfeat.vad import speech_fraction, speech_regions
+from socialfeat.walk import VideoRef
 
 log = logging.getLogger(__name__)
 RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to hold in shared memory) than it saves
@@ -82,69 +85,20 @@ class VideoDone:
     n_clips: int
 
 
-def _error(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
+def error_row(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
+    """A row of the errors table."""
     return {"video_id": ref.video_id, "path": ref.relpath, "stage": stage, "message": message}
 
 
-def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
-                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
-    """Clips of one video, then its VideoDone record."""
-    video: dict[str, Any] = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
-                             "status": "ok", "error": "", "n_clips": 0}
-    errors: list[dict[str, Any]] = []
-    try:
-        st = ref.path.stat()
-        video.update(size_bytes=st.st_size, mtime=st.st_mtime)
-    except OSError:
-        pass
-    try:
-        info = probe(ref.path)
-    except MediaError as e:
-        video.update(status="error", error=f"{e.stage}: {e.cause}")
-        errors.append(_error(ref, e.stage, e.cause))
-        yield VideoDone(pos, video, errors, 0)
-        return
-    video.update(size_bytes=info.size_bytes, mtime=info.mtime, duration_s=info.duration, fps=info.fps,
-                 width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
+def video_row(ref: VideoRef, status: VideoStatus = VideoStatus.OK, error: str = "") -> dict[str, Any]:
+    """A new row of the videos table (the facts are filled in as they are learnt)."""
+    return {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
+            "status": status.value, "error": error, "n_clips": 0}
 
-    audio = None
-    if info.has_audio:
-        try:
-            audio = load_audio(info, spec.sample_rate)
-            video["audio_duration_s"] = audio.duration
-            if audio.duration < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
-                errors.append(_error(ref, "decode-audio", f"audio decoded for {audio.duration:.2f} s of "
-                                     f"{info.duration:.2f} s (damaged or truncated audio)"))
-            elif audio.decode_errors:
-                errors.append(_error(ref, "decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped"))
-        except (MediaError, OSError, ValueError) as e:  # the video is still usable
-            errors.append(_error(ref, "decode-audio", f"audio unreadable ({e})"))
-            audio = None
-    video["has_audio"] = audio is not None and len(audio.samples) > 0
 
-    if segments is not None and not segments:
-        video.update(status="skipped", error="no segments for this video")
-        errors.append(_error(ref, "plan", "no segments for this video in the segments file"))
-        yield VideoDone(pos, video, errors, 0)
-        return
-    regions = None
-    if plan.speech:
-        if audio is None:
-            video.update(status="no_clips", error="plan: no audio to detect speech in")
-            errors.append(_error(ref, "plan", "no audio to detect speech in"))
-            yield VideoDone(pos, video, errors, 0)
-            return
-        regions = speech_regions(audio.window(0, len(audio.samples) + audio.start_sample), audio.sample_rate,
-                                 plan.vad_min_gap, plan.vad_min_speech)
-        segments = [{"start": a, "end": b} for a, b in regions]
-        if not segments:
-            video.update(status="no_clips", error="plan: no speech detected")
-            errors.append(_error(ref, "plan", "no speech detected"))
-            yield VideoDone(pos, video, errors, 0)
-            return
-    clips = plan_video(ref.video_id, info.duration, plan.clip_seconds, plan.hop_seconds, segments)
-
-    # Frame requests of all clips, sorted by time (overlapping windows interleave).
+def frame_schedule(spec: PreprocessSpec, clips: list[Clip]) -> tuple[list[tuple[float, int, int]], list[int]]:
+    """Frame requests (time, clip index, slot) of all clips sorted by time, so that one
+    front-to-back decode serves overlapping windows too; and the slot count per clip."""
     requests: list[tuple[float, int, int]] = []
     slots_of: list[int] = []
     for ci, clip in enumerate(clips):
@@ -152,115 +106,215 @@ def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSetting
         slots_of.append(len(valid))
         requests += [(t, ci, k) for k, t in enumerate(valid)]
     requests.sort()
-    got: dict[int, dict[int, tuple[float, float, torch.Tensor]]] = {}
-    stream = FrameStream(info)
-    n_emitted = 0
+    return requests, slots_of
 
-    detector = FaceDetector() if plan.crop == "face" else None
-    track_ids = TrackIds()
-    raw = (plan.raw_frames and detector is None and spec.frame_transform == "squash-bgr"
-           and info.width * info.height <= RAW_FRAMES_MAX_PIXELS)
 
-    def make_item(clip, end: float, frames: list, extra: dict[str, Any], skip: bool = False) -> ClipItem:
-        x = assemble(spec, clip.start, clip.window, end, frames, audio, plan.missing_audio)
-        flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
-        row = {"video_id": clip.video_id, "path": ref.relpath, "clip_index": clip.clip_index,
-               "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
-               "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
-               "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
-               "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(flags), **extra, **clip.extra}
-        if regions is not None:
-            row["speech_fraction"] = round(speech_fraction(regions, clip.start, end), 6)
-        clip_audio, clip_video = x.audio, x.video
-        if plan.precision == "bf16":
-            clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
-            if clip_video.is_floating_point():  # (decoded uint8 frames are transformed later)
-                clip_video = clip_video.to(torch.bfloat16)
-        return ClipItem(pos, row, clip_audio, clip_video, skip)
+class VideoRun:
+    """One video through the worker's steps: probe, audio, plan, frames and clips, status.
 
-    def face_items(clip, end: float, entries: list) -> list[ClipItem]:
+    Holds the video's row and error rows as they are learnt. ``items`` runs the steps
+    in order and yields each clip as soon as its frames are in (memory stays flat in
+    the recording's length), then the VideoDone record.
+    """
+
+    def __init__(self, pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings):
+        self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
+        self.video = video_row(ref)
+        self.errors: list[dict[str, Any]] = []
+        self.n_emitted = 0
+        self.audio: AudioTrack | None = None
+        self.regions: list[tuple[float, float]] | None = None  # speech regions (--segments speech)
+        self.detector = FaceDetector() if plan.crop == "face" else None
+        self.track_ids = TrackIds()
+
+    # ------------------------------------------------------------ bookkeeping
+    def problem(self, stage: str, message: str, status: VideoStatus | None = None) -> None:
+        """Record an error row; with ``status``, it is also the video's verdict."""
+        self.errors.append(error_row(self.ref, stage, message))
+        if status is not None:
+            self.video.update(status=status.value, error=f"{stage}: {message}")
+
+    def done(self) -> VideoDone:
+        self.video["n_clips"] = self.n_emitted
+        return VideoDone(self.pos, self.video, self.errors, self.n_emitted)
+
+    # ------------------------------------------------------------ the steps
+    def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
+        info = self.probe()
+        if info is not None:
+            self.decode_audio(info)
+            segments = self.segments_to_plan(segments)
+            if segments is not False:
+                clips = plan_video(self.ref.video_id, info.duration, self.plan.clip_seconds,
+                                   self.plan.hop_seconds, segments)
+                yield from self.clips_in_order(info, clips)
+                self.settle_status(info)
+        yield self.done()
+
+    def probe(self) -> MediaInfo | None:
+        """Container facts; None (and an error verdict) when the file cannot be opened."""
+        try:
+            st = self.ref.path.stat()
+            self.video.update(size_bytes=st.st_size, mtime=st.st_mtime)
+        except OSError:
+            pass
+        try:
+            info = probe(self.ref.path)
+        except MediaError as e:
+            self.problem(e.stage, e.cause, VideoStatus.ERROR)
+            return None
+        self.video.update(size_bytes=info.size_bytes, mtime=info.mtime, duration_s=info.duration, fps=info.fps,
+                          width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
+        return info
+
+    def decode_audio(self, info: MediaInfo) -> None:
+        """The audio track once, at the model's rate; damage is noted, the video stays usable."""
+        if info.has_audio:
+            try:
+                audio = load_audio(info, self.spec.sample_rate)
+                self.video["audio_duration_s"] = audio.duration
+                if audio.duration < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+                    self.problem("decode-audio", f"audio decoded for {audio.duration:.2f} s of "
+                                 f"{info.duration:.2f} s (damaged or truncated audio)")
+                elif audio.decode_errors:
+                    self.problem("decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped")
+                self.audio = audio
+            except (MediaError, OSError, ValueError) as e:
+                self.problem("decode-audio", f"audio unreadable ({e})")
+        self.video["has_audio"] = self.audio is not None and len(self.audio.samples) > 0
+
+    def segments_to_plan(self, segments: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None | bool:
+        """The segments the clips come from: the annotation's, detected speech, or None for
+        fixed windows over the whole video; False (with a verdict) when there is nothing to plan."""
+        if segments is not None and not segments:
+            self.problem("plan", "no segments for this video in the segments file", VideoStatus.SKIPPED)
+            self.video["error"] = "no segments for this video"
+            return False
+        if not self.plan.speech:
+            return segments
+        if self.audio is None:
+            self.problem("plan", "no audio to detect speech in", VideoStatus.NO_CLIPS)
+            return False
+        audio = self.audio
+        self.regions = speech_regions(audio.window(0, len(audio.samples) + audio.start_sample), audio.sample_rate,
+                                      self.plan.vad_min_gap, self.plan.vad_min_speech)
+        if not self.regions:
+            self.problem("plan", "no speech detected", VideoStatus.NO_CLIPS)
+            return False
+        return [{"start": a, "end": b} for a, b in self.regions]
+
+    def clips_in_order(self, info: MediaInfo, clips: list[Clip]) -> Iterator[ClipItem]:
+        """Decode the frames front to back; emit each clip as soon as its frames are in,
+        then the clips cut short by the end of what could be decoded."""
+        requests, slots_of = frame_schedule(self.spec, clips)
+        got: dict[int, dict[int, tuple[float, float, Any]]] = {}
+        stream = FrameStream(info)
+        raw = (self.plan.raw_frames and self.detector is None and self.spec.frame_transform == "squash-bgr"
+               and info.width * info.height <= RAW_FRAMES_MAX_PIXELS)
+        next_clip = 0
+        frames = stream.at_times(r[0] for r in requests)
+        try:
+            for (t, ci, k), (_, frame) in zip(requests, frames):
+                if frame is None:
+                    continue
+                got.setdefault(ci, {})[k] = (t, frame.time, self.pixels(frame.rgb, raw))
+                while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
+                    yield from self.finish(clips[next_clip], got.pop(next_clip), clips[next_clip].end)
+                    next_clip += 1
+            for _ in frames:  # decode the tail too, so the decodable extent is known
+                pass
+        except (MediaError, OSError) as e:
+            self.problem("decode-video", str(e))
+        decoded_end = (stream.last_time or 0.0) + stream.frame_interval
+        self.video["decoded_duration_s"] = round(decoded_end, 6)
+        self.video["decode_errors"] = stream.decode_errors
+        self.decoded_any = stream.last_time is not None
+        for ci in range(next_clip, len(clips)):
+            clip = clips[ci]
+            if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or ci == 0:
+                yield from self.finish(clip, got.pop(ci, {}), decoded_end)
+
+    def pixels(self, rgb: np.ndarray, raw: bool):
+        """What a sampled frame travels as: decoded uint8 (resized where the model runs), the
+        whole RGB frame (face cropping needs the clip's frames), or the model's input now."""
+        if raw:
+            return torch.from_numpy(rgb)
+        if self.detector is not None:
+            return rgb
+        return frames_tensor(rgb[None], self.spec)[0]
+
+    def finish(self, clip: Clip, frames_in: dict[int, tuple], content_end: float) -> Iterator[ClipItem]:
+        end = min(clip.end, content_end)
+        if not frames_in or end <= clip.start:
+            return
+        entries = [frames_in[k] for k in sorted(frames_in)]
+        items = self.face_items(clip, end, entries) if self.detector is not None else \
+            [self.clip_item(clip, end, entries, {})]
+        self.n_emitted += len(items)
+        yield from items
+
+    def face_items(self, clip: Clip, end: float, entries: list) -> list[ClipItem]:
         """One item per selected face track, or one whole-frame item flagged no_face."""
-        tracks = link_tracks([detector(rgb) for _, _, rgb in entries])
-        ids = track_ids.assign(tracks)
-        chosen = list(zip(ids, tracks))
+        spec, plan = self.spec, self.plan
+        tracks = link_tracks([self.detector(rgb) for _, _, rgb in entries])
+        chosen = list(zip(self.track_ids.assign(tracks), tracks))
         if plan.faces == "main" and chosen:
             chosen = [max(chosen, key=lambda it: (len(it[1]), np.mean([b.w * b.h for b in it[1].values()])))]
         if not chosen:
             frames = [(t, g, frames_tensor(rgb[None], spec)[0]) for t, g, rgb in entries]
-            return [make_item(clip, end, frames, {"track": -1, "face_fraction": 0.0, "face_boxes": ""},
-                              skip=plan.require_face)]
+            return [self.clip_item(clip, end, frames, {"track": -1, "face_fraction": 0.0, "face_boxes": ""},
+                                   skip=plan.require_face)]
         items = []
         for tid, track in chosen:
             boxes = [b.square() for b in boxes_for_all_frames(track, len(entries))]
             frames = [(t, g, frames_tensor(crop(rgb, b)[None], spec)[0]) for (t, g, rgb), b in zip(entries, boxes)]
             extra = {"track": tid, "face_fraction": round(len(track) / len(entries), 6),
                      "face_boxes": ";".join(b.text() for b in boxes)}
-            items.append(make_item(clip, end, frames, extra))
+            items.append(self.clip_item(clip, end, frames, extra))
         return items
 
-    def finish(ci: int, frames_in: dict[int, tuple], content_end: float) -> list[ClipItem]:
-        clip = clips[ci]
-        end = min(clip.end, content_end)
-        if not frames_in or end <= clip.start:
-            return []
-        entries = [frames_in[k] for k in sorted(frames_in)]
-        if detector is not None:
-            return face_items(clip, end, entries)
-        return [make_item(clip, end, entries, {})]
+    def clip_item(self, clip: Clip, end: float, frames: list, extra: dict[str, Any], skip: bool = False) -> ClipItem:
+        """The model inputs of one clip and its row of the clips table."""
+        spec, plan = self.spec, self.plan
+        x = build_clip_inputs(spec, clip.start, clip.window, end, frames, self.audio, plan.missing_audio)
+        flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
+        row = {"video_id": clip.video_id, "path": self.ref.relpath, "clip_index": clip.clip_index,
+               "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
+               "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
+               "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
+               "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(flags), **extra, **clip.extra}
+        if self.regions is not None:
+            row["speech_fraction"] = round(speech_fraction(self.regions, clip.start, end), 6)
+        clip_audio, clip_video = x.audio, x.video
+        if plan.precision == "bf16":
+            clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
+            if clip_video.is_floating_point():  # (decoded uint8 frames are transformed later)
+                clip_video = clip_video.to(torch.bfloat16)
+        return ClipItem(self.pos, row, clip_audio, clip_video, skip)
 
-    next_clip = 0
-    frames = stream.at_times(r[0] for r in requests)
-    try:
-        for (t, ci, k), (_, frame) in zip(requests, frames):
-            if frame is None:
-                continue
-            # face cropping needs the clip's full frames; otherwise transform at once (small tensors)
-            if raw:
-                pixels = torch.from_numpy(frame.rgb)
-            elif detector is not None:
-                pixels = frame.rgb
-            else:
-                pixels = frames_tensor(frame.rgb[None], spec)[0]
-            got.setdefault(ci, {})[k] = (t, frame.time, pixels)
-            # emit, in order, every clip whose frames are all in
-            while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
-                for item in finish(next_clip, got.pop(next_clip), clips[next_clip].end):
-                    n_emitted += 1
-                    yield item
-                next_clip += 1
-        for _ in frames:  # decode the tail too, so the decodable extent is known
-            pass
-    except (MediaError, OSError) as e:
-        errors.append(_error(ref, "decode-video", str(e)))
-    decoded_end = (stream.last_time or 0.0) + stream.frame_interval
-    video["decoded_duration_s"] = round(decoded_end, 6)
-    video["decode_errors"] = stream.decode_errors
-    # clips cut short by the end of the decodable video
-    while next_clip < len(clips):
-        clip = clips[next_clip]
-        if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or next_clip == 0:
-            for item in finish(next_clip, got.pop(next_clip, {}), decoded_end):
-                n_emitted += 1
-                yield item
-        next_clip += 1
-    if stream.last_time is None:
-        video.update(status="error", error="decode-video: no decodable video frames")
-        errors.append(_error(ref, "decode-video", "no decodable video frames"))
-    elif decoded_end < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
-        msg = f"video decoded for {decoded_end:.2f} s of {info.duration:.2f} s (truncated or damaged file)"
-        video.update(status="truncated", error=f"decode-video: {msg}")
-        errors.append(_error(ref, "decode-video", msg))
-    elif stream.decode_errors:
-        msg = f"{stream.decode_errors} damaged video packet(s) skipped"
-        video.update(status="damaged", error=f"decode-video: {msg}")
-        errors.append(_error(ref, "decode-video", msg))
-    if video["status"] == "ok" and errors:  # damaged audio, or a decoder error mid-stream
-        video.update(status="damaged", error=errors[0]["stage"] + ": " + errors[0]["message"])
-    if n_emitted == 0 and video["status"] in ("ok", "damaged"):
-        video.update(status="no_clips", error="plan: no clip could be formed")
-        errors.append(_error(ref, "plan", "no clip could be formed (video too short or undecodable)"))
-    video["n_clips"] = n_emitted
-    yield VideoDone(pos, video, errors, n_emitted)
+    def settle_status(self, info: MediaInfo) -> None:
+        """The verdict from how far decoding got and what went wrong on the way."""
+        decoded_end = self.video["decoded_duration_s"]
+        if not self.decoded_any:
+            self.problem("decode-video", "no decodable video frames", VideoStatus.ERROR)
+        elif decoded_end < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+            self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {info.duration:.2f} s "
+                         "(truncated or damaged file)", VideoStatus.TRUNCATED)
+        elif self.video["decode_errors"]:
+            self.problem("decode-video", f"{self.video['decode_errors']} damaged video packet(s) skipped",
+                         VideoStatus.DAMAGED)
+        if self.video["status"] == VideoStatus.OK and self.errors:  # damaged audio, or a decoder error mid-stream
+            self.video.update(status=VideoStatus.DAMAGED.value,
+                              error=self.errors[0]["stage"] + ": " + self.errors[0]["message"])
+        if self.n_emitted == 0 and self.video["status"] in (VideoStatus.OK, VideoStatus.DAMAGED):
+            self.video.update(status=VideoStatus.NO_CLIPS.value, error="plan: no clip could be formed")
+            self.errors.append(error_row(self.ref, "plan", "no clip could be formed (video too short or undecodable)"))
+
+
+def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
+                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
+    """Clips of one video, then its VideoDone record (see VideoRun for the steps)."""
+    return VideoRun(pos, ref, spec, plan).items(segments)
 
 
 class ClipDataset(IterableDataset):
@@ -278,9 +332,8 @@ class ClipDataset(IterableDataset):
                 yield from video_items(pos, ref, self.spec, self.plan, segs)
             except Exception as e:  # never let one file stop the batch
                 log.exception("unexpected failure on %s", ref.path)
-                video = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
-                         "status": "error", "error": f"internal: {type(e).__name__}: {e}", "n_clips": 0}
-                yield VideoDone(pos, video, [_error(ref, "internal", f"{type(e).__name__}: {e}")], -1)
+                video = video_row(ref, VideoStatus.ERROR, f"internal: {type(e).__name__}: {e}")
+                yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1)
 
 
 def worker_init(_: int) -> None:

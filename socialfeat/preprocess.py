@@ -138,11 +138,6 @@ def fbank(waveform: torch.Tensor, sample_rate: int, model: Any = "social-mae",
     return feats
 
 
-def frame_tensor(rgb: np.ndarray, model: Any = "social-mae") -> torch.Tensor:
-    """One RGB uint8 frame (H, W, 3) -> normalised model input (3, S, S)."""
-    return frames_tensor(np.asarray(rgb)[None], model)[0]
-
-
 def frames_tensor(rgb: np.ndarray | torch.Tensor, model: Any = "social-mae") -> torch.Tensor:
     """RGB uint8 frames (N, H, W, 3) -> (N, 3, S, S) float32, per the model's transform.
 

@@ -26,7 +26,8 @@ from socialfeat.encoder import (
 from socialfeat.errors import MissingDependencyError
 from socialfeat.media import use_decoder_threads
 from socialfeat.models import load_model
-from socialfeat.pipeline import ClipItem, VideoDone, video_items
+from socialfeat.pipeline import ClipItem, VideoDone, error_row, video_items, video_row
+from socialfeat.store import VideoStatus
 
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3
@@ -72,7 +73,7 @@ def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size:
     return done, encoded
 
 
-def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_size: int, device: str,
+def run_ray(jobs: list, weights: str, task_requests: list[str], spec, plan, batch_size: int, device: str,
             address: str | None, record, task_names: list[str]) -> None:
     """Process ``jobs`` on Ray and hand each finished video to ``record(pos, VideoResult)``."""
     ray = _require_ray()
@@ -82,7 +83,7 @@ def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_s
     n_gpus = int(ray.cluster_resources().get("GPU", 0))
     actor_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if n_gpus and device != "cpu" else {"num_cpus": 0}
     Actor = ray.remote(max_restarts=2, max_task_retries=2, **actor_opts)(EncoderWorker)
-    encoders = [Actor.remote(weights, task_specs, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu",
+    encoders = [Actor.remote(weights, task_requests, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu",
                              plan.precision)
                 for _ in range(max(1, n_gpus if "num_gpus" in actor_opts else 1))]
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(prepare_and_encode)
@@ -97,10 +98,8 @@ def run_ray(jobs: list, weights: str, task_specs: list[str], spec, plan, batch_s
             done, encoded = ray.get(ready[0])
         except Exception as e:  # the task failed even after its retries
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            video = {"video_id": ref.video_id, "path": ref.relpath, "source_path": str(ref.path),
-                     "status": "error", "error": f"worker: {first}", "n_clips": 0}
-            done, encoded = VideoDone(pos, video, [{"video_id": ref.video_id, "path": ref.relpath,
-                                                    "stage": "worker", "message": first}], 0), []
+            video = video_row(ref, VideoStatus.ERROR, f"worker: {first}")
+            done, encoded = VideoDone(pos, video, [error_row(ref, "worker", first)], 0), []
         record(pos, video_result(done, encoded, task_names))
     for actor in encoders:
         ray.kill(actor)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,24 @@ from socialfeat.atomic import atomic_path
 
 EMBEDDING_KINDS = ("joint", "audio", "visual")
 STR = h5py.string_dtype("utf-8")
+
+
+class VideoStatus(str, Enum):
+    """The ``status`` of a row of the videos table (rows hold the plain string value)."""
+
+    OK = "ok"  # every clip decoded cleanly
+    DAMAGED = "damaged"  # clips written, but some packets could not be decoded
+    TRUNCATED = "truncated"  # the file ends before its stated duration; the decodable part is used
+    NO_CLIPS = "no_clips"  # readable, but no clip could be formed (too short, no speech ...)
+    SKIPPED = "skipped"  # nothing asked of this video (no segments for it)
+    ERROR = "error"  # unreadable: no clip at all
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def clean(self) -> bool:
+        return self is VideoStatus.OK
 
 
 @dataclass
@@ -130,7 +149,7 @@ CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s"
 ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
 
 
-def assemble(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
+def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
              embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
     """Write the final HDF5 (atomically) from per-video results in input order."""
     output = Path(output)

@@ -8,9 +8,9 @@ import torch
 import socialfeat
 from socialfeat import pipeline
 from socialfeat.extract import extract
-from socialfeat.inputs import VideoRef
 from socialfeat.models import load_model
 from socialfeat.pipeline import ClipItem, PlanSettings, video_items
+from socialfeat.walk import VideoRef
 
 
 def test_raw_frames_travel_as_decoded_uint8(corpus, tiny_ckpt, monkeypatch):
@@ -42,13 +42,13 @@ def test_device_transform_equals_worker_transform(corpus, tiny_ckpt, tmp_path):
 
 def test_frame_size_change_inside_a_clip_is_transformed_in_the_worker():
     """Streams can change resolution; decoded frames of two sizes cannot travel as one array."""
-    from socialfeat.clip_inputs import assemble
+    from socialfeat.model_inputs import build_clip_inputs
     from socialfeat.preprocess import SOCIAL_MAE_SPEC, frames_tensor
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (240 if k < 4 else 360, 320, 3), dtype=np.uint8) for k in range(8)]
-    raw = assemble(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0, [(k / 2, k / 2, torch.from_numpy(f)) for k, f in enumerate(frames)],
+    raw = build_clip_inputs(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0, [(k / 2, k / 2, torch.from_numpy(f)) for k, f in enumerate(frames)],
                    None)
-    done = assemble(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0,
+    done = build_clip_inputs(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0,
                     [(k / 2, k / 2, frames_tensor(f[None], SOCIAL_MAE_SPEC)[0]) for k, f in enumerate(frames)], None)
     assert raw.video.dtype == torch.float32 and torch.equal(raw.video, done.video)

@@ -11,7 +11,7 @@ import torch
 import torchaudio
 from PIL import Image
 
-from socialfeat import fbank, frame_tensor, frames_tensor
+from socialfeat import fbank, frames_tensor
 from socialfeat.preprocess import (
     CAV_MAE_SPEC,
     IMAGENET_MEAN,
@@ -83,7 +83,7 @@ def test_frame_transform_equals_reference(fname, spec, image_key):
     float32 steps, while antialiasing, bilinear resizing or RGB order differ by > 1e-2."""
     d = torch.load(FIXTURES / fname, weights_only=False)
     rgb = np.array(Image.open(FIXTURES / d["png_file"]).convert("RGB"))
-    torch.testing.assert_close(frame_tensor(rgb, spec), d[image_key], atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames_tensor(rgb[None], spec)[0], d[image_key], atol=1e-5, rtol=0)
 
 
 def test_frame_transform_tolerance_refuses_wrong_resizes():

@@ -22,11 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from socialfeat.atomic import atomic_path
 from socialfeat.architectures import get_arch_config
+from socialfeat.atomic import atomic_path
 from socialfeat.errors import SocialfeatError
-from socialfeat.models.families import MODEL_CLASSES, class_name, model_class, model_kwargs
-from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg, list_pretrained
+from socialfeat.models.families import (
+    MODEL_CLASSES,
+    class_name,
+    model_class,
+    model_kwargs,
+)
+from socialfeat.models.registry import (
+    PretrainedCfg,
+    get_pretrained_cfg,
+    list_pretrained,
+)
 from socialfeat.preprocess import PreprocessSpec
 
 FORMAT = "socialfeat"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from io_helpers import ffmpeg_frame, ffprobe_frame_times
 
 from socialfeat.media import FrameStream, MediaError, load_audio, probe
-
-from io_helpers import ffmpeg_frame, ffprobe_frame_times
 
 
 def test_probe_facts(corpus):
@@ -91,10 +90,10 @@ def test_windowed_audio_equals_whole_track(corpus):
 
 def test_seeking_clip_reader_equals_streaming_extraction(corpus):
     """Pretraining's read_clip (seek to the window) and extraction's streaming path agree."""
-    from socialfeat.clip_inputs import read_clip
-    from socialfeat.inputs import VideoRef
+    from socialfeat.model_inputs import read_clip
     from socialfeat.pipeline import ClipItem, PlanSettings, video_items
     from socialfeat.preprocess import SOCIAL_MAE_SPEC
+    from socialfeat.walk import VideoRef
 
     ref = VideoRef(corpus["talk"], "talk.mp4")
     items = [x for x in video_items(0, ref, SOCIAL_MAE_SPEC, PlanSettings(4.0, None, "nan"), None)

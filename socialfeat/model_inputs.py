@@ -44,9 +44,9 @@ class ClipInputs:
     flags: list[str] = field(default_factory=list)
 
 
-def assemble(spec: PreprocessSpec, start: float, window: float, end: float,
-             frames: list[tuple[float, float, torch.Tensor]], audio: AudioTrack | None,
-             missing_audio: str = "nan") -> ClipInputs:
+def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: float,
+                      frames: list[tuple[float, float, torch.Tensor]], audio: AudioTrack | None,
+                      missing_audio: str = "nan") -> ClipInputs:
     """Inputs of the clip [start, end) in a window of ``window`` s.
 
     frames: (requested time, frame time, transformed frame (3, S, S)) in order; or
@@ -107,5 +107,5 @@ def read_clip(info: MediaInfo, spec: PreprocessSpec, start: float, window: float
     if not frames:
         raise ValueError(f"{info.path}: no decodable frame in [{start:.2f}, {end:.2f}) s")
     audio = load_audio(info, spec.sample_rate, start, end) if info.has_audio else None
-    return assemble(spec, start, window, end, frames, audio)
+    return build_clip_inputs(spec, start, window, end, frames, audio)
 
