@@ -6,7 +6,7 @@ Routes (FILE is a key of ``WeightsServer.files``):
   /cut/FILE         Content-Length of the whole file, then the connection closes at half (ignores Range)
   /resume/FILE      the first request is cut at half; a Range request gets the rest (206)
   /flaky/FILE       503 twice, then the file
-  /slow/FILE        the file in 10 pieces, 0.1 s apart
+  /slow/FILE        the file in 10 pieces, 0.15 s apart
   /html             an HTML error page with status 200
   /html-as-binary   the same page labelled application/octet-stream
   /drive/uc?id=FILE         Drive's 2024 virus-scan page (form id=download-form, confirm + uuid)
@@ -92,7 +92,7 @@ def _handler(server: WeightsServer) -> type[BaseHTTPRequestHandler]:
                     return self._send(b"busy", status=503)
                 return self._send(body)
             if route == "slow":
-                return self._send(body, pieces=10, pause=0.1)
+                return self._send(body, pieces=10, pause=0.15)
             return self._send(b"not found", status=404)
 
         def _drive(self, route: str, query: dict[str, str], body: bytes) -> None:

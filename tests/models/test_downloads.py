@@ -161,7 +161,7 @@ def test_checksum_is_computed_once_while_size_and_mtime_hold(entry, cache, monke
 
     def counting(p, *a):
         calls.append(Path(p).name)
-        return digest.hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
     monkeypatch.setattr(digest, "sha256_file", counting)
     monkeypatch.setattr(hub, "sha256_file", counting)
     fetch("served-tiny", progress=False)
