@@ -55,21 +55,60 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 @main.command()
+@click.argument("names", nargs=-1)
+@click.option("--download", is_flag=True,
+              help="Download NAMES into the cache now (e.g. on a login node, before jobs on offline compute nodes).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Weights cache (default $SOCIALFEAT_HOME or ~/.cache/socialfeat).")
-def models(cache_dir: str | None) -> None:
-    """List the named weights: what they are, where they come from, whether cached."""
+@click.option("--no-progress", is_flag=True, help="Hide download progress bars.")
+def models(names: tuple[str, ...], download: bool, cache_dir: str | None, no_progress: bool) -> None:
+    """List the named weights and whether they are cached; with NAMES, describe them (task, labels,
+    label order); with --download, fetch them. SOCIALFEAT_OFFLINE=1 forbids any download."""
     from socialfeat.models import get_pretrained_cfg, list_pretrained
-    from socialfeat.models.hub import cached_path
+    from socialfeat.models.hub import cache_state, fetch
 
+    if download and not names:
+        raise click.UsageError("name the models to download, e.g. `socialfeat models --download social-mae`")
+    with _fatal_errors_as_one_line():
+        cfgs = [get_pretrained_cfg(n) for n in names]  # an unknown name fails before any download
+        if download:
+            for cfg in cfgs:
+                fetch(cfg.name, cache_dir, progress=not no_progress)
+                click.echo(f"{cfg.name}: {_cache_text(cache_state(cfg.name, cache_dir), full=True)}")
+            return
+    if names:
+        for cfg in cfgs:
+            _describe_model(cfg, cache_state(cfg.name, cache_dir))
+        return
     for name in list_pretrained():
         cfg = get_pretrained_cfg(name)
-        path = cached_path(name, cache_dir)
-        cached = f"cached ({path.stat().st_size / 2**20:.0f} MiB)" if path.is_file() else "not cached"
         task = f" [{cfg.task_name}: {', '.join(cfg.label_names[:6])}{'...' if len(cfg.label_names) > 6 else ''}]" \
             if cfg.task_name else ""
-        click.echo(f"{name:26s} {cfg.kind:8s} {cached:20s} {cfg.description}{task}")
-        click.echo(f"{'':26s} source: {cfg.url or 'no public URL (use --weights PATH)'}")
+        click.echo(f"{name:24s} {cfg.kind:8s} {_cache_text(cache_state(name, cache_dir)):40s} {cfg.description}{task}")
+        click.echo(f"{'':24s} source: {cfg.url or 'no public URL (use --weights PATH)'}")
+
+
+def _cache_text(state, full: bool = False) -> str:
+    """'not cached', or the size and the recorded digest (short unless ``full``)."""
+    if state.size is None:
+        return f"not cached ({state.path})" if full else "not cached"
+    digest = state.sha256 if full else (state.sha256 or "")[:12]
+    where = f"{state.path}, " if full else ""
+    return f"cached ({where}{state.size / 2**20:.0f} MiB, {f'sha256 {digest}' if digest else 'not verified yet'})"
+
+
+def _describe_model(cfg, state) -> None:
+    labels = ", ".join(cfg.label_names[:12]) + (f", ... ({len(cfg.label_names)} in all)"
+                                               if len(cfg.label_names) > 12 else "")
+    rows = [("description", cfg.description), ("kind", f"{cfg.kind} (architecture {cfg.arch})"),
+            ("task", f"{cfg.task_name} ({cfg.task})" if cfg.task else "none (embeddings only)")]
+    if cfg.task:
+        rows += [("labels", labels), ("label order", cfg.label_order_note or "as published")]
+    rows += [("source", cfg.url or "no public URL (use --weights PATH)"), ("origin", cfg.origin),
+             ("license", cfg.license), ("file", _cache_text(state, full=True))]
+    click.echo(cfg.name)
+    for key, value in rows:
+        click.echo(f"  {key + ':':13s} {value}")
 
 
 @main.command()

@@ -83,6 +83,17 @@ def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
     return []
 
 
+def _fetch_named_weights(names: list[str], progress: bool) -> None:
+    """Download the released weights a run needs before it starts (first use; later runs find them
+    cached), with the run's progress setting; names that are not registry entries are left to load_model."""
+    from socialfeat.models import list_pretrained
+    from socialfeat.models.hub import fetch
+
+    for name in names:
+        if name in list_pretrained():
+            fetch(name, progress=progress)
+
+
 def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
             weights: str | Path | None = None, *, file_list: str | Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
@@ -119,6 +130,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
+    _fetch_named_weights(([model] if weights is None else []) +
+                         [f"social-mae-{t.strip()}" for t in tasks if "=" not in t], progress)
     net = load_model(weights if weights is not None else model).to(dev).eval()
     spec = net.info.preprocess
     predictors = build_predictors(net, tasks, dev)

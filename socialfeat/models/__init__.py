@@ -19,10 +19,11 @@ from socialfeat.models.registry import (
                                           get_pretrained_cfg,
                                           list_architectures,
                                           list_pretrained,
+                                          register_pretrained,
 )
 from socialfeat.models.social_mae import SocialMAE, SocialMAEFT
 
 __all__ = ["CAVMAE", "CAVMAEFT", "SocialMAE", "SocialMAEFT", "Encoding", "ModelInfo", "CheckpointError",
            "create_model", "load_model", "read_checkpoint", "save_checkpoint", "strip_prefix",
            "PretrainedCfg", "UnknownModelError", "get_arch_config", "get_pretrained_cfg", "list_architectures",
-           "list_pretrained", "WeightsUnavailableError", "cache_dir", "fetch", "is_cached"]
+           "list_pretrained", "register_pretrained", "WeightsUnavailableError", "cache_dir", "fetch", "is_cached"]

@@ -113,22 +113,29 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -
     return state_dict
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file safely (tensors and plain containers only)."""
+def read_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint file safely (tensors and plain containers only). ``label`` names
+    the file in messages (e.g. the URL of a download not yet in place)."""
     path = Path(path)
+    label = label or str(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{label}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:
+            if f.read(1) not in (b"P", b"\x80"):  # neither a zip archive (PK) nor a pickle: no checkpoint at all
+                raise CheckpointError(f"{label}: not a readable PyTorch checkpoint (neither a zip archive "
+                                      f"nor a pickle)") from e
         raise CheckpointError(
-            f"{path}: refused to load: the file contains pickled Python objects beyond tensors "
+            f"{label}: refused to load: the file contains pickled Python objects beyond tensors "
             f"(weights_only=True failed: {str(e).splitlines()[0]}). Re-save only its state_dict "
             f"from a trusted environment.") from e
     except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{label}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())})") from e
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+        raise CheckpointError(f"{label}: expected a dict, found {type(obj).__name__}")
     return obj
 
 
@@ -144,6 +151,12 @@ def _unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with the mismatch explained in words."""
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError, in words, unless ``state_dict`` has exactly ``model``'s keys and shapes."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -160,7 +173,16 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             parts.append("shape mismatch: " + ", ".join(
                 f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:4]))
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+
+
+def check_fits(cfg: PretrainedCfg, path: str | Path, label: str | None = None) -> None:
+    """Raise CheckpointError unless ``path`` loads with weights_only=True and its keys and shapes
+    are those of the entry's architecture. The model is built on the meta device: no memory, no init."""
+    obj = read_checkpoint(path, label)
+    state_dict = strip_prefix(obj["state_dict"]) if obj.get("format") == FORMAT else _unwrap_state_dict(obj)
+    with torch.device("meta"):
+        model = build_model(ModelInfo.from_registry(cfg))
+    check_state_dict(model, state_dict, label or str(path))
 
 
 def infer_info(state_dict: dict[str, torch.Tensor], name: str) -> ModelInfo:
@@ -204,7 +226,8 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     """A ready model (eval mode) from a registry name, a socialfeat checkpoint or an
     official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
     registry name) describes a bare state dict whose shapes are not the released ones."""
-    from socialfeat.models.hub import fetch, sha256_file
+    from socialfeat.models.digest import file_digest
+    from socialfeat.models.hub import fetch
 
     name = str(path_or_name)
     registry_cfg = None
@@ -233,7 +256,7 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
             info = infer_info(state_dict, path.stem)
     model = build_model(info)
     load_state_dict_strict(model, state_dict, str(path))
-    info.sha256 = sha256_file(path)
+    info.sha256 = file_digest(path)  # a cached file's recorded digest; other files are hashed
     info.source = str(path)
     return model.to(device).eval()
 

@@ -1,23 +1,34 @@
-"""Download released weights into a local cache, atomically and checksummed.
+"""Named weights in a local cache: downloaded once, accepted only whole and loadable.
 
 The cache is ``$SOCIALFEAT_HOME`` (read at call time) or ``~/.cache/socialfeat``.
-A file is downloaded to a temporary name and renamed only when complete, so an
-interrupted download never leaves a half file under the final name.
+A download goes to ``.<file>.part`` and is moved under its final name only when it
+is whole (download.py), loads with ``weights_only=True`` with the keys and shapes of
+its architecture, and matches the published SHA-256 if there is one; only then is
+its digest recorded (digest.py). A refused download leaves nothing behind. One
+process downloads a file while the others wait on ``.<file>.lock`` (50 SLURM
+array tasks starting together fetch it once). ``SOCIALFEAT_OFFLINE=1`` forbids
+the network: a missing file is an error naming it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import logging
 import os
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from socialfeat.atomic import atomic_path
 from socialfeat.errors import SocialfeatError
+from socialfeat.models.checkpoint import CheckpointError, check_fits
+from socialfeat.models.digest import is_fresh, read_record, sha256_file, write_record
+from socialfeat.models.download import DownloadError, download
 from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg
 
 log = logging.getLogger(__name__)
+
+OFFLINE_ENV = "SOCIALFEAT_OFFLINE"
 
 
 class WeightsUnavailableError(SocialfeatError, RuntimeError):
@@ -25,7 +36,7 @@ class WeightsUnavailableError(SocialfeatError, RuntimeError):
 
 
 class ChecksumError(SocialfeatError, RuntimeError):
-    """A weights file does not match its recorded SHA-256."""
+    """A weights file does not match its published or recorded SHA-256."""
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -35,73 +46,120 @@ def cache_dir(override: str | Path | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "socialfeat"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def cached_path(name: str, cache: str | Path | None = None) -> Path:
-    cfg = get_pretrained_cfg(name)
-    return cache_dir(cache) / cfg.filename
+    return cache_dir(cache) / get_pretrained_cfg(name).filename
 
 
 def is_cached(name: str, cache: str | Path | None = None) -> bool:
     return cached_path(name, cache).is_file()
 
 
-def _expected_sha256(cfg: PretrainedCfg, path: Path) -> str | None:
-    if cfg.sha256:
-        return cfg.sha256
-    sidecar = path.with_name(path.name + ".sha256")
-    return sidecar.read_text().split()[0] if sidecar.is_file() else None
+@dataclass(frozen=True)
+class CacheState:
+    """What the cache holds for an entry, read without hashing (for ``socialfeat models``)."""
+
+    path: Path
+    size: int | None  # None: not cached
+    sha256: str | None  # the recorded digest, None until the file has been verified once
 
 
-def _check(cfg: PretrainedCfg, path: Path, digest: str, expected: str | None) -> None:
-    """Raise on a mismatch; without any expected value, record ``digest`` beside ``path``."""
-    if expected is None:
-        path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
-        log.warning("%s: no published checksum; recorded sha256 %s for later verification", cfg.name, digest)
-    elif digest != expected:
-        raise ChecksumError(f"{path}: sha256 {digest} does not match the expected {expected}; "
-                            f"delete the file to download it again")
+def cache_state(name: str, cache: str | Path | None = None) -> CacheState:
+    path = cached_path(name, cache)
+    if not path.is_file():
+        return CacheState(path, None, None)
+    rec = read_record(path)
+    return CacheState(path, path.stat().st_size, rec["sha256"] if is_fresh(path, rec) else None)
 
 
 def verify(cfg: PretrainedCfg, path: Path) -> str:
-    """Check ``path`` against the published or first-recorded checksum; returns the digest."""
+    """The SHA-256 of a cached file, checked against the published or recorded one.
+
+    The file is hashed only when its record is missing or its size or mtime changed;
+    a file without any record (placed in the cache by hand) is recorded as it is.
+    """
+    rec = read_record(path)
+    if is_fresh(path, rec) and cfg.sha256 in (None, rec["sha256"]):
+        return rec["sha256"]
     digest = sha256_file(path)
-    _check(cfg, path, digest, _expected_sha256(cfg, path))
+    expected = cfg.sha256 or (rec or {}).get("sha256")
+    if expected is not None and digest != expected:
+        raise ChecksumError(f"{path}: sha256 {digest} does not match the expected {expected}; "
+                            f"delete the file to download it again")
+    try:
+        write_record(path, digest, url=cfg.url)
+    except OSError as e:  # a shared, read-only cache: verified now, hashed again next time
+        log.info("%s: could not record its sha256 (%s)", path, e)
     return digest
 
 
 def fetch(name: str, cache: str | Path | None = None, progress: bool = True) -> Path:
-    """Path of the cached weights of a registry entry, downloading them if needed."""
+    """Path of the cached, verified weights of a registry entry, downloading them if needed."""
     cfg = get_pretrained_cfg(name)
     path = cached_path(name, cache)
-    if path.is_file():
-        verify(cfg, path)
-        return path
-    how = (f"download it yourself from {cfg.url} " if cfg.url else f"obtain it from {cfg.origin} ")
-    hint = f"{how}and pass --weights PATH, or place it at {path}"
-    if not cfg.url:
-        raise WeightsUnavailableError(f"{name}: weights file {path} is missing and has no public "
-                                      f"download address; {hint}")
-    try:
-        with atomic_path(path) as tmp:  # a bad or interrupted download never lands under the final name
-            with open(tmp, "wb") as out, urllib.request.urlopen(cfg.url, timeout=60) as resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                from tqdm import tqdm
-                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
-                    while block := resp.read(1 << 20):
-                        out.write(block)
-                        bar.update(len(block))
-            digest = sha256_file(tmp)
-            if cfg.sha256:
-                _check(cfg, path, digest, cfg.sha256)
-    except OSError as e:
-        raise WeightsUnavailableError(f"{name}: could not download {cfg.url} ({e}); {hint}") from e
-    if not cfg.sha256:
-        _check(cfg, path, digest, None)
+    if not path.is_file():
+        _check_can_download(cfg, path)
+        with _locked(path):
+            if not path.is_file():  # else another process finished it while this one waited
+                _download(cfg, path, progress)
+    verify(cfg, path)
     return path
+
+
+def _hint(cfg: PretrainedCfg, path: Path) -> str:
+    return (f"run `socialfeat models --download {cfg.name}` on a machine with internet (same cache), "
+            f"or pass --weights PATH, or place the file at {path}")
+
+
+def _check_can_download(cfg: PretrainedCfg, path: Path) -> None:
+    if not cfg.url:
+        raise WeightsUnavailableError(f"{cfg.name}: weights file {path} is missing and has no public download "
+                                      f"address; obtain it from {cfg.origin} and pass --weights PATH, "
+                                      f"or place it at {path}")
+    if offline():
+        raise WeightsUnavailableError(f"{cfg.name}: weights file {path} is missing and {OFFLINE_ENV} forbids "
+                                      f"downloading it; {_hint(cfg, path)}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``.<file>.lock`` beside ``path`` (the lock file stays, empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another process is downloading it; waiting", path.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _download(cfg: PretrainedCfg, path: Path, progress: bool) -> None:
+    """Download, check and move into place, or refuse with one line and leave nothing.
+
+    ``.<file>.part`` survives only an interruption (Ctrl-C, a killed job), to be resumed.
+    """
+    part = path.with_name(f".{path.name}.part")
+    try:
+        download(cfg.url, part, desc=cfg.name, progress=progress)
+        check_fits(cfg, part, label=cfg.url)
+        digest = sha256_file(part)
+        if cfg.sha256 and digest != cfg.sha256:
+            raise ChecksumError(f"sha256 {digest} differs from the published {cfg.sha256}")
+    except DownloadError as e:
+        part.unlink(missing_ok=True)
+        raise WeightsUnavailableError(f"{cfg.name}: could not download {path.name}: {e}; "
+                                      f"{_hint(cfg, path)}") from e
+    except (CheckpointError, ChecksumError) as e:
+        part.unlink(missing_ok=True)
+        raise WeightsUnavailableError(f"{cfg.name}: refused the download of {path.name}, nothing was cached: "
+                                      f"{e}") from e
+    write_record(path, digest, stat_of=part, url=cfg.url)  # first, so whoever sees the file sees its record
+    os.replace(part, path)
+    log.info("%s: downloaded %s (sha256 %s)", cfg.name, path, digest)

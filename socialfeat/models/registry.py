@@ -21,7 +21,7 @@ from socialfeat.models.families import class_name, model_kwargs
 from socialfeat.preprocess import PreprocessSpec
 
 __all__ = ["PretrainedCfg", "UnknownModelError", "add_arch_config", "get_arch_config", "get_pretrained_cfg",
-           "list_architectures", "list_pretrained"]
+           "list_architectures", "list_pretrained", "register_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class PretrainedCfg:
 
     url None means no public download address is known; the user supplies the
     file (``--weights PATH``). sha256 None means the publisher gave no checksum:
-    the first download records one next to the file and later loads verify it.
+    the first accepted download records one next to the file and later loads
+    verify it (see hub.py).
     """
 
     name: str
@@ -63,52 +64,77 @@ class PretrainedCfg:
 
 
 _CAV = "github.com/YuanGongND/cav-mae (BSD-2-Clause code; weights released with the paper)"
-_SOC = "github.com/HuBohy/SocialMAE (weights announced in the README; no public address yet)"
+_SOC = "github.com/HuBohy/SocialMAE (README, 'Pretrained and Finetuned Models'; Google Drive files)"
 _DBX = "https://www.dropbox.com/s/{}?dl=1"
+# Drive's direct download endpoint; confirm=t skips the virus-scan page for large files where Drive
+# still honours it, and the downloader follows that page's form where it does not (see drive.py).
+_GDRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
 
 CREMA_D_EMOTIONS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 
 _PRETRAINED: dict[str, PretrainedCfg] = {c.name: c for c in [
-    PretrainedCfg("cav-mae-scale++", "cav-mae", "pretrain", _DBX.format("l5t5geufdy3qvnv/audio_model.21.pth"),
-                  "cav-mae-scale++.pth", "CAV-MAE pretrained on AudioSet-2M, batch 256 (recommended)", _CAV,
-                  "see origin"),
-    PretrainedCfg("cav-mae-scale+", "cav-mae", "pretrain", _DBX.format("xu8bfie6hz86oev/audio_model.25.pth"),
-                  "cav-mae-scale+.pth", "CAV-MAE pretrained on AudioSet-2M, batch 108 (paper results)", _CAV,
-                  "see origin"),
-    PretrainedCfg("cav-mae-base", "cav-mae", "pretrain", _DBX.format("wxrjgr86gdhc5k8/cav-mae-base.pth"),
-                  "cav-mae-base.pth", "CAV-MAE pretrained on AudioSet-2M, batch 48", _CAV, "see origin"),
-    PretrainedCfg("cav-mae-base-nonorm", "cav-mae", "pretrain",
-                  _DBX.format("arrg7cb3e4hhjwu/cav-mae-base-nonorm.pth"), "cav-mae-base-nonorm.pth",
-                  "CAV-MAE pretrained without pixel-normalised targets (for inpainting)", _CAV, "see origin",
-                  model_overrides={"norm_pix_loss": False}),
-    PretrainedCfg("cav-mae-ft-audioset", "cav-mae", "finetune", _DBX.format("hejj49zdgyyfsuh/as-full-51.2.pth"),
-                  "cav-mae-as-full-51.2.pth", "CAV-MAE-Scale+ finetuned on AudioSet-2M (51.2 mAP), 527 classes",
-                  _CAV, "see origin", task="multilabel", task_name="audioset",
+    PretrainedCfg(name="cav-mae-scale++", arch="cav-mae", kind="pretrain",
+                  url=_DBX.format("l5t5geufdy3qvnv/audio_model.21.pth"), filename="cav-mae-scale++.pth",
+                  description="CAV-MAE pretrained on AudioSet-2M, batch 256 (recommended)",
+                  origin=_CAV, license="see origin"),
+    PretrainedCfg(name="cav-mae-scale+", arch="cav-mae", kind="pretrain",
+                  url=_DBX.format("xu8bfie6hz86oev/audio_model.25.pth"), filename="cav-mae-scale+.pth",
+                  description="CAV-MAE pretrained on AudioSet-2M, batch 108 (paper results)",
+                  origin=_CAV, license="see origin"),
+    PretrainedCfg(name="cav-mae-base", arch="cav-mae", kind="pretrain",
+                  url=_DBX.format("wxrjgr86gdhc5k8/cav-mae-base.pth"), filename="cav-mae-base.pth",
+                  description="CAV-MAE pretrained on AudioSet-2M, batch 48", origin=_CAV, license="see origin"),
+    PretrainedCfg(name="cav-mae-base-nonorm", arch="cav-mae", kind="pretrain",
+                  url=_DBX.format("arrg7cb3e4hhjwu/cav-mae-base-nonorm.pth"), filename="cav-mae-base-nonorm.pth",
+                  description="CAV-MAE pretrained without pixel-normalised targets (for inpainting)",
+                  origin=_CAV, license="see origin", model_overrides={"norm_pix_loss": False}),
+    PretrainedCfg(name="cav-mae-ft-audioset", arch="cav-mae", kind="finetune",
+                  url=_DBX.format("hejj49zdgyyfsuh/as-full-51.2.pth"), filename="cav-mae-as-full-51.2.pth",
+                  description="CAV-MAE-Scale+ finetuned on AudioSet-2M (51.2 mAP), 527 classes",
+                  origin=_CAV, license="see origin", task="multilabel", task_name="audioset",
                   label_names=tuple(f"audioset_{i:03d}" for i in range(527)),
                   label_order_note="AudioSet class_labels_indices.csv order; names not bundled"),
-    PretrainedCfg("cav-mae-ft-vggsound", "cav-mae", "finetune", _DBX.format("q66s3mu526mj2x6/vgg_66.0.pth"),
-                  "cav-mae-vgg-66.0.pth", "CAV-MAE-Scale+ finetuned on VGGSound (65.9 acc), 309 classes",
-                  _CAV, "see origin", task="classification", task_name="vggsound",
+    PretrainedCfg(name="cav-mae-ft-vggsound", arch="cav-mae", kind="finetune",
+                  url=_DBX.format("q66s3mu526mj2x6/vgg_66.0.pth"), filename="cav-mae-vgg-66.0.pth",
+                  description="CAV-MAE-Scale+ finetuned on VGGSound (65.9 acc), 309 classes",
+                  origin=_CAV, license="see origin", task="classification", task_name="vggsound",
                   label_names=tuple(f"vggsound_{i:03d}" for i in range(309)),
                   label_order_note="VGGSound class_labels_indices_vgg.csv order; names not bundled"),
-    PretrainedCfg("social-mae", "social-mae", "pretrain", None, "social-mae.pth",
-                  "Social-MAE pretrained on VoxCeleb2 (init from CAV-MAE)", _SOC, "see origin"),
-    PretrainedCfg("social-mae-emotion", "social-mae", "finetune", None, "social-mae-ft-cremad.pth",
-                  "Social-MAE finetuned on CREMA-D emotion (6 classes)", _SOC, "see origin",
-                  task="classification", task_name="emotion", label_names=CREMA_D_EMOTIONS,
+    PretrainedCfg(name="social-mae", arch="social-mae", kind="pretrain",
+                  url=_GDRIVE.format("1s2giy3_tQKL_cISiYcN5lBy_ami6Dc0n"), filename="social-mae.pth",
+                  description="Social-MAE pretrained on VoxCeleb2 (init from CAV-MAE)",
+                  origin=_SOC, license="see origin"),
+    PretrainedCfg(name="social-mae-emotion", arch="social-mae", kind="finetune",
+                  url=_GDRIVE.format("1WrqznBLZ0G8HRe6POt9E4w9zVNzbfWA_"), filename="social-mae-ft-cremad.pth",
+                  description="Social-MAE finetuned on CREMA-D emotion (6 classes)",
+                  origin=_SOC, license="see origin", task="classification", task_name="emotion",
+                  label_names=CREMA_D_EMOTIONS,
                   label_order_note="assumed alphabetical order of CREMA-D codes ANG, DIS, FEA, HAP, NEU, SAD; "
                                    "the reference does not publish its label index file"),
-    PretrainedCfg("social-mae-laughter", "social-mae", "finetune", None, "social-mae-ft-ndcme.pth",
-                  "Social-MAE finetuned on NDC-ME laughter detection (2 classes)", _SOC, "see origin",
-                  task="classification", task_name="laughter", label_names=("no_laughter", "laughter"),
+    PretrainedCfg(name="social-mae-laughter", arch="social-mae", kind="finetune",
+                  url=_GDRIVE.format("1bjzz1oOF0vdvQ8fV3y5CU-Zxne1UeHpz"), filename="social-mae-ft-ndcme.pth",
+                  description="Social-MAE finetuned on NDC-ME laughter detection (2 classes)",
+                  origin=_SOC, license="see origin", task="classification", task_name="laughter",
+                  label_names=("no_laughter", "laughter"),
                   label_order_note="assumed 0 = no laughter, 1 = laughter"),
-    PretrainedCfg("social-mae-personality", "social-mae", "finetune", None, "social-mae-ft-chalearn.pth",
-                  "Social-MAE finetuned on ChaLearn First Impressions (Big Five, 0-1 scale)", _SOC, "see origin",
-                  task="regression", task_name="personality", label_names=BIG_FIVE,
+    PretrainedCfg(name="social-mae-personality", arch="social-mae", kind="finetune",
+                  url=_GDRIVE.format("1t8rvCVLvoLoQG85N7LToHZPF6vy9HQB2"), filename="social-mae-ft-chalearn.pth",
+                  description="Social-MAE finetuned on ChaLearn First Impressions (Big Five, 0-1 scale)",
+                  origin=_SOC, license="see origin", task="regression", task_name="personality",
+                  label_names=BIG_FIVE,
                   label_order_note="assumed OCEAN order; ChaLearn's annotation files list extraversion, "
                                    "neuroticism, agreeableness, conscientiousness, openness"),
 ]}
+
+
+def register_pretrained(cfg: PretrainedCfg, replace: bool = False) -> None:
+    """Add a named entry (a lab's own weights, a mirror, a test server); ``load_model(cfg.name)``
+    and ``--model`` then download and verify it like a released one."""
+    if cfg.name in _PRETRAINED and not replace and _PRETRAINED[cfg.name] != cfg:
+        raise ValueError(f"model {cfg.name!r} is already registered; pass replace=True to change it")
+    get_arch_config(cfg.arch)  # an unknown architecture fails here, not at the first download
+    _PRETRAINED[cfg.name] = cfg
 
 
 def list_pretrained() -> list[str]:

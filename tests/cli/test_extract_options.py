@@ -33,16 +33,16 @@ def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_unknown_model_fails_with_one_message(tmp_path, corpus):
+def test_missing_weights_offline_fail_with_one_message(tmp_path, corpus):
     proc = run_cli("extract", corpus["talk"], "-o", tmp_path / "x.h5", "--model", "social-mae",
-                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path)})
+                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path), "SOCIALFEAT_OFFLINE": "1"})
     assert proc.returncode == 1 and "social-mae.pth" in proc.stderr and "--weights PATH" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_released_task_without_weights_fails_with_one_message(tmp_path, corpus, tiny_ckpt):
+def test_released_task_offline_without_weights_fails_with_one_message(tmp_path, corpus, tiny_ckpt):
     proc = run_cli("extract", corpus["talk"], "-o", tmp_path / "x.h5", "--weights", tiny_ckpt, "--tasks", "emotion",
-                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path)})
+                   check=False, env={"SOCIALFEAT_HOME": str(tmp_path), "SOCIALFEAT_OFFLINE": "1"})
     assert proc.returncode == 1 and "social-mae-ft-cremad.pth" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -1,15 +1,14 @@
-"""Named weights: registry contents, offline behaviour, atomic checksummed downloads (file:// URLs)."""
+"""Named weights: registry contents, registration, offline behaviour (downloads: test_downloads.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import pytest
 
-from socialfeat.models import WeightsUnavailableError, get_pretrained_cfg, list_pretrained
+from socialfeat.models import WeightsUnavailableError, get_pretrained_cfg, list_pretrained, register_pretrained
 from socialfeat.models import registry
-from socialfeat.models.hub import ChecksumError, fetch
+from socialfeat.models.hub import fetch
 
 EXPECTED = {"cav-mae-scale++", "cav-mae-scale+", "cav-mae-base", "social-mae", "social-mae-emotion",
             "social-mae-laughter", "social-mae-personality"}
@@ -27,42 +26,31 @@ def test_registry_lists_released_models():
         get_pretrained_cfg("nope")
 
 
-def test_missing_weights_without_url_give_one_clear_error(tmp_path, monkeypatch):
+def test_released_social_mae_weights_point_at_the_authors_drive_files():
+    drive_ids = {"social-mae": "1s2giy3_tQKL_cISiYcN5lBy_ami6Dc0n",
+                 "social-mae-emotion": "1WrqznBLZ0G8HRe6POt9E4w9zVNzbfWA_",
+                 "social-mae-personality": "1t8rvCVLvoLoQG85N7LToHZPF6vy9HQB2",
+                 "social-mae-laughter": "1bjzz1oOF0vdvQ8fV3y5CU-Zxne1UeHpz"}
+    for name, file_id in drive_ids.items():
+        assert get_pretrained_cfg(name).url.startswith(f"https://drive.usercontent.google.com/download?id={file_id}&")
+    assert all(get_pretrained_cfg(n).url for n in list_pretrained())  # every released entry downloads
+
+
+def test_missing_weights_offline_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SOCIALFEAT_HOME", str(tmp_path))
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError) as e:
         fetch("social-mae")
     msg = str(e.value)
-    assert "social-mae.pth" in msg and "--weights PATH" in msg and "\n" not in msg
+    assert str(tmp_path / "social-mae.pth") in msg and "--weights PATH" in msg and "\n" not in msg
 
 
-@pytest.fixture
-def local_entry(tmp_path, monkeypatch):
-    """A registry entry whose URL is a local file, so the real download code runs offline."""
-    src = tmp_path / "served.pth"
-    src.write_bytes(b"weights" * 1000)
-    cfg = dataclasses.replace(get_pretrained_cfg("cav-mae-base"), name="local-test",
-                              url=src.as_uri(), filename="local-test.pth")
-    monkeypatch.setitem(registry._PRETRAINED, "local-test", cfg)
-    monkeypatch.setenv("SOCIALFEAT_HOME", str(tmp_path / "cache"))
-    return src, cfg
-
-
-def test_download_is_atomic_and_records_checksum(local_entry, tmp_path):
-    src, _ = local_entry
-    path = fetch("local-test", progress=False)
-    assert path.read_bytes() == src.read_bytes()
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    assert path.with_name(path.name + ".sha256").read_text().split()[0] == digest
-    assert sorted(p.name for p in path.parent.iterdir()) == ["local-test.pth", "local-test.pth.sha256"]
-    path.write_bytes(b"tampered")
-    with pytest.raises(ChecksumError, match="does not match"):
-        fetch("local-test")
-
-
-def test_published_checksum_is_enforced(local_entry, monkeypatch):
-    _, cfg = local_entry
-    monkeypatch.setitem(registry._PRETRAINED, "local-test", dataclasses.replace(cfg, sha256="0" * 64))
-    with pytest.raises(ChecksumError):
-        fetch("local-test", progress=False)
-    cache = fetch.__globals__["cache_dir"]()
-    assert not (cache / "local-test.pth").exists()  # a bad download never lands under the final name
+def test_register_pretrained_refuses_a_silent_replacement(monkeypatch):
+    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
+    cfg = dataclasses.replace(get_pretrained_cfg("social-mae"), name="my-lab-model", url="https://example.org/m.pth")
+    register_pretrained(cfg)
+    assert get_pretrained_cfg("my-lab-model") == cfg
+    with pytest.raises(ValueError, match="already registered"):
+        register_pretrained(dataclasses.replace(cfg, url="https://example.org/other.pth"))
+    with pytest.raises(registry.UnknownModelError, match="unknown architecture"):
+        register_pretrained(dataclasses.replace(cfg, name="x", arch="nope"))

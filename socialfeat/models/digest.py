@@ -1,0 +1,62 @@
+"""SHA-256 of weights files, recorded beside them with the size and mtime they had.
+
+Hashing a 0.7 GB checkpoint takes seconds at every run. A record
+``<file>.sha256.json`` keeps the digest with the file's size and mtime: while both
+are unchanged the recorded digest stands; when either changed, the file is hashed
+again (and the caller compares the new digest with the recorded one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from socialfeat.atomic import atomic_path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".sha256.json")
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The record of ``path`` ({'sha256', 'size', 'mtime_ns', ...}), or None if there is none or it is unreadable."""
+    try:
+        rec = json.loads(record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
+
+
+def is_fresh(path: str | Path, rec: dict[str, Any] | None) -> bool:
+    """Whether ``rec`` still describes ``path`` (same size and mtime), so its digest can be trusted."""
+    if rec is None:
+        return False
+    st = os.stat(path)
+    return rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+
+
+def write_record(path: str | Path, digest: str, stat_of: str | Path | None = None, **extra: Any) -> None:
+    """Record ``digest`` for ``path`` with the size and mtime of ``stat_of`` (default ``path``; a
+    file about to be renamed to ``path`` keeps both, so its record can be written first)."""
+    st = os.stat(stat_of or path)
+    rec = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, **extra}
+    with atomic_path(record_path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(rec, indent=1) + "\n")
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of ``path``: its fresh record's if it has one, else computed."""
+    rec = read_record(path)
+    return rec["sha256"] if is_fresh(path, rec) else sha256_file(path)

@@ -1,0 +1,211 @@
+"""Downloads of named weights against a real HTTP server on 127.0.0.1 (no mocks of the network):
+whole or refused, HTML pages refused, Drive's confirmation page followed, retries, resume, lock,
+checksum recorded once, offline switch."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from socialfeat.models import WeightsUnavailableError, create_model, load_model, registry
+from socialfeat.models import digest, download, hub
+from socialfeat.models.hub import ChecksumError, fetch
+from socialfeat.models.registry import PretrainedCfg
+
+from weights_server import WeightsServer
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _serialise(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def blobs() -> dict[str, bytes]:
+    torch.manual_seed(0)
+    return {"tiny.pth": _serialise(create_model("social-mae-tiny").state_dict()),  # an official-style state dict
+            "cav.pth": _serialise(create_model("cav-mae-tiny").state_dict()),
+            "junk.pth": bytes(range(256)) * 64}
+
+
+@pytest.fixture
+def server(blobs):
+    with WeightsServer() as srv:
+        srv.files.update(blobs)
+        yield srv
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SOCIALFEAT_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOCIALFEAT_OFFLINE", raising=False)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def entry(server, cache, monkeypatch):
+    """Register 'served-tiny' (tiny Social-MAE architecture) at a route of the test server."""
+    def make(route: str, **kw) -> PretrainedCfg:
+        cfg = PretrainedCfg(name="served-tiny", arch="social-mae-tiny", kind="pretrain", url=server.url + route,
+                            filename="served-tiny.pth", description="test entry", origin="test server",
+                            license="none", **kw)
+        monkeypatch.setitem(registry._PRETRAINED, cfg.name, cfg)
+        return cfg
+    return make
+
+
+def cached_files(cache: Path) -> list[str]:
+    """What the cache holds, apart from the (empty) lock files that stay by design."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.exists() else []
+
+
+def refusal(name: str = "served-tiny") -> str:
+    with pytest.raises(WeightsUnavailableError) as e:
+        fetch(name, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{name}: ")
+    return msg
+
+
+def test_good_download_is_recorded_and_loads(entry, server, blobs, cache):
+    entry("/good/tiny.pth")
+    path = fetch("served-tiny", progress=False)
+    assert path.read_bytes() == blobs["tiny.pth"]
+    sha = hashlib.sha256(blobs["tiny.pth"]).hexdigest()
+    assert cached_files(cache) == ["served-tiny.pth", "served-tiny.pth.sha256.json"]
+    rec = json.loads((cache / "served-tiny.pth.sha256.json").read_text())
+    assert rec["sha256"] == sha and rec["size"] == len(blobs["tiny.pth"])
+    model = load_model("served-tiny")  # the cached file now; no second request
+    assert model.info.sha256 == sha and model.info.name == "served-tiny"
+    assert len(server.hits("/good/")) == 1
+
+
+def test_connection_closed_halfway_is_refused(entry, server, cache):
+    entry("/cut/tiny.pth")
+    msg = refusal()
+    assert "connection closed after" in msg and "gave up after" in msg
+    assert cached_files(cache) == []
+    assert len(server.hits("/cut/")) == download.RETRIES + 1  # bounded: no new bytes, no endless retries
+
+
+@pytest.mark.parametrize("route", ["/html", "/html-as-binary"])
+def test_html_page_is_refused(entry, server, cache, route):
+    entry(route)
+    msg = refusal()
+    assert "HTML page" in msg and "Quota exceeded" in msg
+    assert cached_files(cache) == []
+
+
+@pytest.mark.parametrize("route", ["/drive/uc?id=tiny.pth&export=download",
+                                   "/drive-old/uc?id=tiny.pth&export=download"])
+def test_drive_confirmation_page_is_followed(entry, server, blobs, cache, route):
+    entry(route)
+    assert fetch("served-tiny", progress=False).read_bytes() == blobs["tiny.pth"]
+    assert len(server.log) == 2  # the page, then the file
+
+
+def test_transient_503_is_retried(entry, server, blobs, cache):
+    entry("/flaky/tiny.pth")
+    assert fetch("served-tiny", progress=False).read_bytes() == blobs["tiny.pth"]
+    assert len(server.hits("/flaky/")) == 3
+
+
+def test_interrupted_download_resumes_with_range(entry, server, blobs, cache):
+    entry("/resume/tiny.pth")
+    assert fetch("served-tiny", progress=False).read_bytes() == blobs["tiny.pth"]
+    assert [r for _, r in server.hits("/resume/")] == [None, f"bytes={len(blobs['tiny.pth']) // 2}-"]
+
+
+def test_partial_file_of_a_killed_run_is_resumed(entry, server, blobs, cache):
+    entry("/good/tiny.pth")
+    half = len(blobs["tiny.pth"]) // 3
+    cache.mkdir()
+    (cache / ".served-tiny.pth.part").write_bytes(blobs["tiny.pth"][:half])
+    assert fetch("served-tiny", progress=False).read_bytes() == blobs["tiny.pth"]
+    assert server.hits("/good/") == [("/good/tiny.pth", f"bytes={half}-")]
+
+
+@pytest.mark.parametrize("blob, reason", [("cav.pth", "does not fit SocialMAE"),
+                                          ("junk.pth", "not a readable PyTorch checkpoint")])
+def test_file_that_does_not_fit_the_architecture_is_refused(entry, cache, blob, reason):
+    cfg = entry(f"/good/{blob}")
+    msg = refusal()
+    assert reason in msg and cfg.url in msg and "nothing was cached" in msg
+    assert cached_files(cache) == []
+
+
+def test_published_checksum_is_enforced(entry, blobs, cache):
+    entry("/good/tiny.pth", sha256="0" * 64)
+    assert "differs from the published" in refusal()
+    assert cached_files(cache) == []
+    entry("/good/tiny.pth", sha256=hashlib.sha256(blobs["tiny.pth"]).hexdigest())
+    assert fetch("served-tiny", progress=False).is_file()
+
+
+def test_checksum_is_computed_once_while_size_and_mtime_hold(entry, cache, monkeypatch):
+    entry("/good/tiny.pth")
+    path = fetch("served-tiny", progress=False)
+    calls = []
+
+    def counting(p, *a):
+        calls.append(Path(p).name)
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    monkeypatch.setattr(digest, "sha256_file", counting)
+    monkeypatch.setattr(hub, "sha256_file", counting)
+    fetch("served-tiny", progress=False)
+    load_model("served-tiny")
+    assert calls == []
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # e.g. copied with a new mtime
+    fetch("served-tiny", progress=False)
+    assert calls == ["served-tiny.pth"]
+    assert digest.read_record(path)["mtime_ns"] == st.st_mtime_ns + 10**9
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # same size, other content
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="does not match"):
+        fetch("served-tiny", progress=False)
+
+
+def test_offline_switch_never_touches_the_network(entry, server, cache, monkeypatch):
+    entry("/good/tiny.pth")
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
+    msg = refusal()
+    assert str(cache / "served-tiny.pth") in msg and "SOCIALFEAT_OFFLINE" in msg and "--weights PATH" in msg
+    assert server.log == []
+
+
+def test_two_processes_download_once(entry, server, blobs, cache):
+    cfg = entry("/slow/tiny.pth")
+    entries = json.dumps([{k: v for k, v in vars(cfg).items() if k not in ("label_names", "model_overrides")}])
+    cmd = [sys.executable, str(TESTS / "registered.py"), entries, "--wait-for-go",
+           "models", "--download", "served-tiny", "--no-progress"]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "SOCIALFEAT_HOME": str(cache)}) for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert len(server.hits("/slow/")) == 1
+    assert any("another process is downloading it; waiting" in err for _, err in outs)
+    sha = hashlib.sha256(blobs["tiny.pth"]).hexdigest()
+    assert all(f"sha256 {sha}" in out for out, _ in outs)
