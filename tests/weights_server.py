@@ -16,10 +16,13 @@ Routes (FILE is a key of ``WeightsServer.files``):
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import torch
 
 ERROR_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head>"
               b"<body><p class=\"uc-error-subcaption\">Too many users have viewed or downloaded this file "
@@ -143,3 +146,10 @@ def _handler(server: WeightsServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
     return Handler
+
+
+def serialise(obj) -> bytes:
+    """The bytes ``torch.save`` writes for ``obj`` (what the server hands out)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

@@ -6,7 +6,6 @@ replacing the released ones inside the subprocess (tests/registered.py) or the t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -16,30 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from media_factory import talking_video
+from weights_server import WeightsServer, serialise
 
 import socialfeat
 from socialfeat.cli import main
 from socialfeat.models import create_model, registry
 from socialfeat.models.registry import CREMA_D_EMOTIONS, PretrainedCfg
 
-from media_factory import talking_video
-from weights_server import WeightsServer
-
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def _serialise(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def served():
     torch.manual_seed(0)
     with WeightsServer() as srv:
-        srv.files["backbone.pth"] = _serialise(create_model("social-mae-tiny").state_dict())
-        srv.files["emotion.pth"] = _serialise(create_model("social-mae-tiny", kind="finetune",
+        srv.files["backbone.pth"] = serialise(create_model("social-mae-tiny").state_dict())
+        srv.files["emotion.pth"] = serialise(create_model("social-mae-tiny", kind="finetune",
                                                            label_names=list(CREMA_D_EMOTIONS)).state_dict())
         yield srv
 

@@ -5,7 +5,6 @@ checksum recorded once, offline switch."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -14,28 +13,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from weights_server import WeightsServer, serialise
 
-from socialfeat.models import WeightsUnavailableError, create_model, load_model, registry
-from socialfeat.models import digest, download, hub
+from socialfeat.models import (
+    WeightsUnavailableError,
+    create_model,
+    digest,
+    download,
+    hub,
+    load_model,
+    registry,
+)
 from socialfeat.models.hub import ChecksumError, fetch
 from socialfeat.models.registry import PretrainedCfg
 
-from weights_server import WeightsServer
-
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def _serialise(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def blobs() -> dict[str, bytes]:
     torch.manual_seed(0)
-    return {"tiny.pth": _serialise(create_model("social-mae-tiny").state_dict()),  # an official-style state dict
-            "cav.pth": _serialise(create_model("cav-mae-tiny").state_dict()),
+    return {"tiny.pth": serialise(create_model("social-mae-tiny").state_dict()),  # an official-style state dict
+            "cav.pth": serialise(create_model("cav-mae-tiny").state_dict()),
             "junk.pth": bytes(range(256)) * 64}
 
 
