@@ -6,12 +6,12 @@ from socialfeat.models.checkpoint import (
                                           CheckpointError,
                                           ModelInfo,
                                           create_model,
-                                          load_model,
                                           read_checkpoint,
                                           save_checkpoint,
                                           strip_prefix,
 )
 from socialfeat.models.hub import WeightsUnavailableError, cache_dir, fetch, is_cached
+from socialfeat.models.loading import load_model
 from socialfeat.models.registry import (
                                           PretrainedCfg,
                                           UnknownModelError,

@@ -31,11 +31,7 @@ from socialfeat.models.families import (
     model_class,
     model_kwargs,
 )
-from socialfeat.models.registry import (
-    PretrainedCfg,
-    get_pretrained_cfg,
-    list_pretrained,
-)
+from socialfeat.models.registry import PretrainedCfg
 from socialfeat.preprocess import PreprocessSpec
 
 FORMAT = "socialfeat"
@@ -139,7 +135,8 @@ def read_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any
     return obj
 
 
-def _unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of an official checkpoint (under 'state_dict' or 'model', or at the top), unprefixed."""
     for key in ("state_dict", "model"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -179,7 +176,7 @@ def check_fits(cfg: PretrainedCfg, path: str | Path, label: str | None = None) -
     """Raise CheckpointError unless ``path`` loads with weights_only=True and its keys and shapes
     are those of the entry's architecture. The model is built on the meta device: no memory, no init."""
     obj = read_checkpoint(path, label)
-    state_dict = strip_prefix(obj["state_dict"]) if obj.get("format") == FORMAT else _unwrap_state_dict(obj)
+    state_dict = strip_prefix(obj["state_dict"]) if obj.get("format") == FORMAT else unwrap_state_dict(obj)
     with torch.device("meta"):
         model = build_model(ModelInfo.from_registry(cfg))
     check_state_dict(model, state_dict, label or str(path))
@@ -219,46 +216,6 @@ def infer_info(state_dict: dict[str, torch.Tensor], name: str) -> ModelInfo:
     return ModelInfo(name=name, model_class=class_name(family, kind), model_kwargs=kwargs,
                      preprocess=PreprocessSpec.from_dict(cfg["preprocess"]),
                      label_names=[f"class_{i}" for i in range(label_dim)])
-
-
-def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | None = None,
-               cache: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """A ready model (eval mode) from a registry name, a socialfeat checkpoint or an
-    official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
-    registry name) describes a bare state dict whose shapes are not the released ones."""
-    from socialfeat.models.digest import file_digest
-    from socialfeat.models.hub import fetch
-
-    name = str(path_or_name)
-    registry_cfg = None
-    if name in list_pretrained() and not Path(name).exists():
-        registry_cfg = get_pretrained_cfg(name)
-        path = fetch(name, cache)
-    else:
-        path = Path(path_or_name)
-    obj = read_checkpoint(path)
-    if obj.get("format") == FORMAT:
-        info = ModelInfo.from_dict(obj["config"])
-        state_dict = strip_prefix(obj["state_dict"])
-    else:
-        state_dict = _unwrap_state_dict(obj)
-        if isinstance(config, str) and config in list_pretrained():
-            registry_cfg = get_pretrained_cfg(config)
-            config = None
-        if registry_cfg is not None:
-            info = ModelInfo.from_registry(registry_cfg)
-        elif config is not None:
-            if not isinstance(config, dict):
-                import json
-                config = json.loads(Path(config).read_text())
-            info = ModelInfo.from_dict(config)
-        else:
-            info = infer_info(state_dict, path.stem)
-    model = build_model(info)
-    load_state_dict_strict(model, state_dict, str(path))
-    info.sha256 = file_digest(path)  # a cached file's recorded digest; other files are hashed
-    info.source = str(path)
-    return model.to(device).eval()
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

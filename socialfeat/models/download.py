@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from socialfeat import __version__
 from socialfeat.errors import SocialfeatError
-from socialfeat.models import drive
+from socialfeat.models.drive import confirmation_url, page_title
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def download(url: str, part: Path, desc: str, progress: bool = True) -> None:
             _attempt(opener, url, part, desc, progress)
             return
         except _Page as page:
-            next_url = drive.confirmation_url(page.text, page.url)
+            next_url = confirmation_url(page.text, page.url)
             if next_url is None or hops >= MAX_PAGE_HOPS:
-                title = drive.page_title(page.text)
+                title = page_title(page.text)
                 raise DownloadError(f"{page.url} sent an HTML page{f' ({title!r})' if title else ''} "
                                     f"instead of the file") from None
             log.debug("following a confirmation page to %s", next_url)
