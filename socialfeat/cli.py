@@ -21,6 +21,7 @@ from socialfeat import __version__
 EXIT_PARTIAL = 3
 EXIT_FATAL = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
@@ -44,7 +45,39 @@ def _fatal_errors_as_one_line():
         sys.exit(EXIT_FATAL)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Commands(click.Group):
+    """The command group; Ctrl-C says what became of the run instead of click's bare 'Aborted!'."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nsocialfeat: interrupted; everything finished so far is kept: run the same command "
+                       "again to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def weights_to_load(model: str, weights: str | None) -> str:
+    """One rule: --model takes a registry name (see `socialfeat models`), --weights a file."""
+    from socialfeat.architectures import list_architectures
+    from socialfeat.models import list_pretrained
+
+    if weights is not None:
+        if not Path(weights).is_file():
+            hint = f"; {weights!r} is a registry name: use --model {weights}" if weights in list_pretrained() else ""
+            raise click.BadParameter(f"no such file: {weights}{hint}", param_hint="--weights")
+        return weights
+    if model in list_pretrained():
+        return model
+    if Path(model).exists():
+        raise click.BadParameter(f"{model!r} is a file: use --weights {model}", param_hint="--model")
+    what = "an architecture without released weights (use it with `socialfeat pretrain --arch`)" \
+        if model in list_architectures() else "not a registry name"
+    raise click.BadParameter(f"{model!r} is {what}; known models: {', '.join(list_pretrained())}; "
+                             "a checkpoint file goes to --weights", param_hint="--model")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="socialfeat")
 @click.option("-v", "--verbose", count=True, help="More log output (stderr).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
@@ -119,7 +152,7 @@ def _describe_model(cfg, state) -> None:
 @click.option("--include", multiple=True, help="Glob of files to take (relative path or name); repeatable.")
 @click.option("--exclude", multiple=True, help="Glob of files to skip; repeatable.")
 @click.option("--model", default="social-mae", help="Registry name of the weights (see `socialfeat models`).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+@click.option("--weights", type=click.Path(dir_okay=False),
               help="A checkpoint file (socialfeat or official); overrides --model.")
 @click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Window length [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
@@ -174,6 +207,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     out = Path(output)
     as_csv = out.suffix.lower() == ".csv"
     h5_out = out.with_name(out.name + ".h5") if as_csv else out
+    weights_to_load(model, weights)
     with _fatal_errors_as_one_line():
         summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
@@ -188,6 +222,10 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
         export_csv(h5_out, csv_dir, embeddings=csv_embeddings)
     click.echo(f"{summary.output if not as_csv else out}: {summary.n_videos} videos, {summary.n_clips} clips, "
                f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run)", err=True)
+    if csv_dir:
+        click.echo(f"CSVs in {csv_dir}: videos.csv, clips.csv ("
+                   + ("with embeddings" if csv_embeddings else "no embeddings; add --csv-embeddings for them")
+                   + "), errors.csv", err=True)
     if not summary.all_ok:
         sys.exit(EXIT_PARTIAL)
 
@@ -255,7 +293,7 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @click.option("--features", type=click.Path(exists=True, dir_okay=False),
               help="With --probe: an existing feats.h5 extracted with --segments LABELS (skips extraction).")
 @click.option("--model", default="social-mae", help="Backbone registry name.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Backbone checkpoint (overrides --model).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Backbone checkpoint (overrides --model).")
 @click.option("--embedding", type=click.Choice(["joint", "audio", "visual"]), default="joint")
 @click.option("--type", "task_type", type=click.Choice(["auto", "classification", "regression"]), default="auto")
 @click.option("--label-columns", default="", help="Comma-separated label columns [default: all other columns].")
@@ -281,6 +319,8 @@ def finetune(inputs, task, labels, output, probe_only, features, model, weights,
     if not inputs and not features:
         raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
     split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    if not features:
+        weights_to_load(model, weights)
     with _fatal_errors_as_one_line():
         metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
                                probe_only=probe_only, features=features, embedding=embedding,
@@ -298,8 +338,11 @@ def finetune(inputs, task, labels, output, probe_only, features, model, weights,
 def report(path: str, output: str) -> None:
     """Write a self-contained HTML report (provenance, QC, errors, timelines, embedding overview) of PATH."""
     from socialfeat.report import build_report
+    from socialfeat.store import check_features_file
 
-    click.echo(f"report: {build_report(path, output)}", err=True)
+    with _fatal_errors_as_one_line():
+        check_features_file(path)
+        click.echo(f"report: {build_report(path, output)}", err=True)
 
 
 @main.command()
@@ -319,8 +362,11 @@ def merge(parts, output) -> None:
 def info(path: str) -> None:
     """Summarise a features file: provenance, counts, statuses, errors."""
     from socialfeat.export import describe
+    from socialfeat.store import check_features_file
 
-    click.echo(describe(path))
+    with _fatal_errors_as_one_line():
+        check_features_file(path)
+        click.echo(describe(path))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from socialfeat.encoder import (
     video_result,
 )
 from socialfeat.errors import UsageError
+from socialfeat.heads import released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.pipeline import (
@@ -40,7 +41,7 @@ from socialfeat.pipeline import (
     worker_init,
 )
 from socialfeat.store import Journal, VideoResult, VideoStatus, assemble_output
-from socialfeat.walk import VideoRef, find_videos
+from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
@@ -83,15 +84,18 @@ def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
     return []
 
 
-def _fetch_named_weights(names: list[str], progress: bool) -> None:
+def fetch_released_weights(model: str, weights: str | Path | None, tasks: list[str], progress: bool) -> None:
     """Download the released weights a run needs before it starts (first use; later runs find them
-    cached), with the run's progress setting; names that are not registry entries are left to load_model."""
+    cached), with the run's progress setting. A bad ``--tasks`` item fails here, before any work."""
     from socialfeat.models import list_pretrained
     from socialfeat.models.hub import fetch
 
-    for name in names:
-        if name in list_pretrained():
-            fetch(name, progress=progress)
+    if weights is None and model in list_pretrained():
+        fetch(model, progress=progress)
+    for request in tasks:
+        name, _, path = request.partition("=")
+        if not path:
+            fetch(released_task_model(name), progress=progress, supply=f"--tasks {name.strip()}=PATH")
 
 
 def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
@@ -130,8 +134,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
-    _fetch_named_weights(([model] if weights is None else []) +
-                         [f"social-mae-{t.strip()}" for t in tasks if "=" not in t], progress)
+    fetch_released_weights(model, weights, list(tasks), progress)
     net = load_model(weights if weights is not None else model).to(dev).eval()
     spec = net.info.preprocess
     predictors = build_predictors(net, tasks, dev)
@@ -186,6 +189,9 @@ def select_videos(inputs: list[str | Path], file_list: str | Path | None, includ
                   exclude: tuple[str, ...], shard: tuple[int, int] | None) -> list[VideoRef]:
     """The input videos, in a stable order; only this shard's with ``shard``."""
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    if not refs:
+        raise UsageError(f"no videos found in {', '.join(map(str, inputs)) or file_list} (file types read: "
+                         f"{' '.join(VIDEO_EXTENSIONS)}; see also --include/--exclude)")
     return [r for r in refs if in_shard(r, *shard)] if shard is not None else refs
 
 

@@ -18,7 +18,13 @@ from torch import nn
 
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import SocialfeatError, UsageError
-from socialfeat.models import load_model, read_checkpoint
+from socialfeat.models import (
+    fetch,
+    get_pretrained_cfg,
+    list_pretrained,
+    load_model,
+    read_checkpoint,
+)
 from socialfeat.models.avmae import Encoding
 
 HEAD_FORMAT = "socialfeat-head"
@@ -107,6 +113,28 @@ def _from_finetuned_model(name: str, model: nn.Module, backbone_info) -> Task:
     return Task(name, info.task, list(info.label_names), model=model, source=str(info.source))
 
 
+RELEASED_TASK_PREFIX = "social-mae-"
+
+
+def released_tasks() -> list[str]:
+    """The NAMEs that ``--tasks NAME`` accepts: released finetuned Social-MAE models."""
+    return [n[len(RELEASED_TASK_PREFIX):] for n in list_pretrained()
+            if n.startswith(RELEASED_TASK_PREFIX) and get_pretrained_cfg(n).task_name]
+
+
+def released_task_model(name: str) -> str:
+    """Registry name of the released model behind ``--tasks NAME``, or a one-line UsageError
+    that says how to give a head file (NAME=PATH) instead."""
+    name = name.strip()
+    if name in released_tasks():
+        return RELEASED_TASK_PREFIX + name
+    if "/" in name or name.endswith((".pt", ".pth")) or Path(name).exists():
+        stem = Path(name).stem or "task"
+        raise UsageError(f"--tasks {name}: a head or model file needs a task name: --tasks {stem}={name}")
+    raise UsageError(f"--tasks {name}: not a released task (known: {', '.join(released_tasks())}); "
+                     f"for a head you fitted, give --tasks {name}=PATH")
+
+
 def load_task(request: str, backbone_info) -> Task:
     """``NAME`` (a released finetuned model: social-mae-NAME from the registry/cache) or
     ``NAME=PATH`` (a head checkpoint from ``socialfeat finetune``, or a whole finetuned
@@ -114,7 +142,8 @@ def load_task(request: str, backbone_info) -> Task:
     name, _, path = request.partition("=")
     name = name.strip()
     if not path:
-        return _from_finetuned_model(name, load_model(f"social-mae-{name}"), backbone_info)
+        fetch(released_task_model(name), supply=f"--tasks {name}=PATH")
+        return _from_finetuned_model(name, load_model(released_task_model(name)), backbone_info)
     obj = read_checkpoint(path)
     if obj.get("format") != HEAD_FORMAT:
         return _from_finetuned_model(name, load_model(path), backbone_info)

@@ -168,15 +168,15 @@ class VideoRun:
         return info
 
     def decode_audio(self, info: MediaInfo) -> None:
-        """The audio track once, at the model's rate; damage is noted, the video stays usable."""
+        """The audio track once, at the model's rate; damaged packets are noted, the video stays usable."""
         if info.has_audio:
             try:
                 audio = load_audio(info, self.spec.sample_rate)
-                self.video["audio_duration_s"] = audio.duration
-                if audio.duration < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
-                    self.problem("decode-audio", f"audio decoded for {audio.duration:.2f} s of "
-                                 f"{info.duration:.2f} s (damaged or truncated audio)")
-                elif audio.decode_errors:
+                # An audio stream that simply ends before the picture is common and plays fine: a QC
+                # fact (clips past its end carry audio_partial / no_audio), not damage.
+                self.video.update(audio_duration_s=audio.duration,
+                                  audio_gap_s=round(max(0.0, info.duration - audio.duration), 3))
+                if audio.decode_errors:
                     self.problem("decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped")
                 self.audio = audio
             except (MediaError, OSError, ValueError) as e:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from socialfeat.atomic import atomic_path
+from socialfeat.errors import UsageError
 from socialfeat.store import (
     load_errors,
     load_features,
@@ -67,6 +69,9 @@ def _timeline(video: pd.DataFrame, pred_cols: list[str], fallback: np.ndarray | 
 
 
 def build_report(h5_path: str | Path, output: str | Path) -> Path:
+    """Write the HTML report of a features file to ``output`` (never onto the features file)."""
+    if Path(output).resolve() == Path(h5_path).resolve():
+        raise UsageError(f"{output}: the report would overwrite the features file it describes")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -126,5 +131,6 @@ table.t td,table.t th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:10
 <h2>Timelines</h2>{"".join(timelines)}{f"<p>{more} more videos not drawn.</p>" if more > 0 else ""}
 </body></html>"""
     output = Path(output)
-    output.write_text(page, encoding="utf-8")
+    with atomic_path(output) as tmp:  # creates the folder; never a half-written page
+        Path(tmp).write_text(page, encoding="utf-8")
     return output

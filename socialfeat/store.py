@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from socialfeat.atomic import atomic_path
+from socialfeat.errors import UsageError
 
 EMBEDDING_KINDS = ("joint", "audio", "visual")
 STR = h5py.string_dtype("utf-8")
@@ -143,14 +144,14 @@ def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
 
 VIDEO_COLUMNS = ["video_id", "path", "source_path", "status", "error", "n_clips", "size_bytes", "mtime",
                  "duration_s", "decoded_duration_s", "fps", "width", "height", "rotation", "has_audio",
-                 "audio_duration_s", "decode_errors"]
+                 "audio_duration_s", "audio_gap_s", "decode_errors"]
 CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s", "coverage", "n_frames",
                 "n_frames_padded", "has_audio", "coverage_audio", "qc_flags"]
 ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
 
 
 def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
-             embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
+                    embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
     """Write the final HDF5 (atomically) from per-video results in input order."""
     output = Path(output)
     videos = [r.video for r in results]
@@ -182,6 +183,19 @@ def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[
 
 
 # ---------------------------------------------------------------- readers
+def check_features_file(path: str | Path) -> None:
+    """Raise a one-line UsageError unless ``path`` is a features file written by socialfeat."""
+    path = Path(path)
+    hint = f"; the HDF5 kept beside a CSV output is {path.name}.h5" if path.suffix.lower() == ".csv" else ""
+    try:
+        with h5py.File(path, "r") as f:
+            ours = "socialfeat_version" in f.attrs and all(g in f for g in ("videos", "clips", "errors"))
+    except OSError:
+        raise UsageError(f"{path}: not an HDF5 file{hint}") from None
+    if not ours:
+        raise UsageError(f"{path}: an HDF5 file, but not one written by socialfeat extract or merge")
+
+
 def read_table(group: h5py.Group) -> pd.DataFrame:
     """A table group of the format (one dataset per column, order in attrs['columns'])."""
     cols = json.loads(group.attrs["columns"])

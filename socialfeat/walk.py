@@ -3,16 +3,22 @@ and file lists, with include/exclude globs, in a stable order."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import fnmatch
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from socialfeat.errors import InputNotFoundError
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+# The containers labs record in: phones and cameras (mp4, mov, 3gp), camcorders (AVCHD .mts/.m2ts,
+# MPEG-2 .mpg/.vob/.ts), broadcast and lab systems (.mxf, .dv), older Windows and web formats.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+                    ".3g2", ".mts", ".m2ts", ".ts", ".mxf", ".ogv", ".vob", ".dv", ".asf", ".f4v")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             except ValueError:
                 rel = ap.name
             refs.setdefault(ap, VideoRef(ap, rel))
+    skipped: collections.Counter[str] = collections.Counter()  # extensions not taken from folders
     for p in explicit:
         if p.is_dir():
             root = p.resolve()
@@ -75,6 +82,8 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
                 dirnames.sort()
                 for fn in sorted(filenames):
                     if not fn.lower().endswith(extensions):
+                        if not fn.startswith("."):
+                            skipped[Path(fn).suffix.lower() or "(none)"] += 1
                         continue
                     ap = Path(dirpath) / fn
                     rel = ap.relative_to(root).as_posix()
@@ -88,4 +97,8 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             refs.setdefault(ap, VideoRef(ap, ap.name))
         else:
             raise InputNotFoundError(f"{p}: no such file or directory")
+    if skipped:
+        log.warning("%d file(s) in the input folders skipped, not a video extension: %s (name such files "
+                    "explicitly, or in --file-list, to read them anyway)", sum(skipped.values()),
+                    ", ".join(f"{ext} ({n})" for ext, n in skipped.most_common()))
     return sorted(refs.values(), key=lambda r: (r.relpath, str(r.path)))

@@ -96,32 +96,35 @@ def verify(cfg: PretrainedCfg, path: Path) -> str:
     return digest
 
 
-def fetch(name: str, cache: str | Path | None = None, progress: bool = True) -> Path:
-    """Path of the cached, verified weights of a registry entry, downloading them if needed."""
+def fetch(name: str, cache: str | Path | None = None, progress: bool = True,
+          supply: str = "--weights PATH") -> Path:
+    """Path of the cached, verified weights of a registry entry, downloading them if needed.
+
+    ``supply`` is the option through which a user could give the file instead (said in errors)."""
     cfg = get_pretrained_cfg(name)
     path = cached_path(name, cache)
     if not path.is_file():
-        _check_can_download(cfg, path)
+        _check_can_download(cfg, path, supply)
         with _locked(path):
             if not path.is_file():  # else another process finished it while this one waited
-                _download(cfg, path, progress)
+                _download(cfg, path, progress, supply)
     verify(cfg, path)
     return path
 
 
-def _hint(cfg: PretrainedCfg, path: Path) -> str:
+def _hint(cfg: PretrainedCfg, path: Path, supply: str) -> str:
     return (f"run `socialfeat models --download {cfg.name}` on a machine with internet (same cache), "
-            f"or pass --weights PATH, or place the file at {path}")
+            f"or pass {supply}, or place the file at {path}")
 
 
-def _check_can_download(cfg: PretrainedCfg, path: Path) -> None:
+def _check_can_download(cfg: PretrainedCfg, path: Path, supply: str) -> None:
     if not cfg.url:
         raise WeightsUnavailableError(f"{cfg.name}: weights file {path} is missing and has no public download "
-                                      f"address; obtain it from {cfg.origin} and pass --weights PATH, "
+                                      f"address; obtain it from {cfg.origin} and pass {supply}, "
                                       f"or place it at {path}")
     if offline():
         raise WeightsUnavailableError(f"{cfg.name}: weights file {path} is missing and {OFFLINE_ENV} forbids "
-                                      f"downloading it; {_hint(cfg, path)}")
+                                      f"downloading it; {_hint(cfg, path, supply)}")
 
 
 @contextlib.contextmanager
@@ -140,7 +143,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _download(cfg: PretrainedCfg, path: Path, progress: bool) -> None:
+def _download(cfg: PretrainedCfg, path: Path, progress: bool, supply: str) -> None:
     """Download, check and move into place, or refuse with one line and leave nothing.
 
     ``.<file>.part`` survives only an interruption (Ctrl-C, a killed job), to be resumed.
@@ -155,7 +158,7 @@ def _download(cfg: PretrainedCfg, path: Path, progress: bool) -> None:
     except DownloadError as e:
         part.unlink(missing_ok=True)
         raise WeightsUnavailableError(f"{cfg.name}: could not download {path.name}: {e}; "
-                                      f"{_hint(cfg, path)}") from e
+                                      f"{_hint(cfg, path, supply)}") from e
     except (CheckpointError, ChecksumError) as e:
         part.unlink(missing_ok=True)
         raise WeightsUnavailableError(f"{cfg.name}: refused the download of {path.name}, nothing was cached: "
