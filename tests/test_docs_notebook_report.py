@@ -85,3 +85,15 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,2400",
                     f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120, check=True)
     _nonblank_png(shot.read_bytes(), min_side=1000)
+
+
+def test_cli_reference_is_current_and_equals_help():
+    """docs/cli.md is plain markdown (readable on GitHub) written from the commands; each section is
+    exactly what `socialfeat COMMAND --help` prints."""
+    from socialfeat.cli_reference import render
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    assert text == render(), "docs/cli.md is stale: python -m socialfeat.cli_reference > docs/cli.md"
+    for command in ("extract", "models", "info"):
+        shown = run_cli(command, "--help", env={"COLUMNS": "80"}).stdout
+        assert f"## socialfeat {command}\n\n```text\n{shown}```" in text
