@@ -369,5 +369,26 @@ def info(path: str) -> None:
         click.echo(describe(path))
 
 
+@main.command()
+@click.option("--out", "out", default="socialfeat-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo's videos, model, features and report.")
+def demo(out: str) -> None:
+    """Try socialfeat offline in about a minute: makes three short talking-face videos and a tiny
+    untrained model, runs extract, loads the features and writes the report (numbers mean nothing)."""
+    from socialfeat.demo import run_demo
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise click.BadParameter(f"{out} is not empty; give a new folder", param_hint="--out")
+    with _fatal_errors_as_one_line():
+        result = run_demo(out)
+    click.echo(f"""demo finished in {result.seconds:.0f} s, everything is in {result.folder}/
+  videos:    {result.folder / 'videos'}/ ({len(result.videos)} files, P01..P03/session1.mp4)
+  model:     {result.weights} (tiny and untrained: the numbers mean nothing)
+  features:  {result.features} ({result.n_clips} clips); in Python:
+               import socialfeat; df = socialfeat.load_features("{result.features}")
+  report:    {result.report} (open it in a browser)
+next: socialfeat extract YOUR_VIDEOS/ -o feats.h5  (downloads Social-MAE on first use)""")
+
+
 if __name__ == "__main__":
     main()

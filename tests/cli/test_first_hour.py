@@ -122,3 +122,17 @@ def test_ctrl_c_says_the_run_resumes(corpus, tiny_ckpt, tmp_path):
     assert "reused" in resumed.stderr
     with h5py.File(out) as f:
         assert len(f["videos/path"]) == 13
+
+
+def test_demo_runs_offline_and_says_where_everything_went(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", out, env={**OFFLINE, "SOCIALFEAT_HOME": str(tmp_path / "no-cache")})
+    assert proc.returncode == 0, proc.stderr
+    for thing in ("videos", "feats.h5", "report.html", "load_features"):
+        assert thing in proc.stdout
+    clips = socialfeat.load_features(out / "feats.h5")
+    assert len(clips) == 18 and clips.joint_000.notna().all()  # 3 videos x 12 s in 4-s clips
+    assert set(socialfeat.load_videos(out / "feats.h5").path) == {f"P0{i}/session1.mp4" for i in (1, 2, 3)}
+    assert (out / "report.html").stat().st_size > 10_000
+    again = run_cli("demo", "--out", out, check=False)
+    assert again.returncode == 2 and "not empty" in again.stderr
