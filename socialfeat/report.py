@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from socialfeat.store import (
     load_errors,
     load_features,
     load_videos,
-    prediction_tasks,
     read_attrs,
 )
 
@@ -48,24 +48,80 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, escape=True, border=0, classes="t", na_rep="")
 
 
-def _timeline(video: pd.DataFrame, pred_cols: list[str], fallback: np.ndarray | None, title: str) -> str:
+@dataclass
+class Quantity:
+    """One plotted quantity per video timeline: its columns, labels, and one y-range for all videos."""
+
+    columns: list[str]
+    labels: list[str]
+    ylabel: str
+    ylim: tuple[float, float]
+
+
+def timeline_quantity(clips: pd.DataFrame, tasks: dict[str, tuple[str, list[str]]], pc1: np.ndarray) -> Quantity:
+    """Task predictions (a two-class task as one line: the second class's probability), or the
+    first principal component of the joint embeddings; y-range shared by every video."""
+    cols, labels = [], []
+    for task, (kind, names) in tasks.items():
+        shown = names[1:] if kind == "classification" and len(names) == 2 else names
+        cols += [f"{task}_{n}" for n in shown]
+        labels += [f"P({n})" if kind in ("classification", "multilabel") else f"{task}: {n}" for n in shown]
+    if not cols:
+        finite = pc1[np.isfinite(pc1)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
+        pad = 0.05 * (hi - lo or 1.0)
+        return Quantity(["joint_pc1"], ["joint PC1"], "joint embedding, 1st principal\ncomponent (all clips)",
+                        (lo - pad, hi + pad))
+    values = clips[cols].to_numpy(np.float64)
+    probabilities = all(kind in ("classification", "multilabel") for kind, _ in tasks.values())
+    lo, hi = (0.0, 1.0) if probabilities or not np.isfinite(values).any() else \
+        (np.nanmin(values), np.nanmax(values))
+    pad = 0.05 * (hi - lo or 1.0)
+    return Quantity(cols, labels, "probability" if probabilities else "prediction", (lo - pad, hi + pad))
+
+
+def _with_gaps(video: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Clips in time order, with an empty row wherever clips do not touch, so lines break there
+    (as they do at a clip without a value, e.g. no audio)."""
+    video = video.sort_values("start_s")
+    rows = []
+    prev_end = None
+    for _, row in video.iterrows():
+        if prev_end is not None and row["start_s"] > prev_end + 1e-3:
+            rows.append({"mid": (prev_end + row["start_s"]) / 2, **{c: np.nan for c in columns}})
+        rows.append({"mid": (row["start_s"] + row["end_s"]) / 2, **{c: row[c] for c in columns}})
+        prev_end = row["end_s"]
+    return pd.DataFrame(rows)
+
+
+def _timeline(video: pd.DataFrame, quantity: Quantity, title: str) -> str:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 2.4))
-    mid = (video["start_s"] + video["end_s"]) / 2
-    if pred_cols:
-        for col in pred_cols:
-            ax.plot(mid, video[col], marker="o", ms=3, label=col)
-        ax.legend(fontsize=7, ncol=min(4, len(pred_cols)), loc="upper right")
-        ax.set_ylabel("prediction")
-    else:
-        ax.plot(mid, fallback, marker="o", ms=3)
-        ax.set_ylabel("joint PC1")
+    points = _with_gaps(video, quantity.columns)
+    for col, label in zip(quantity.columns, quantity.labels):
+        ax.plot(points["mid"], points[col], marker="o", ms=3, label=label)
+    if quantity.columns != ["joint_pc1"]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
+    ax.set_ylim(*quantity.ylim)
+    ax.set_ylabel(quantity.ylabel, fontsize=8)
     flagged = video["qc_flags"].fillna("") != ""
     for s, e in zip(video["start_s"][flagged], video["end_s"][flagged]):
         ax.axvspan(s, e, color="orange", alpha=0.2, lw=0)
-    ax.set_xlabel("time (s); shaded: clips with QC flags")
+    ax.set_xlabel("time (s); shaded: clips with QC flags; gaps: no clip or no value")
     ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def _task_kinds(h5_path: str | Path) -> dict[str, tuple[str, list[str]]]:
+    """task -> (kind, label names), from the prediction datasets' attributes."""
+    import h5py
+
+    def text(x):
+        return x.decode() if isinstance(x, bytes) else str(x)
+
+    with h5py.File(h5_path, "r") as f:
+        return {t: (text(ds.attrs.get("task", "")), [text(x) for x in ds.attrs["label_names"]])
+                for t, ds in f["predictions"].items()}
 
 
 def build_report(h5_path: str | Path, output: str | Path) -> Path:
@@ -74,14 +130,13 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
         raise UsageError(f"{output}: the report would overwrite the features file it describes")
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # file names with $ are text, not mathematics
     import matplotlib.pyplot as plt
 
     attrs = read_attrs(h5_path)
     videos, errors = load_videos(h5_path), load_errors(h5_path)
     clips = load_features(h5_path, embeddings="joint")
     emb_cols = [c for c in clips.columns if c.startswith("joint_")]
-    tasks = prediction_tasks(h5_path)
-    pred_cols = [c for c in clips.columns if any(c.startswith(t + "_") for t in tasks)]
     emb = clips[emb_cols].to_numpy(np.float64)
     ok = np.isfinite(emb).all(1)
     pcs = np.full((len(clips), 2), np.nan)
@@ -102,12 +157,14 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
     else:
         overview = "<p>Too few clips with a joint embedding for an overview.</p>"
 
+    clips["joint_pc1"] = pcs[:, 0]
+    quantity = timeline_quantity(clips, _task_kinds(h5_path), pcs[:, 0])
     timelines = []
     for path, video in list(clips.groupby("path", sort=False))[:MAX_TIMELINES]:
         title = f"{path} ({len(video)} clips)"
-        img = _timeline(video, pred_cols, pcs[video.index, 0], title)
+        img = _timeline(video, quantity, title)
         timelines.append(f'<h3>{html.escape(str(path))}</h3><img alt="timeline {html.escape(str(path))}" src="{img}">')
-    more = len(videos) - len(timelines)
+    more = clips["path"].nunique() - len(timelines)  # videos without clips have no timeline
     provenance = pd.DataFrame({"field": ["file", "socialfeat", "model", "weights sha256", "settings", "run",
                                          "videos / clips / errors"],
                                "value": [str(h5_path), attrs.get("socialfeat_version"), attrs.get("model_name"),
@@ -116,6 +173,7 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
                                          f"{attrs.get('n_videos')} / {attrs.get('n_clips')} / {attrs.get('n_errors')}"]})
     qc = clips.assign(flag=clips["qc_flags"].fillna("").str.split(";")).explode("flag")
     qc = qc[qc["flag"] != ""].groupby(["path", "flag"]).size().unstack(fill_value=0)
+    qc.columns.name = None  # else the pivot's axis name becomes a stray header cell
     vcols = ["path", "status", "error", "n_clips", "duration_s", "decoded_duration_s", "has_audio", "fps",
              "width", "height"]
     page = f"""<!DOCTYPE html>

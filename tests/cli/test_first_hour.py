@@ -131,7 +131,7 @@ def test_demo_runs_offline_and_says_where_everything_went(tmp_path):
     for thing in ("videos", "feats.h5", "report.html", "load_features"):
         assert thing in proc.stdout
     clips = socialfeat.load_features(out / "feats.h5")
-    assert len(clips) == 18 and clips.joint_000.notna().all()  # 3 videos x 12 s in 4-s clips
+    assert len(clips) == 18 and clips.joint_000.notna().all()  # 3 videos x 12 s in the tiny model's 2-s clips
     assert set(socialfeat.load_videos(out / "feats.h5").path) == {f"P0{i}/session1.mp4" for i in (1, 2, 3)}
     assert (out / "report.html").stat().st_size > 10_000
     again = run_cli("demo", "--out", out, check=False)
