@@ -24,7 +24,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
 from socialfeat.clip_inputs import model_video
-from socialfeat.clips import read_segments
+from socialfeat.annotations import (
+    check_column_names,
+    is_annotation_source,
+    label_clips,
+    load_annotations,
+    overruns,
+    segments_table,
+)
+from socialfeat.clips import SegmentsError, read_segments
 from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
 from socialfeat.media import available_cores
@@ -36,11 +44,14 @@ from socialfeat.pipeline import (
     VideoDone,
     worker_init,
 )
-from socialfeat.store import EMBEDDING_KINDS, Journal, VideoResult, assemble
+from socialfeat.store import CLIP_COLUMNS, EMBEDDING_KINDS, Journal, VideoResult, assemble
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
 OK_STATUSES = ("ok",)
+# clip columns besides store.CLIP_COLUMNS and segment columns: planning extras and load_features' video facts
+RESERVED_COLUMNS = {"video", "start", "end", "segment_index", "track", "face_fraction", "face_boxes",
+                    "speech_fraction", "video_duration_s", "fps", "width", "height", "video_status"}
 
 
 @dataclass
@@ -168,7 +179,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             weights: str | Path | None = None, *, file_list: str | Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
             clip_seconds: float | None = None, hop_seconds: float | None = None,
-            segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int | None = None,
+            segments: str | Path | list[str | Path] | None = None, missing_audio: str = "nan",
+            batch_size: int | None = None, annotate: list[str | Path] | None = None,
+            tiers: list[str] | None = None, keep_empty: bool = False, annotation_map: str | Path | None = None,
             workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
@@ -182,7 +195,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
     ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
-    ``segments``: an annotation CSV, or 'speech' for clips inside voice-activity regions.
+    ``segments``: an annotation CSV, 'speech' for clips inside voice-activity regions, or ELAN /
+    Praat files (a file, a folder of them, or a list): each annotation becomes a segment.
+    ``annotate``: ELAN / Praat files whose tiers label the clips as planned (``<tier>``,
+    ``<tier>_coverage`` columns; see annotations.label_clips). ``tiers``: the tiers to use
+    (default every time-aligned tier); ``keep_empty``: empty TextGrid intervals are annotations
+    too; ``annotation_map``: a CSV (annotation_file, video) overriding the matching by name / media path.
     ``crop='face'``: square crops around detected faces (``faces='all'``: a row per face track).
     ``precision``: 'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA, fp32 on the CPU).
     ``batch_size``: clips per forward pass; default 16 on a GPU and 2 on the CPU, where
@@ -200,11 +218,20 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
+    speech = str(segments) == "speech"
+    # videos and annotations first: a bad segments or annotation file fails before the model loads
+    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    seg_table, seg_annotations, labels = _read_annotations(segments, annotate, refs, tiers, keep_empty,
+                                                           annotation_map)
+    if labels is not None:  # --annotate columns must not overwrite the clip columns planned
+        check_column_names(labels.tiers, set(CLIP_COLUMNS) | RESERVED_COLUMNS
+                           | {k for segs in (seg_table or {}).values() for seg in segs for k in seg})
+    if shard is not None:
+        refs = [r for r in refs if in_shard(r, *shard)]
     net = load_model(weights if weights is not None else model).to(dev).eval()
     info = net.info
     spec = info.preprocess
     predictors = build_predictors(net, tasks, dev)
-    speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
@@ -216,10 +243,6 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     if speech:
         from socialfeat.vad import _model
         _model()  # fail early, with one message, when Silero VAD is not installed
-    seg_table = read_segments(segments) if segments is not None and not speech else None
-    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
-    if shard is not None:
-        refs = [r for r in refs if in_shard(r, *shard)]
     journal = Journal(output)
 
     results: dict[int, VideoResult] = {}
@@ -260,11 +283,15 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
 
     task_meta = {p.name: p.meta() for p in predictors}
     ordered = [results[p] for p in range(len(refs))]
+    for r in ordered:
+        _annotation_facts(r, seg_annotations, labels)
     attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
              "model_config": info.to_dict(), "preprocess": spec.to_dict(),
              "settings": {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
-                          "missing_audio": missing_audio, "segments": str(segments) if segments else "",
+                          "missing_audio": missing_audio, "segments": _as_setting(segments),
+                          "annotate": _as_setting(annotate), "tiers": list(tiers or []), "keep_empty": keep_empty,
+                          "annotation_map": str(annotation_map or ""),
                           "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
                           "tasks": [p.meta() for p in predictors]},
              "shard": f"{shard[0]}/{shard[1]}" if shard else "",
@@ -277,6 +304,46 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     n_failed = sum(v for k, v in statuses.items() if k not in OK_STATUSES)
     return ExtractSummary(output=output, n_videos=len(refs), n_clips=sum(len(r.clips) for r in ordered),
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses)
+
+
+def _as_setting(value) -> str:
+    if not value:
+        return ""
+    return str(value) if isinstance(value, (str, Path)) else ";".join(map(str, value))
+
+
+def _read_annotations(segments, annotate, refs: list[VideoRef], tiers, keep_empty: bool, annotation_map):
+    """The segments table (from a CSV or annotation files, same shape), the annotations behind it,
+    and the annotations that label clips (``annotate``); matched against every video found."""
+    seg_table, seg_annotations, labels = None, None, None
+    opts = dict(tiers=tiers, keep_empty=keep_empty, mapping=annotation_map)
+    if segments is not None and str(segments) != "speech":
+        if is_annotation_source(segments):
+            seg_annotations = load_annotations(segments, refs, **opts)
+            seg_table = segments_table(seg_annotations)
+        elif isinstance(segments, (str, Path)):
+            seg_table = read_segments(segments)
+        else:
+            raise SegmentsError(f"segments: several files are .eaf/.TextGrid files or folders only, got {segments}")
+    if annotate:
+        labels = load_annotations(annotate, refs, **opts)
+    return seg_table, seg_annotations, labels
+
+
+def _annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
+    """Annotation columns of a video's clips (``--annotate``; computed here, at assembly, so that
+    changing annotations re-embeds nothing) and a warning row for annotations past its end."""
+    path = res.video["path"]
+    if labels is not None:
+        label_clips(res.clips, labels, path)
+    duration = res.video.get("duration_s")
+    for annotations in (seg_annotations, labels):
+        if annotations is None:
+            continue
+        for msg in overruns(annotations, path, duration):
+            log.warning("%s: %s", path, msg)
+            res.errors.append({"video_id": res.video["video_id"], "path": path, "stage": "annotations",
+                               "message": msg})
 
 
 def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray]]],
