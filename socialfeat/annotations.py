@@ -105,7 +105,7 @@ def read_annotation_file(path: str | Path, name: str | None = None, tiers: Seque
     """The tiers of one .eaf or .TextGrid file: ``tiers`` by name (those this file has), or by
     default every time-aligned tier. TextGrid intervals without text are gaps, not annotations,
     unless ``keep_empty``. Raises AnnotationError (one line, naming the file) on anything unusable."""
-    path = Path(path)
+    path = Path(path).resolve()
     name = name or path.name
     reader = _read_eaf if path.suffix.lower() == ".eaf" else _read_textgrid
     return reader(path, name, list(tiers) if tiers is not None else None, keep_empty)
@@ -367,7 +367,8 @@ def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
     return (videos or file.media)[0].origin_s
 
 
-def _read_map(mapping: str | Path, files: list[AnnotationFile], videos: Sequence[VideoRef]) -> dict[int, list[VideoRef]]:
+def _read_map(mapping: str | Path, files: list[AnnotationFile],
+              videos: Sequence[VideoRef]) -> dict[int, list[VideoRef]]:
     """Rows of a mapping CSV (annotation_file, video) as file index -> videos."""
     mapping = Path(mapping)
     with open(mapping, newline="", encoding="utf-8-sig") as f:
@@ -415,8 +416,9 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
             if not found and len(by_name) > 1:  # prefer the one beside the file
                 by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or by_name
             if not found and len(by_name) > 1:
-                raise AnnotationError(f"{file.name}: its name fits several videos ({', '.join(r.relpath for r in by_name)})"
-                                      "; say which in --annotation-map")
+                fits = ", ".join(r.relpath for r in by_name)
+                raise AnnotationError(f"{file.name}: its name fits several videos ({fits}); say which in "
+                                      "--annotation-map")
             found = found or [(ref, "name") for ref in by_name]
             if file.media and found and found[0][1] == "name":
                 log.info("%s: media path(s) %s match no input video; matched by name to %s", file.name,

@@ -150,8 +150,8 @@ def models(cache_dir: str | None) -> None:
               help="Decoding worker processes [default: all cores but one with a GPU, 2 on the CPU].")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
-            annotate, tiers, keep_empty, annotation_map, missing_audio, csv_dir, csv_embeddings, tasks, crop, faces, require_face, shard, engine, address, device,
-            precision, batch_size, workers, no_progress) -> None:
+            annotate, tiers, keep_empty, annotation_map, missing_audio, csv_dir, csv_embeddings, tasks, crop, faces,
+            require_face, shard, engine, address, device, precision, batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
@@ -274,8 +274,8 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @click.option("--seed", type=int, default=0)
 @click.option("--no-progress", is_flag=True)
 def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, probe_only, features, model, weights,
-             embedding, task_type, label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult, regression_loss,
-             batch_size, workers, seed, no_progress) -> None:
+             embedding, task_type, label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult,
+             regression_loss, batch_size, workers, seed, no_progress) -> None:
     """Fit a task head (--probe) or finetune the whole model on labelled segments of INPUTS."""
     import json
 

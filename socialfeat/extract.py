@@ -23,7 +23,6 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
-from socialfeat.clip_inputs import model_video
 from socialfeat.annotations import (
     check_column_names,
     is_annotation_source,
@@ -32,6 +31,7 @@ from socialfeat.annotations import (
     overruns,
     segments_table,
 )
+from socialfeat.clip_inputs import model_video
 from socialfeat.clips import SegmentsError, read_segments
 from socialfeat.heads import Task, load_task
 from socialfeat.inputs import VideoRef, find_videos
@@ -337,10 +337,10 @@ def _annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
     if labels is not None:
         label_clips(res.clips, labels, path)
     duration = res.video.get("duration_s")
-    for annotations in (seg_annotations, labels):
-        if annotations is None:
+    for found in (seg_annotations, labels):
+        if found is None:
             continue
-        for msg in overruns(annotations, path, duration):
+        for msg in overruns(found, path, duration):
             log.warning("%s: %s", path, msg)
             res.errors.append({"video_id": res.video["video_id"], "path": path, "stage": "annotations",
                                "message": msg})

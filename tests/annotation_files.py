@@ -79,17 +79,25 @@ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocat
 {chr(10).join(slots)}
     </TIME_ORDER>
 {chr(10).join(body)}
-    <LINGUISTIC_TYPE GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="default-lt" TIME_ALIGNABLE="true"/>
-    <LINGUISTIC_TYPE CONSTRAINTS="Time_Subdivision" GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="subdivision" TIME_ALIGNABLE="true"/>
-    <LINGUISTIC_TYPE CONSTRAINTS="Symbolic_Association" GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="Symbolic_Association" TIME_ALIGNABLE="false"/>
-    <LINGUISTIC_TYPE CONSTRAINTS="Symbolic_Subdivision" GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="Symbolic_Subdivision" TIME_ALIGNABLE="false"/>
-    <CONSTRAINT DESCRIPTION="Time subdivision of parent annotation's time interval, no time gaps allowed within this interval" STEREOTYPE="Time_Subdivision"/>
-    <CONSTRAINT DESCRIPTION="Symbolic subdivision of a parent annotation. Annotations refering to the same parent are ordered" STEREOTYPE="Symbolic_Subdivision"/>
-    <CONSTRAINT DESCRIPTION="1-1 association with a parent annotation" STEREOTYPE="Symbolic_Association"/>
+{LINGUISTIC_TYPES}
 </ANNOTATION_DOCUMENT>
 """
     path.write_bytes(text.encode("utf-16" if encoding.upper() == "UTF-16" else "utf-8"))
     return path
+
+
+_CONSTRAINTS = {"Time_Subdivision": "Time subdivision of parent annotation's time interval, no time gaps allowed "
+                                    "within this interval",
+                "Symbolic_Subdivision": "Symbolic subdivision of a parent annotation. Annotations refering to the "
+                                        "same parent are ordered",
+                "Symbolic_Association": "1-1 association with a parent annotation"}
+LINGUISTIC_TYPES = "\n".join(
+    ['    <LINGUISTIC_TYPE GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="default-lt" TIME_ALIGNABLE="true"/>',
+     '    <LINGUISTIC_TYPE CONSTRAINTS="Time_Subdivision" GRAPHIC_REFERENCES="false" '
+     'LINGUISTIC_TYPE_ID="subdivision" TIME_ALIGNABLE="true"/>']
+    + [f'    <LINGUISTIC_TYPE CONSTRAINTS="{c}" GRAPHIC_REFERENCES="false" LINGUISTIC_TYPE_ID="{c}" '
+       'TIME_ALIGNABLE="false"/>' for c in ("Symbolic_Association", "Symbolic_Subdivision")]
+    + [f'    <CONSTRAINT DESCRIPTION="{d}" STEREOTYPE="{c}"/>' for c, d in _CONSTRAINTS.items()])
 
 
 def _q(text: str) -> str:
