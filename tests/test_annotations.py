@@ -62,6 +62,17 @@ def test_textgrid_formats_and_encodings(tmp_path, fmt, encoding):
         read_annotation_file(path, tiers=["events"])
 
 
+def test_binary_textgrid(tmp_path):
+    from pympi.Praat import TextGrid  # Praat's binary format, written by the one library that writes it
+
+    grid = TextGrid(xmax=10)
+    tier = grid.add_tier("speaker")
+    for start, end, value in SPEAKER:
+        tier.add_interval(start, end, value + "ä")
+    grid.to_file(str(tmp_path / "b.TextGrid"), mode="binary")
+    assert read_annotation_file(tmp_path / "b.TextGrid").tiers == {"speaker": [(s, e, v + "ä") for s, e, v in SPEAKER]}
+
+
 def test_textgrid_numbers_in_exponent_notation_and_negative_times(tmp_path):
     path = write_textgrid(tmp_path / "e.TextGrid", [("t", [(1e-05, 2e-4, "tiny"), (1, 2, "x")])], 3.0)
     assert "1e-05" in path.read_text()
