@@ -130,8 +130,30 @@ def test_annotate_labels_fixed_windows_with_tier_columns(as_labels, media):
     assert settings["annotate"] == str(media["ann"]) and settings["segments"] == ""
 
 
-def test_finetune_labels_from_an_annotation_tier(as_segments, media, tmp_path):
+def test_annotate_labels_speech_clips(media, tiny_ckpt, tmp_path):
+    out = tmp_path / "speech.h5"
+    proc = run_cli("extract", media["videos"], "-o", out, "--weights", tiny_ckpt, "--segments", "speech",
+                   "--annotate", media["ann"], "--tiers", "speaker", "--include", "session02.mp4", "--no-progress",
+                   "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    df = socialfeat.load_features(out, embeddings=None)
+    assert "speech_fraction" in df and df.start_s.min() > 1.0  # clips as voice activity planned them
+    assert "gaze" not in df  # --tiers
+    for row in df.itertuples():
+        value, share = _expected(media["speaker"], row.start_s, row.end_s)
+        assert (row.speaker, row.speaker_coverage) == (value, pytest.approx(share, abs=2e-3))
+    assert set(df.speaker) == {"A", "B"} and df.speaker_coverage.min() > 0.5
+
+
+def test_finetune_labels_from_an_annotation_tier(as_segments, media, tiny_ckpt, tmp_path):
     out, _ = as_segments
+    head = tmp_path / "extracted.pt"
+    proc = run_cli("finetune", media["videos"], "--task", "speaker", "--labels", media["ann"], "--tiers", "speaker",
+                   "--probe", "--weights", tiny_ckpt, "-o", head, "--epochs", "20", "--workers", "0",
+                   "--no-progress", check=False)
+    assert proc.returncode == 0, proc.stderr
+    extracted = json.loads((tmp_path / "extracted.pt.metrics.json").read_text())
+    assert set(socialfeat.load_features(str(head) + ".features.h5", embeddings=None).tier) == {"speaker"}
     head = tmp_path / "speaker.pt"
     proc = run_cli("finetune", "--task", "speaker", "--labels", media["ann"], "--tiers", "speaker", "--probe",
                    "--features", out, "-o", head, "--epochs", "20", check=False)
@@ -139,7 +161,8 @@ def test_finetune_labels_from_an_annotation_tier(as_segments, media, tmp_path):
     metrics = json.loads((tmp_path / "speaker.pt.metrics.json").read_text())
     speaker_clips = (socialfeat.load_features(out, embeddings=None).tier == "speaker").sum()
     assert metrics["label_names"] == ["A", "B"] and metrics["label_tier"] == "speaker"
-    assert metrics["n_clips"] == speaker_clips and metrics["n_groups"] == 2
+    assert metrics["n_clips"] == speaker_clips == extracted["n_clips"] and metrics["n_groups"] == 2
+    assert extracted["label_names"] == ["A", "B"]
     proc = run_cli("finetune", "--task", "x", "--labels", media["ann"], "--probe", "--features", out,
                    "-o", tmp_path / "x.pt", check=False)
     assert proc.returncode == 2 and "name the label tier with --tiers" in proc.stderr
