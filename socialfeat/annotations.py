@@ -327,10 +327,11 @@ def _tail_score(parts: list[str], ref: VideoRef) -> int:
     return n
 
 
-def _videos_for_link(link: MediaLink, base: Path, videos: Sequence[VideoRef]) -> list[VideoRef]:
+def _videos_for_link(link: MediaLink, file: AnnotationFile, videos: Sequence[VideoRef]) -> list[VideoRef]:
     """Videos an ELAN media link points at: the same file (the relative URL resolved against
-    the .eaf's folder, or the absolute URL), else those whose relative path ends like the link's
-    path (ELAN files travel between machines: absolute paths go stale), longest tail first."""
+    the .eaf's folder, or the absolute URL), else the video whose relative path ends like the
+    link's path, longest tail winning (ELAN files travel between machines: absolute paths go
+    stale). A tail that fits two videos equally is an error, not a pick."""
     exact: list[VideoRef] = []
     best: tuple[int, list[VideoRef]] = (0, [])
     by_path = {ref.path: ref for ref in videos}
@@ -339,13 +340,12 @@ def _videos_for_link(link: MediaLink, base: Path, videos: Sequence[VideoRef]) ->
         if not path:
             continue
         p = Path(path)
-        for cand in ([(base / p)] if not p.is_absolute() else []) + ([p] if p.is_absolute() else []):
-            try:
-                ref = by_path.get(cand.resolve())
-            except OSError:
-                ref = None
-            if ref is not None and ref not in exact:
-                exact.append(ref)
+        try:
+            ref = by_path.get((p if p.is_absolute() else file.path.parent / p).resolve())
+        except OSError:
+            ref = None
+        if ref is not None and ref not in exact:
+            exact.append(ref)
         parts = [x for x in PurePosixPath(path).parts if x not in ("/", ".", "..")]
         for ref in videos:
             score = _tail_score(parts, ref)
@@ -353,7 +353,11 @@ def _videos_for_link(link: MediaLink, base: Path, videos: Sequence[VideoRef]) ->
                 best = (score, [ref])
             elif score and score == best[0] and ref not in best[1]:
                 best[1].append(ref)
-    return exact or best[1]
+    if exact or len(best[1]) < 2:
+        return exact or best[1]
+    fits = ", ".join(r.relpath for r in best[1])
+    raise AnnotationError(f"{file.name}: its media link {link.relative_url or link.url!r} fits several videos "
+                          f"({fits}); say which in --annotation-map")
 
 
 def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
@@ -405,29 +409,27 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
     by_video: dict[str, list[Match]] = {}
     unmatched: list[str] = []
     for i, file in enumerate(files):
+        found: list[tuple[VideoRef, str, float | None]] = []  # (video, how, TIME_ORIGIN of the link)
         if i in mapped:
-            found = [(ref, "map") for ref in mapped[i]]
-        else:
-            found = []
-            for link in file.media:
-                found += [(ref, "media") for ref in _videos_for_link(link, file.path.parent, videos)
-                          if all(ref != r for r, _ in found)]
+            found = [(ref, "map", None) for ref in mapped[i]]
+        for link in file.media if i not in mapped else ():
+            found += [(ref, "media", link.origin_s) for ref in _videos_for_link(link, file, videos)
+                      if all(ref != r for r, _, _ in found)]
+        if not found and i not in mapped:
             by_name = [ref for ref in videos if PurePosixPath(ref.relpath).stem == file.path.stem]
-            if not found and len(by_name) > 1:  # prefer the one beside the file
+            if len(by_name) > 1:  # prefer the one beside the file
                 by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or by_name
-            if not found and len(by_name) > 1:
+            if len(by_name) > 1:
                 fits = ", ".join(r.relpath for r in by_name)
                 raise AnnotationError(f"{file.name}: its name fits several videos ({fits}); say which in "
                                       "--annotation-map")
-            found = found or [(ref, "name") for ref in by_name]
-            if file.media and found and found[0][1] == "name":
-                log.info("%s: media path(s) %s match no input video; matched by name to %s", file.name,
+            found = [(ref, "name", None) for ref in by_name]
+            if file.media and found:
+                log.info("%s: media link(s) %s match no input video; matched by name to %s", file.name,
                          [link.relative_url or link.url for link in file.media], found[0][0].relpath)
         if not found:
             unmatched.append(file.name)
-        for ref, how in found:
-            origin = next((link.origin_s for link in file.media if how == "media"
-                           and ref in _videos_for_link(link, file.path.parent, videos)), None)
+        for ref, how, origin in found:
             by_video.setdefault(ref.relpath, []).append(
                 Match(file, _origin_for(file, ref) if origin is None else origin, how))
     for video, matches in by_video.items():

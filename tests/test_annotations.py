@@ -165,6 +165,10 @@ def test_ambiguous_matches_are_reported_by_name(tmp_path, videos):
     beside = write_textgrid(site_b.path.parent / "session02.TextGrid", [("speaker", SPEAKER)], 10.0)
     matches, _ = match_files(_files(beside), videos)
     assert list(matches) == ["site_b/session02.mp4"]
+    stale = write_eaf(ann / "coding.eaf", [("speaker", SPEAKER)], media=[("file:///old/disk/session02.mp4", "", 0)])
+    with pytest.raises(AnnotationError, match=r"coding.eaf: its media link 'file:///old/disk/session02.mp4' fits "
+                                              r"several videos \(site_a/session02.mp4, site_b/session02.mp4\)"):
+        match_files(_files(stale), videos)
     a = write_textgrid(ann / "session01.TextGrid", [("speaker", SPEAKER)], 10.0)
     b = write_eaf(ann / "session01.eaf", [("gaze", SPEAKER)])
     with pytest.raises(AnnotationError, match=r"session01.mp4: several annotation files match it: "
