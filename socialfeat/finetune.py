@@ -2,7 +2,8 @@
 
 Labels are a CSV of segments (video, start, end, then either one label column for
 classification or numeric trait columns for regression, plus optional grouping
-columns such as speaker). Two modes:
+columns such as speaker), or ELAN / Praat files whose one tier's values are the classes
+(read and matched to the videos by socialfeat.annotations). Two modes:
 - probe: the backbone stays frozen; clips are embedded by the extraction pipeline
   (or read from an existing feats.h5) and a LayerNorm + Linear head is fitted;
 - full: backbone and head are trained together (the reference's finetuning recipe,
