@@ -119,7 +119,8 @@ def models(cache_dir: str | None) -> None:
 @click.option("--annotate", multiple=True, type=click.Path(exists=True), metavar="EAF|TEXTGRID|FOLDER",
               help="Keep the clips as planned and add, for each annotation tier, the value covering most of the "
                    "clip (<tier>) and the share of the clip it covers (<tier>_coverage); repeatable.")
-@click.option("--tiers", default="", help="Comma-separated annotation tiers to use [default: every time-aligned tier].")
+@click.option("--tiers", default="", show_default=False,
+              help="Comma-separated annotation tiers to use [default: every time-aligned tier].")
 @click.option("--keep-empty", is_flag=True, help="Empty TextGrid intervals are annotations too (not gaps).")
 @click.option("--annotation-map", type=click.Path(exists=True, dir_okay=False), metavar="CSV",
               help="CSV with columns annotation_file, video: which annotation file belongs to which video "
@@ -248,7 +249,8 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @click.option("--labels", required=True, type=click.Path(exists=True),
               help="CSV: video, start, end, then one label column or numeric trait columns; or ELAN .eaf / "
                    "Praat .TextGrid files (a file or a folder): the values of one tier (--tiers) are the labels.")
-@click.option("--tiers", default="", help="With annotation files as labels: the tier whose values are the labels "
+@click.option("--tiers", default="", show_default=False,
+              help="With annotation files as labels: the tier whose values are the labels "
               "[default: the only time-aligned tier].")
 @click.option("--keep-empty", is_flag=True, help="Empty TextGrid intervals are annotations (a label '') too.")
 @click.option("--annotation-map", type=click.Path(exists=True, dir_okay=False), metavar="CSV",
@@ -283,13 +285,12 @@ def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, pr
 
     if not inputs and not features:
         raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
-    split = _names
     with _fatal_errors_as_one_line():
         metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
-                               tiers=split(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
+                               tiers=_names(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
                                probe_only=probe_only, features=features, embedding=embedding,
-                               task_type=task_type, label_columns=split(label_columns) or None,
-                               group_columns=split(group_columns), cv=cv, val_fraction=val_fraction,
+                               task_type=task_type, label_columns=_names(label_columns) or None,
+                               group_columns=_names(group_columns), cv=cv, val_fraction=val_fraction,
                                epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
                                regression_loss=regression_loss, workers=workers, seed=seed,
                                progress=not no_progress)
