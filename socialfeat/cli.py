@@ -24,6 +24,28 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def _names(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _segments_source(values: tuple[str, ...]):
+    """--segments: 'speech', one CSV, or annotation files / folders (one or several)."""
+    from socialfeat.annotations import is_annotation_source
+
+    if not values:
+        return None
+    if len(values) == 1 and values[0] == "speech":
+        return "speech"
+    missing = [v for v in values if not Path(v).exists()]
+    if missing:
+        raise click.BadParameter(f"{missing[0]!r} is neither a file, a folder nor 'speech'", param_hint="--segments")
+    if is_annotation_source(values):
+        return values[0] if len(values) == 1 else list(values)
+    if len(values) == 1 and Path(values[0]).is_file():
+        return values[0]
+    raise click.BadParameter("give one CSV, 'speech', or .eaf/.TextGrid files and folders", param_hint="--segments")
+
+
 @contextlib.contextmanager
 def _fatal_errors_as_one_line():
     """socialfeat's own errors (missing weights, a bad checkpoint, segments or labels file)
@@ -158,9 +180,19 @@ def _describe_model(cfg, state) -> None:
               help="Window length [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
 @click.option("--hop-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Step between window starts [default: the window length].")
-@click.option("--segments", default=None, metavar="CSV|speech",
+@click.option("--segments", multiple=True, metavar="CSV|speech|EAF|TEXTGRID|FOLDER",
               help="CSV with video,start,end (+ any columns to carry): clips come from these segments; "
-                   "or 'speech': clips inside detected speech (Silero VAD).")
+                   "'speech': clips inside detected speech (Silero VAD); or ELAN .eaf / Praat .TextGrid files "
+                   "or a folder of them (repeatable): each annotation is a segment (tier, value, annotation_file).")
+@click.option("--annotate", multiple=True, type=click.Path(exists=True), metavar="EAF|TEXTGRID|FOLDER",
+              help="Keep the clips as planned and add, for each annotation tier, the value covering most of the "
+                   "clip (<tier>) and the share of the clip it covers (<tier>_coverage); repeatable.")
+@click.option("--tiers", default="", show_default=False,
+              help="Comma-separated annotation tiers to use [default: every time-aligned tier].")
+@click.option("--keep-empty", is_flag=True, help="Empty TextGrid intervals are annotations too (not gaps).")
+@click.option("--annotation-map", type=click.Path(exists=True, dir_okay=False), metavar="CSV",
+              help="CSV with columns annotation_file, video: which annotation file belongs to which video "
+                   "[default: ELAN's media path, then the file name].")
 @click.option("--missing-audio", type=click.Choice(["nan", "silence"]), default="nan",
               help="Videos without audio: NaN audio/joint embeddings, or embed silence.")
 @click.option("--csv", "csv_dir", type=click.Path(file_okay=False), help="Also write videos/clips/errors CSVs here.")
@@ -187,16 +219,15 @@ def _describe_model(cfg, state) -> None:
               help="Decoding worker processes [default: all cores but one with a GPU, 2 on the CPU].")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
-            missing_audio, csv_dir, csv_embeddings, tasks, crop, faces, require_face, shard, engine, address, device,
-            precision, batch_size, workers, no_progress) -> None:
+            annotate, tiers, keep_empty, annotation_map, missing_audio, csv_dir, csv_embeddings, tasks, crop, faces,
+            require_face, shard, engine, address, device, precision, batch_size, workers, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
 
     if not inputs and not file_list:
         raise click.UsageError("give at least one input directory/file or --file-list")
-    if segments and segments != "speech" and not Path(segments).is_file():
-        raise click.BadParameter(f"{segments!r} is neither a CSV file nor 'speech'", param_hint="--segments")
+    segments = _segments_source(segments)
     shard_pair = None
     if shard:
         try:
@@ -211,7 +242,9 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     with _fatal_errors_as_one_line():
         summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
-                              hop_seconds=hop_seconds, segments=segments, missing_audio=missing_audio,
+                              hop_seconds=hop_seconds, segments=segments, annotate=list(annotate) or None,
+                              tiers=_names(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
+                              missing_audio=missing_audio,
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
                               tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
                               engine=engine, address=address, crop=crop, faces=faces, require_face=require_face,
@@ -286,8 +319,15 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @main.command()
 @click.argument("inputs", nargs=-1, type=click.Path(exists=True))
 @click.option("--task", required=True, help="Name of the task (column prefix of its predictions).")
-@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV: video, start, end, then one label column or numeric trait columns.")
+@click.option("--labels", required=True, type=click.Path(exists=True),
+              help="CSV: video, start, end, then one label column or numeric trait columns; or ELAN .eaf / "
+                   "Praat .TextGrid files (a file or a folder): the values of one tier (--tiers) are the labels.")
+@click.option("--tiers", default="", show_default=False,
+              help="With annotation files as labels: the tier whose values are the labels "
+              "[default: the only time-aligned tier].")
+@click.option("--keep-empty", is_flag=True, help="Empty TextGrid intervals are annotations (a label '') too.")
+@click.option("--annotation-map", type=click.Path(exists=True, dir_okay=False), metavar="CSV",
+              help="CSV with columns annotation_file, video (see extract).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Head / model checkpoint to write.")
 @click.option("--probe", "probe_only", is_flag=True, help="Frozen backbone: fit a head on the embeddings.")
 @click.option("--features", type=click.Path(exists=True, dir_okay=False),
@@ -308,9 +348,9 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @click.option("--workers", type=click.IntRange(min=0), default=2)
 @click.option("--seed", type=int, default=0)
 @click.option("--no-progress", is_flag=True)
-def finetune(inputs, task, labels, output, probe_only, features, model, weights, embedding, task_type,
-             label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult, regression_loss,
-             batch_size, workers, seed, no_progress) -> None:
+def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, probe_only, features, model, weights,
+             embedding, task_type, label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult,
+             regression_loss, batch_size, workers, seed, no_progress) -> None:
     """Fit a task head (--probe) or finetune the whole model on labelled segments of INPUTS."""
     import json
 
@@ -318,14 +358,14 @@ def finetune(inputs, task, labels, output, probe_only, features, model, weights,
 
     if not inputs and not features:
         raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
-    split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
     if not features:
         weights_to_load(model, weights)
     with _fatal_errors_as_one_line():
         metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
+                               tiers=_names(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
                                probe_only=probe_only, features=features, embedding=embedding,
-                               task_type=task_type, label_columns=split(label_columns) or None,
-                               group_columns=split(group_columns), cv=cv, val_fraction=val_fraction,
+                               task_type=task_type, label_columns=_names(label_columns) or None,
+                               group_columns=_names(group_columns), cv=cv, val_fraction=val_fraction,
                                epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
                                regression_loss=regression_loss, workers=workers, seed=seed,
                                progress=not no_progress)

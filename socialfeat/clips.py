@@ -25,6 +25,10 @@ MIN_COVERAGE = 0.5
 _EPS = 1e-6
 
 
+class SegmentsError(UsageError):
+    """A segments (or labels, or annotation) file that cannot be used as given: a usage error."""
+
+
 @dataclass(frozen=True)
 class Clip:
     video_id: str
@@ -106,7 +110,7 @@ def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         return {}
     missing = {"video", "start", "end"} - set(rows[0])
     if missing:
-        raise UsageError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}")
+        raise SegmentsError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}")
     extra_cols = [c for c in rows[0] if c not in ("video", "start", "end")]
     numeric = {c for c in extra_cols if all(_is_number(r[c]) for r in rows)}
     out: dict[str, list[dict[str, Any]]] = {}
@@ -114,9 +118,9 @@ def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         try:
             start, end = float(r["start"]), float(r["end"])
         except ValueError:
-            raise UsageError(f"{path}:{line}: start/end must be seconds, got {r['start']!r}, {r['end']!r}") from None
+            raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {r['start']!r}, {r['end']!r}") from None
         if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-            raise UsageError(f"{path}:{line}: segment end {end} is not after start {start}")
+            raise SegmentsError(f"{path}:{line}: segment end {end} is not after start {start}")
         seg = {"video": r["video"], "start": start, "end": end}
         for c in extra_cols:
             seg[c] = float(r[c]) if c in numeric else (r[c] or "")

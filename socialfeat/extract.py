@@ -21,7 +21,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
-from socialfeat.clips import read_segments
+from socialfeat.annotations import (
+    check_column_names,
+    is_annotation_source,
+    label_clips,
+    load_annotations,
+    overruns,
+    segments_table,
+)
+from socialfeat.clips import SegmentsError, read_segments
 from socialfeat.encoder import (
     BatchEncoder,
     build_predictors,
@@ -40,11 +48,20 @@ from socialfeat.pipeline import (
     VideoDone,
     worker_init,
 )
-from socialfeat.store import Journal, VideoResult, VideoStatus, assemble_output
+from socialfeat.store import (
+    CLIP_COLUMNS,
+    Journal,
+    VideoResult,
+    VideoStatus,
+    assemble_output,
+)
 from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
+# clip columns besides store.CLIP_COLUMNS and segment columns: planning extras and load_features' video facts
+RESERVED_COLUMNS = {"video", "start", "end", "segment_index", "track", "face_fraction", "face_boxes",
+                    "speech_fraction", "video_duration_s", "fps", "width", "height", "video_status"}
 
 
 @dataclass
@@ -102,7 +119,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             weights: str | Path | None = None, *, file_list: str | Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
             clip_seconds: float | None = None, hop_seconds: float | None = None,
-            segments: str | Path | None = None, missing_audio: str = "nan", batch_size: int | None = None,
+            segments: str | Path | list[str | Path] | None = None, missing_audio: str = "nan",
+            batch_size: int | None = None, annotate: list[str | Path] | None = None,
+            tiers: list[str] | None = None, keep_empty: bool = False, annotation_map: str | Path | None = None,
             workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
@@ -116,7 +135,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
     ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
-    ``segments``: an annotation CSV, or 'speech' for clips inside voice-activity regions.
+    ``segments``: an annotation CSV, 'speech' for clips inside voice-activity regions, or ELAN /
+    Praat files (a file, a folder of them, or a list): each annotation becomes a segment.
+    ``annotate``: ELAN / Praat files whose tiers label the clips as planned (``<tier>``,
+    ``<tier>_coverage`` columns; see annotations.label_clips). ``tiers``: the tiers to use
+    (default every time-aligned tier); ``keep_empty``: empty TextGrid intervals are annotations
+    too; ``annotation_map``: a CSV (annotation_file, video) overriding the matching by name / media path.
     ``crop='face'``: square crops around detected faces (``faces='all'``: a row per face track).
     ``precision``: 'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA, fp32 on the CPU).
     ``batch_size``: clips per forward pass; default 16 on a GPU and 2 on the CPU, where
@@ -134,19 +158,23 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
+    speech = str(segments) == "speech"
+    # videos and annotations first: a bad segments or annotation file fails before the model loads
+    refs = select_videos(inputs, file_list, include, exclude)
+    seg_table, seg_annotations, labels = read_annotations(segments, annotate, refs, tiers, keep_empty,
+                                                          annotation_map)
+    if shard is not None:  # after matching annotations, which may name any video of the corpus
+        refs = [r for r in refs if in_shard(r, *shard)]
     fetch_released_weights(model, weights, list(tasks), progress)
     net = load_model(weights if weights is not None else model).to(dev).eval()
     spec = net.info.preprocess
     predictors = build_predictors(net, tasks, dev)
-    speech = str(segments) == "speech"
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
                         raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
                         else frames_on_device)
     check_optional_extras(plan)
-    seg_table = read_segments(segments) if segments is not None and not speech else None
-    refs = select_videos(inputs, file_list, include, exclude, shard)
     journal = Journal(output)
     results, jobs, fingerprints = reuse_finished(refs, seg_table, journal, net.info, plan, predictors)
 
@@ -167,8 +195,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                       predictors)
 
     ordered = [results[p] for p in range(len(refs))]
+    for r in ordered:
+        add_annotation_facts(r, seg_annotations, labels)
     settings = {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
-                "missing_audio": missing_audio, "segments": str(segments) if segments else "",
+                "missing_audio": missing_audio, "segments": _as_setting(segments),
+                "annotate": _as_setting(annotate), "tiers": list(tiers or []), "keep_empty": keep_empty,
+                "annotation_map": str(annotation_map or ""),
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
                 "tasks": [p.meta() for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
@@ -186,13 +218,56 @@ def check_optional_extras(plan: PlanSettings) -> None:
 
 
 def select_videos(inputs: list[str | Path], file_list: str | Path | None, include: tuple[str, ...],
-                  exclude: tuple[str, ...], shard: tuple[int, int] | None) -> list[VideoRef]:
-    """The input videos, in a stable order; only this shard's with ``shard``."""
+                  exclude: tuple[str, ...]) -> list[VideoRef]:
+    """The input videos, in a stable order; none is a usage error."""
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
     if not refs:
         raise UsageError(f"no videos found in {', '.join(map(str, inputs)) or file_list} (file types read: "
                          f"{' '.join(VIDEO_EXTENSIONS)}; see also --include/--exclude)")
-    return [r for r in refs if in_shard(r, *shard)] if shard is not None else refs
+    return refs
+
+
+def _as_setting(value) -> str:
+    if not value:
+        return ""
+    return str(value) if isinstance(value, (str, Path)) else ";".join(map(str, value))
+
+
+def read_annotations(segments, annotate, refs: list[VideoRef], tiers, keep_empty: bool, annotation_map):
+    """The segments table (from a CSV or annotation files, same shape), the annotations behind it,
+    and the annotations that label clips (``annotate``); matched against every video found.
+    ``--annotate`` tiers must not overwrite the clip columns planned."""
+    seg_table, seg_annotations, labels = None, None, None
+    opts = dict(tiers=tiers, keep_empty=keep_empty, mapping=annotation_map)
+    if segments is not None and str(segments) != "speech":
+        if is_annotation_source(segments):
+            seg_annotations = load_annotations(segments, refs, **opts)
+            seg_table = segments_table(seg_annotations)
+        elif isinstance(segments, (str, Path)):
+            seg_table = read_segments(segments)
+        else:
+            raise SegmentsError(f"segments: several files are .eaf/.TextGrid files or folders only, got {segments}")
+    if annotate:
+        labels = load_annotations(annotate, refs, **opts)
+        check_column_names(labels.tiers, set(CLIP_COLUMNS) | RESERVED_COLUMNS
+                           | {k for segs in (seg_table or {}).values() for seg in segs for k in seg})
+    return seg_table, seg_annotations, labels
+
+
+def add_annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
+    """Annotation columns of a video's clips (``--annotate``; computed here, at assembly, so that
+    changing annotations re-embeds nothing) and a warning row for annotations past its end."""
+    path = res.video["path"]
+    if labels is not None:
+        label_clips(res.clips, labels, path)
+    duration = res.video.get("duration_s")
+    for found in (seg_annotations, labels):
+        if found is None:
+            continue
+        for msg in overruns(found, path, duration):
+            log.warning("%s: %s", path, msg)
+            res.errors.append({"video_id": res.video["video_id"], "path": path, "stage": "annotations",
+                               "message": msg})
 
 
 def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan: PlanSettings,

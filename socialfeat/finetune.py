@@ -2,7 +2,8 @@
 
 Labels are a CSV of segments (video, start, end, then either one label column for
 classification or numeric trait columns for regression, plus optional grouping
-columns such as speaker). Two modes:
+columns such as speaker), or ELAN / Praat files whose one tier's values are the classes
+(read and matched to the videos by socialfeat.annotations). Two modes:
 - probe: the backbone stays frozen; clips are embedded by the extraction pipeline
   (or read from an existing feats.h5) and a LayerNorm + Linear head is fitted;
 - full: backbone and head are trained together (the reference's finetuning recipe,
@@ -180,11 +181,16 @@ def _head_predict(head: TaskHead, x: np.ndarray) -> np.ndarray:
 
 def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, embedding: str = "joint",
           cv: int = 0, val_fraction: float = 0.2, regression_loss: str = "l1", epochs: int = 300,
-          lr: float = 1e-2, seed: int = 0) -> dict[str, Any]:
+          lr: float = 1e-2, seed: int = 0, tier: str | None = None) -> dict[str, Any]:
     """Fit a head on the embeddings of a features file whose clips carry the label columns
-    (extracted with ``--segments labels.csv``). Reports held-out metrics (grouped split or
-    grouped K-fold) against a baseline, then saves a head fitted on all clips."""
+    (extracted with ``--segments labels.csv``, or annotation files: then only the clips of
+    annotation ``tier`` are used). Reports held-out metrics (grouped split or grouped K-fold)
+    against a baseline, then saves a head fitted on all clips."""
     df = load_features(features, embeddings=embedding)
+    if tier is not None:
+        if "tier" not in df:
+            raise ValueError(f"{features}: clips have no annotation tier; extract with --segments ANNOTATIONS")
+        df = df[df["tier"] == tier].reset_index(drop=True)
     emb_cols = [c for c in df.columns if c.startswith(f"{embedding}_")]
     missing = [c for c in spec.columns + spec.group_columns if c not in df.columns]
     if missing:
@@ -334,28 +340,62 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
     return pd.DataFrame(rows), infos
 
 
+def annotation_labels(labels: str | Path, inputs: list[str | Path], features: str | Path | None,
+                      tiers: list[str] | None, keep_empty: bool = False,
+                      annotation_map: str | Path | None = None) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """ELAN / Praat files as labels: the values of one tier, as a segments table keyed by the
+    videos under ``inputs`` (or, with only ``features``, the videos that file was made from)."""
+    from socialfeat.annotations import AnnotationError, load_annotations, segments_table
+    from socialfeat.store import load_videos
+    from socialfeat.walk import VideoRef, find_videos
+
+    if tiers is not None and len(tiers) != 1:
+        raise AnnotationError(f"labels: name one tier with --tiers, got {tiers}")
+    if inputs:
+        refs = find_videos(list(inputs))
+    else:
+        videos = load_videos(features)
+        refs = [VideoRef(Path(src), rel) for src, rel in zip(videos.source_path, videos.path)]
+    annotations = load_annotations(labels, refs, tiers=tiers, keep_empty=keep_empty, mapping=annotation_map)
+    if len(annotations.tiers) != 1:
+        raise AnnotationError(f"{labels}: tiers {', '.join(annotations.tiers) or '(none)'}: name the label tier "
+                              "with --tiers")
+    return annotations.tiers[0], segments_table(annotations)
+
+
 def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, task: str, *,
+             tiers: list[str] | None = None, keep_empty: bool = False, annotation_map: str | Path | None = None,
              model: str = "social-mae", weights: str | Path | None = None, probe_only: bool = True,
              features: str | Path | None = None, embedding: str = "joint", task_type: str = "auto",
              label_columns: list[str] | None = None, group_columns: list[str] | None = None, cv: int = 0,
              val_fraction: float = 0.2, epochs: int | None = None, lr: float | None = None,
              head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1", workers: int = 2,
              seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``."""
+    """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``.
+    ``labels``: a CSV, or ELAN / Praat files whose tier (``tiers``: one name) holds the labels."""
+    from socialfeat.annotations import is_annotation_source
     from socialfeat.clips import read_segments
     from socialfeat.extract import extract
 
-    table = read_segments(labels)
+    tier, annotation_opts = None, {}
+    if is_annotation_source(labels):
+        tier, table = annotation_labels(labels, inputs, features, tiers, keep_empty, annotation_map)
+        label_columns = label_columns or ["value"]
+        annotation_opts = dict(tiers=[tier], keep_empty=keep_empty, annotation_map=annotation_map)
+    else:
+        table = read_segments(labels)
     flat = pd.DataFrame([s for segs in table.values() for s in segs])
+    if flat.empty:
+        raise ValueError(f"{labels}: no labelled segment matches the input videos")
     spec = infer_label_spec(flat, task_type, label_columns, group_columns)
     backbone = weights if weights is not None else model
     if probe_only:
         if features is None:
             features = Path(str(output) + ".features.h5")
             extract(list(inputs), features, model=model, weights=weights, segments=labels, workers=workers,
-                    batch_size=batch_size, progress=progress)
+                    batch_size=batch_size, progress=progress, **annotation_opts)
         metrics = probe(features, task, spec, output, embedding, cv, val_fraction, regression_loss,
-                        epochs or 300, lr or 1e-2, seed)
+                        epochs or 300, lr or 1e-2, seed, tier=tier)
     else:
         from socialfeat.models import load_model
         base = load_model(backbone)  # loaded once: its clip length plans the clips, its weights start training
@@ -363,5 +403,7 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
         metrics = finetune_full(clips, infos, base, task, spec, output, cv, val_fraction, epochs or 10,
                                 lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
     metrics.update(task=task, label_names=list(spec.label_names), labels_file=str(labels))
+    if tier is not None:
+        metrics["label_tier"] = tier
     write_metrics(metrics, output)
     return metrics

@@ -17,6 +17,7 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
+from annotation_files import write_eaf, write_textgrid
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,16 +27,27 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def analysed(corpus, tiny_ft_ckpt, tmp_path_factory) -> Path:
-    """Features with predictions and a speaker column, made by the real CLI."""
+    """Features with predictions, a speaker column (segments CSV) and a gaze tier (ELAN and Praat files
+    given to --annotate), made by the real CLI."""
     tmp = tmp_path_factory.mktemp("analysis")
     seg = tmp / "segments.csv"
     rows = ["video,start,end,speaker"]
-    for name in ("talk.mp4", "interview two.mkv", "vfr.mp4", "corrupt_mid.mp4"):
+    names = ("talk.mp4", "interview two.mkv", "vfr.mp4", "corrupt_mid.mp4")
+    for name in names:
         rows += [f"{name},0,5,interviewer", f"{name},5,10,participant"]
     seg.write_text("\n".join(rows) + "\n")
+    annotations = tmp / "annotations"
+    annotations.mkdir()
+    gaze = [("gaze", [(0.0, 3.0, "partner"), (3.0, 6.0, "away"), (6.0, 10.0, "partner")])]
+    for k, name in enumerate(names):  # one file per recording, matched by name; both formats
+        stem = name.rsplit(".", 1)[0]
+        if k % 2:
+            write_textgrid(annotations / f"{stem}.TextGrid", gaze, 10.0, fmt="short" if k == 3 else "long")
+        else:
+            write_eaf(annotations / f"{stem}.eaf", gaze, media=[(f"file:///lab/{name}", f"./{name}", 0)])
     out = tmp / "feats.h5"
-    run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ft_ckpt, "--segments", seg, "--no-progress",
-            "--workers", "0")
+    run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ft_ckpt, "--segments", seg, "--annotate",
+            annotations, "--no-progress", "--workers", "0")
     return out
 
 
@@ -56,6 +68,7 @@ def test_notebook_runs_top_to_bottom(analysed, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "Mixed Linear Model Regression Results" in text and "speaker" in text
+    assert "annotation tiers: ['gaze']" in text and 'C(Q("gaze"))[T.partner]' in text  # the tier as a predictor
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(images) >= 2
 
