@@ -14,12 +14,15 @@ pads short videos).
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from socialfeat.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 MIN_COVERAGE = 0.5
 _EPS = 1e-6
@@ -83,7 +86,7 @@ def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds:
     else:
         intervals = []
         for i, seg in enumerate(segments):
-            extra = {k: v for k, v in seg.items() if k not in ("video", "start", "end")}
+            extra = {k: v for k, v in seg.items() if k not in ("video", "start", "end")}  # incl. segment_row
             extra["segment_index"] = i
             intervals.append((max(0.0, float(seg["start"])), min(duration, float(seg["end"])), extra))
     clips: list[Clip] = []
@@ -98,33 +101,78 @@ def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds:
 
 
 def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Annotation CSV (columns video, start, end, any others) grouped by video.
+    """Annotation CSV (columns video, start, end in any letter case, any others) grouped by the
+    ``video`` text as written; each segment keeps its line in the file (``segment_row``).
 
-    ``video`` may be a path relative to the input root or a file name. Numbers
-    in extra columns stay strings unless every value parses as a number.
+    Numbers in extra columns stay strings unless every value parses as a number. Which input
+    video a ``video`` text means is decided by ``match_segments``.
     """
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
-    missing = {"video", "start", "end"} - set(rows[0])
+    names = {c.strip().lower(): c for c in rows[0] if c is not None}
+    missing = {"video", "start", "end"} - set(names)
     if missing:
-        raise SegmentsError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}")
-    extra_cols = [c for c in rows[0] if c not in ("video", "start", "end")]
+        raise SegmentsError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}; "
+                            f"its columns are: {', '.join(map(repr, rows[0]))}")
+    video_col, start_col, end_col = names["video"], names["start"], names["end"]
+    extra_cols = [c for c in rows[0] if c not in (video_col, start_col, end_col)]
     numeric = {c for c in extra_cols if all(_is_number(r[c]) for r in rows)}
     out: dict[str, list[dict[str, Any]]] = {}
     for line, r in enumerate(rows, start=2):
         try:
-            start, end = float(r["start"]), float(r["end"])
-        except ValueError:
-            raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {r['start']!r}, {r['end']!r}") from None
+            start, end = float(r[start_col]), float(r[end_col])
+        except (TypeError, ValueError):
+            raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {r[start_col]!r}, "
+                                f"{r[end_col]!r}") from None
         if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
             raise SegmentsError(f"{path}:{line}: segment end {end} is not after start {start}")
-        seg = {"video": r["video"], "start": start, "end": end}
+        seg = {"video": r[video_col], "start": start, "end": end, "segment_row": line}
         for c in extra_cols:
             seg[c] = float(r[c]) if c in numeric else (r[c] or "")
-        out.setdefault(r["video"], []).append(seg)
+        out.setdefault(r[video_col], []).append(seg)
+    for segs in out.values():
+        segs.sort(key=lambda s: (s["start"], s["end"]))
+    return out
+
+
+def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source: str | Path,
+                   cwd: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The segments of each input video, keyed by its relative path: never a guess.
+
+    A ``video`` text may be the path relative to an input root (``P01/session1.mp4``), a path as
+    typed on the command line (``study/P01/session1.mp4``, relative to the working folder, or
+    absolute), or a file name that only one input video has. A name that fits several videos is
+    a SegmentsError listing them; rows that match no video are listed by line in a warning.
+    """
+    cwd = (cwd or Path.cwd()).resolve()
+    by_rel = {v.relpath: v for v in videos}
+    by_path = {str(v.path): v for v in videos}
+    by_name: dict[str, list] = {}
+    for v in videos:
+        by_name.setdefault(v.path.name, []).append(v)
+    out: dict[str, list[dict[str, Any]]] = {}
+    unmatched: list[str] = []
+    for text, segs in table.items():
+        key = text.strip().replace("\\", "/")
+        typed = Path(key) if Path(key).is_absolute() else cwd / key
+        hit = by_rel.get(key) or by_path.get(str(typed.resolve()))
+        if hit is None:
+            fits = by_name.get(Path(key).name, []) if "/" not in key else []
+            if len(fits) > 1:
+                raise SegmentsError(f"{source}: video {text!r} (line {segs[0].get('segment_row', '?')}) fits "
+                                    f"{len(fits)} input videos: {', '.join(v.relpath for v in fits)}; "
+                                    "write the path relative to its input folder")
+            hit = fits[0] if fits else None
+        if hit is None:
+            unmatched += [str(s.get("segment_row", "?")) for s in segs]
+            continue
+        out.setdefault(hit.relpath, []).extend(segs)
+    if unmatched:
+        log.warning("%s: line(s) %s name no input video (by relative path, path or file name)", source,
+                    ", ".join(sorted(unmatched, key=lambda x: int(x) if x.isdigit() else 0)))
     for segs in out.values():
         segs.sort(key=lambda s: (s["start"], s["end"]))
     return out

@@ -29,7 +29,7 @@ from socialfeat.annotations import (
     overruns,
     segments_table,
 )
-from socialfeat.clips import SegmentsError, read_segments
+from socialfeat.clips import SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
     BatchEncoder,
     build_predictors,
@@ -93,12 +93,9 @@ def in_shard(ref: VideoRef, index: int, count: int) -> bool:
 
 
 def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
-    if table is None:
-        return None
-    for key in (ref.relpath, ref.path.name, str(ref.path)):
-        if key in table:
-            return table[key]
-    return []
+    """A video's segments from a table keyed by relative path (clips.match_segments,
+    annotations.segments_table); None: no segments asked for, fixed windows."""
+    return None if table is None else table.get(ref.relpath, [])
 
 
 def fetch_released_weights(model: str, weights: str | Path | None, tasks: list[str], progress: bool) -> None:
@@ -244,7 +241,7 @@ def read_annotations(segments, annotate, refs: list[VideoRef], tiers, keep_empty
             seg_annotations = load_annotations(segments, refs, **opts)
             seg_table = segments_table(seg_annotations)
         elif isinstance(segments, (str, Path)):
-            seg_table = read_segments(segments)
+            seg_table = match_segments(read_segments(segments), refs, segments)
         else:
             raise SegmentsError(f"segments: several files are .eaf/.TextGrid files or folders only, got {segments}")
     if annotate:

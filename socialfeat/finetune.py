@@ -374,7 +374,7 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
     """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``.
     ``labels``: a CSV, or ELAN / Praat files whose tier (``tiers``: one name) holds the labels."""
     from socialfeat.annotations import is_annotation_source
-    from socialfeat.clips import read_segments
+    from socialfeat.clips import match_segments, read_segments
     from socialfeat.extract import extract
 
     tier, annotation_opts = None, {}
@@ -384,6 +384,9 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
         annotation_opts = dict(tiers=[tier], keep_empty=keep_empty, annotation_map=annotation_map)
     else:
         table = read_segments(labels)
+        if inputs:
+            from socialfeat.walk import find_videos
+            table = match_segments(table, find_videos(list(inputs)), labels)
     flat = pd.DataFrame([s for segs in table.values() for s in segs])
     if flat.empty:
         raise ValueError(f"{labels}: no labelled segment matches the input videos")

@@ -121,6 +121,7 @@ class VideoRun:
         self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
         self.video = video_row(ref)
         self.errors: list[dict[str, Any]] = []
+        self.notes: list[dict[str, Any]] = []  # error-table rows that say something, not that anything broke
         self.n_emitted = 0
         self.audio: AudioTrack | None = None
         self.regions: list[tuple[float, float]] | None = None  # speech regions (--segments speech)
@@ -136,14 +137,14 @@ class VideoRun:
 
     def done(self) -> VideoDone:
         self.video["n_clips"] = self.n_emitted
-        return VideoDone(self.pos, self.video, self.errors, self.n_emitted)
+        return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted)
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
         info = self.probe()
         if info is not None:
             self.decode_audio(info)
-            segments = self.segments_to_plan(segments)
+            segments = self.segments_to_plan(segments, info.duration)
             if segments is not False:
                 clips = plan_video(self.ref.video_id, info.duration, self.plan.clip_seconds,
                                    self.plan.hop_seconds, segments)
@@ -183,13 +184,17 @@ class VideoRun:
                 self.problem("decode-audio", f"audio unreadable ({e})")
         self.video["has_audio"] = self.audio is not None and len(self.audio.samples) > 0
 
-    def segments_to_plan(self, segments: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None | bool:
+    def segments_to_plan(self, segments: list[dict[str, Any]] | None,
+                         duration: float) -> list[dict[str, Any]] | None | bool:
         """The segments the clips come from: the annotation's, detected speech, or None for
         fixed windows over the whole video; False (with a verdict) when there is nothing to plan."""
         if segments is not None and not segments:
             self.problem("plan", "no segments for this video in the segments file", VideoStatus.SKIPPED)
             self.video["error"] = "no segments for this video"
             return False
+        if segments is not None:
+            segments = self.within_video(segments, duration)
+            return segments or False
         if not self.plan.speech:
             return segments
         if self.audio is None:
@@ -202,6 +207,29 @@ class VideoRun:
             self.problem("plan", "no speech detected", VideoStatus.NO_CLIPS)
             return False
         return [{"start": a, "end": b} for a, b in self.regions]
+
+    def within_video(self, segments: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
+        """Segments that start before the video's end (those running past it are cut there by the
+        planner). Segments from a CSV that run past the end are noted with their line; when none
+        is left, the verdict says so, and says when the times look like milliseconds."""
+        tolerance = TRUNCATION_TOLERANCE_S
+        kept = [seg for seg in segments if seg["start"] < duration - 1e-6]
+        lines = {"cut": [], "dropped": []}
+        for seg in segments:
+            if "segment_row" in seg and seg["end"] > duration + tolerance:
+                lines["cut" if seg in kept else "dropped"].append(f"{seg['segment_row']} "
+                                                                  f"({seg['start']:g}-{seg['end']:g} s)")
+        for what, found in lines.items():
+            if found:
+                self.notes.append(error_row(self.ref, "segments", f"segment line(s) {', '.join(found)} "
+                                            f"{'run past' if what == 'cut' else 'start after'} the video's end "
+                                            f"({duration:.2f} s): {what}"))
+        if not kept:
+            looks_ms = all(seg["end"] / 1000 <= duration + tolerance for seg in segments)
+            hint = "; the times look like milliseconds: the segments file needs seconds" if looks_ms else ""
+            self.problem("plan", f"every segment starts after the video's end ({duration:.2f} s){hint}",
+                         VideoStatus.NO_CLIPS)
+        return kept
 
     def clips_in_order(self, info: MediaInfo, clips: list[Clip]) -> Iterator[ClipItem]:
         """Decode the frames front to back; emit each clip as soon as its frames are in,

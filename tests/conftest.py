@@ -63,10 +63,10 @@ def tiny_ft_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny_ft.pt")
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600):
+def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: float = 600, cwd=None):
     """Invoke the installed ``socialfeat`` console script as a subprocess."""
     proc = subprocess.run([str(SOCIALFEAT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
     if check and proc.returncode not in (0, 3):
         raise AssertionError(f"socialfeat {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
