@@ -4,7 +4,7 @@ Each field of :class:`PretrainConfig` carries its default, its help text and the
 bounds of its values; ``socialfeat pretrain`` generates its command-line options
 from these fields (``socialfeat.cli``), so a new setting is one new field here.
 The whole config is saved in every checkpoint, which is how ``--resume`` knows the
-run it continues. This module imports nothing heavy: the CLI reads it at start-up.
+run it continues.
 """
 
 from __future__ import annotations
@@ -93,6 +93,6 @@ class PretrainConfig:
         return {**dataclasses.asdict(self), "betas": list(self.betas)}
 
     @classmethod
-    def from_dict(cls, saved: dict[str, Any]) -> "PretrainConfig":
+    def from_dict(cls, saved: dict[str, Any]) -> PretrainConfig:
         """The config stored in a checkpoint by :meth:`to_dict`."""
         return cls(**saved)

@@ -52,6 +52,7 @@ from pretraining.schedule import make_scheduler
 from socialfeat.inputs import find_videos
 from socialfeat.models import create_model, read_checkpoint, save_checkpoint
 from socialfeat.models.checkpoint import ModelInfo, build_model, load_state_dict_strict
+from socialfeat.models.registry import get_arch_config
 from socialfeat.pipeline import worker_init
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ def new_model(cfg: PretrainConfig) -> nn.Module:
     """A freshly initialised model (seeded), optionally started from ``cfg.init`` weights."""
     torch.manual_seed(cfg.seed)
     overrides: dict[str, Any] = {"norm_pix_loss": cfg.norm_pix_loss}
-    from socialfeat.models.registry import get_arch_config
     if get_arch_config(cfg.arch)["family"] == "social-mae":
         overrides["target_order"] = cfg.target_order
     model = create_model(cfg.arch, **overrides)
@@ -234,8 +234,7 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
         n_batches += 1
     model.train()
     if not n_batches:
-        return {**{f"val_{k}": math.nan for k in sums}, "val_r1_audio_to_visual": math.nan,
-                "val_r1_visual_to_audio": math.nan, "val_clips": 0}, skipped
+        return {**{k: math.nan for k in VAL_TERMS}, "val_clips": 0}, skipped  # every held-out clip damaged
     a = torch.nn.functional.normalize(torch.cat(emb_a), dim=-1)
     v = torch.nn.functional.normalize(torch.cat(emb_v), dim=-1)
     sim = a @ v.t()
@@ -247,17 +246,26 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: rank 0 writes the logs and checkpoints."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
 class Trainer:
     """Runs optimizer steps from ``step`` on; one instance per process."""
 
     def __init__(self, cfg: PretrainConfig, model: nn.Module, data: Data, opt: Optimisation, step: int,
-                 logs: RunLogs | None, ckpt_path: Path, rank: int, world: int, device: torch.device,
-                 progress: bool):
+                 logs: RunLogs | None, ckpt_path: Path, process: Process, progress: bool):
         self.cfg, self.model, self.data, self.opt, self.step = cfg, model, data, opt, step
-        self.logs, self.ckpt_path, self.rank, self.world, self.device = logs, ckpt_path, rank, world, device
+        self.logs, self.ckpt_path = logs, ckpt_path
+        self.rank, self.world, self.device = process.rank, process.world, process.device
         self.total_steps = total_steps(cfg, data.steps_per_epoch)
         self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="pretrain",
-                        disable=not progress or rank != 0, file=sys.stderr)
+                        disable=not progress or self.rank != 0, file=sys.stderr)
 
     def run(self) -> None:
         """Epochs until the run's last step, a validation pass after each complete
@@ -376,6 +384,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     opt = build_optimisation(cfg, model, world, data.steps_per_epoch)
     step = restore_optimisation(opt, state)
     logs = open_logs(out, step if resuming else None, data.val is not None) if rank == 0 else None
-    Trainer(cfg, model, data, opt, step, logs, ckpt_path, rank, world, dev, progress).run()
+    Trainer(cfg, model, data, opt, step, logs, ckpt_path, Process(rank, world, dev), progress).run()
     cleanup()
     return ckpt_path

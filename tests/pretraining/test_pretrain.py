@@ -33,8 +33,8 @@ def train_videos(tmp_path_factory) -> Path:
     return root
 
 
-def read_log(run: Path) -> list[dict[str, str]]:
-    with open(run / "train_log.csv", newline="") as f:
+def read_log(run: Path, name: str = "train_log.csv") -> list[dict[str, str]]:
+    with open(run / name, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -207,6 +207,6 @@ def test_damaged_file_is_skipped_and_training_finishes(train_videos, tmp_path):
                    "--val-fraction", "0")
     assert proc.returncode == 0
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3]
-    skipped = list(csv.DictReader(open(run / "skipped.csv")))
+    skipped = read_log(run, "skipped.csv")
     assert skipped and {r["path"] for r in skipped} == {str(damaged)}, skipped
     assert proc.stderr.count(f"skipping damaged clips of {damaged}") == 1, proc.stderr
