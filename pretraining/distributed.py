@@ -44,6 +44,15 @@ def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
+def all_gather_objects(items: list) -> list:
+    """The concatenation of every process's list (picklable items), in rank order."""
+    if not is_distributed():
+        return items
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -1,30 +1,36 @@
-"""The pretraining loop: config -> data, model, optimizer -> epochs of steps, with
-atomic checkpoints, exact resume, CSV logs and a validation pass per epoch."""
+"""The pretraining loop, as the steps :func:`pretrain` runs in order: prepare the run
+folder, build (or restore) the model, build the data, build the optimisation, restore
+its state, then epochs of training steps, each epoch followed by a validation pass,
+with atomic checkpoints along the way and at the end."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pretraining.config import PretrainConfig
 from pretraining.data import (
     GlobalBatchSampler,
+    SkippedClip,
     TrainClips,
+    collate_readable,
     split_validation,
     usable_videos,
 )
 from pretraining.distributed import (
+    all_gather_objects,
     barrier,
     cleanup,
     init_distributed,
@@ -32,7 +38,18 @@ from pretraining.distributed import (
 )
 from pretraining.init import load_initial_weights
 from pretraining.objective import PretrainObjective
+from pretraining.run_folder import (
+    CHECKPOINT,
+    SKIPPED_LOG,
+    TRAIN_LOG,
+    VAL_LOG,
+    CsvLog,
+    check_run_folder,
+    clear_previous_run,
+    remove_stale_temporaries,
+)
 from pretraining.schedule import make_scheduler
+from socialfeat.architectures import get_arch_config
 from socialfeat.errors import UsageError
 from socialfeat.models import create_model, read_checkpoint, save_checkpoint
 from socialfeat.models.checkpoint import ModelInfo, build_model, load_state_dict_strict
@@ -41,89 +58,173 @@ from socialfeat.walk import find_videos
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc")
+VAL_TERMS = ("val_loss_mae_a", "val_loss_mae_v", "val_loss_c", "val_r1_audio_to_visual",
+             "val_r1_visual_to_audio", "val_clips")
+SKIPPED_COLUMNS = ["step", "epoch", "path", "start_s", "error"]
+
+__all__ = ["PretrainConfig", "pretrain", "validate"]
 
 
-@dataclass
-class PretrainConfig:
-    """Everything a run depends on (saved in every checkpoint). Defaults follow the
-    reference scripts: Adam(0.95, 0.999), weight decay 5e-7, lr halved every 5 epochs
-    from epoch 10, masking 0.75, contrastive weight 0.01."""
-
-    inputs: list[str]
-    out: str
-    arch: str = "social-mae"
-    init: str = "scratch"  # 'scratch', a registry name, or a checkpoint path
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimizer steps (total, across resumes)
-    batch_size: int = 8  # per process
-    accum_steps: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 5e-7
-    betas: tuple[float, float] = (0.95, 0.999)
-    warmup_steps: int = 0
-    lr_decay: float = 0.5
-    lr_decay_start: int = 10
-    lr_decay_every: int = 5
-    mask_ratio_a: float = 0.75
-    mask_ratio_v: float = 0.75
-    mae_weight: float = 1.0
-    contrast_weight: float = 0.01
-    norm_pix_loss: bool = False
-    clip_seconds: float | None = None
-    clips_per_video: int | None = None
-    target_order: str = "tokens"  # Social-MAE MAE target in the encoder's token order ('reference' to copy)
-    video_patch_init: str = "inflate"  # CAV-MAE -> Social-MAE init: 'inflate' or 'reference' (drop)
-    val_fraction: float = 0.1
-    checkpoint_every: int = 100
-    workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
+# ---------------------------------------------------------------- steps before training
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool, started: float, rank: int) -> bool:
+    """Make ``out`` ready and say whether there is a checkpoint to resume. Refuses to
+    start over an earlier run unasked (every process checks, so all stop together);
+    rank 0 then clears it (``overwrite``) and removes stale checkpoint temporaries."""
+    check_run_folder(out, resume, overwrite)
+    resuming = resume and (out / CHECKPOINT).exists()
+    if resume and not resuming and rank == 0:
+        log.warning("%s: no checkpoint to resume, starting a new run", out / CHECKPOINT)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            clear_previous_run(out)
+        remove_stale_temporaries(out, started)
+    barrier()
+    return resuming
 
 
-def _build_model(cfg: PretrainConfig):
+def new_model(cfg: PretrainConfig) -> nn.Module:
+    """A freshly initialised model (seeded), optionally started from ``cfg.init`` weights."""
+    torch.manual_seed(cfg.seed)
     overrides: dict[str, Any] = {"norm_pix_loss": cfg.norm_pix_loss}
-    from socialfeat.models.registry import get_arch_config
-    arch = get_arch_config(cfg.arch)
-    if arch["family"] == "social-mae":
+    if get_arch_config(cfg.arch)["family"] == "social-mae":
         overrides["target_order"] = cfg.target_order
     model = create_model(cfg.arch, **overrides)
     if cfg.clip_seconds:
         spec = dataclasses.replace(model.info.preprocess, clip_seconds=float(cfg.clip_seconds))
         model.info.preprocess = model.preprocess = spec
+    if cfg.init != "scratch":
+        load_initial_weights(model, cfg.init, cfg.video_patch_init)
     return model
 
 
-class CsvLog:
-    """Append-only CSV that, on resume, first drops rows past the resumed step."""
-
-    def __init__(self, path: Path, columns: list[str], keep_until_step: int | None):
-        self.path, self.columns = path, columns
-        rows = []
-        if keep_until_step is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, columns)
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns).writerow(row)
+def restore_model(cfg: PretrainConfig, ckpt_path: Path) -> tuple[PretrainConfig, nn.Module, dict[str, Any]]:
+    """(config, model, training state) of the checkpoint: a resumed run continues with
+    its own settings; only how long it runs (``epochs``, ``max_steps``) may change."""
+    obj = read_checkpoint(ckpt_path)
+    state = obj["extra"]["train_state"]
+    saved = PretrainConfig.from_dict(state["config"])
+    cfg = dataclasses.replace(saved, max_steps=cfg.max_steps, epochs=cfg.epochs)
+    model = build_model(ModelInfo.from_dict(obj["config"]))
+    load_state_dict_strict(model, obj["state_dict"], str(ckpt_path))
+    return cfg, model, state
 
 
+@dataclass
+class Data:
+    """Training and validation clips, and how training batches are drawn."""
+
+    train: TrainClips
+    val: TrainClips | None
+    sampler: GlobalBatchSampler
+    steps_per_epoch: int
+
+
+def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int) -> Data:
+    """Find the videos, hold whole videos out for validation, and check that an epoch
+    has at least one optimizer step."""
+    spec = model.info.preprocess
+    refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
+    train_videos, val_videos = split_validation(usable_videos(refs, spec), cfg.val_fraction, cfg.seed)
+    if not train_videos:
+        raise UsageError("no usable training videos (readable, with audio, long enough)")
+    noise = "normal" if model.info.family == "social-mae" else "uniform"
+
+    def clips(videos: list, training: bool) -> TrainClips:
+        return TrainClips(videos, spec, noise, model.num_audio_tokens, model.num_video_tokens, cfg.seed,
+                          cfg.clips_per_video if training else None, random_windows=training,
+                          replace_damaged=training)
+
+    train = clips(train_videos, True)
+    sampler = GlobalBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed)
+    steps_per_epoch = sampler.batches_per_epoch() // cfg.accum_steps
+    if steps_per_epoch == 0:
+        raise UsageError(f"{len(train)} training clips are fewer than one global batch "
+                         f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
+    return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch)
+
+
+@dataclass
+class Optimisation:
+    """The loss (DDP-wrapped when several processes train), the optimizer and the schedule."""
+
+    objective: PretrainObjective
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def build_optimisation(cfg: PretrainConfig, model: nn.Module, world: int, steps_per_epoch: int) -> Optimisation:
+    """Adam on the trainable parameters with the reference's step decay (per optimizer step)."""
+    objective = PretrainObjective(model, cfg.mask_ratio_a, cfg.mask_ratio_v, cfg.mae_weight, cfg.contrast_weight)
+    # every block carries three sets of norms and only some are used on each path: unused parameters exist
+    wrapped = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True) \
+        if world > 1 else objective
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay, betas=cfg.betas)
+    scheduler = make_scheduler(optimizer, steps_per_epoch, cfg.warmup_steps, cfg.lr_decay_start,
+                               cfg.lr_decay_every, cfg.lr_decay)
+    return Optimisation(objective, wrapped, optimizer, scheduler)
+
+
+def restore_optimisation(opt: Optimisation, state: dict[str, Any] | None) -> int:
+    """Load the optimizer and schedule state of a resumed run; returns its step (0 if new)."""
+    if state is None:
+        return 0
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+@dataclass
+class RunLogs:
+    """The CSV logs of a run (rank 0 only): per step, per validation, per skipped clip."""
+
+    train: CsvLog
+    val: CsvLog | None
+    skipped: CsvLog
+    warned: set[str] = dataclasses.field(default_factory=set)  # files already reported on stderr
+
+    def write_skipped(self, clips: list[SkippedClip], step: int, epoch: int) -> None:
+        """Log every skipped clip; warn on stderr once per file (the CSV has them all)."""
+        for c in clips:
+            self.skipped.write({"step": step, "epoch": epoch, "path": c.path, "start_s": c.start_s,
+                                "error": c.error})
+            if c.path not in self.warned:
+                self.warned.add(c.path)
+                log.warning("skipping damaged clips of %s (first at %.2f s: %s); all are listed in %s",
+                            c.path, c.start_s, c.error, self.skipped.path)
+
+
+def open_logs(out: Path, keep_until_step: int | None, with_validation: bool) -> RunLogs:
+    """The run's logs; a resumed run keeps the rows up to its checkpoint's step."""
+    return RunLogs(
+        train=CsvLog(out / TRAIN_LOG, ["step", "epoch", "lr", *LOSS_TERMS, "clips_per_s"], keep_until_step),
+        val=CsvLog(out / VAL_LOG, ["step", "epoch", *VAL_TERMS], keep_until_step) if with_validation else None,
+        skipped=CsvLog(out / SKIPPED_LOG, SKIPPED_COLUMNS, keep_until_step))
+
+
+def total_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: all epochs, or fewer with ``max_steps``."""
+    steps = steps_per_epoch * cfg.epochs
+    return steps if cfg.max_steps is None else min(cfg.max_steps, steps)
+
+
+# ---------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int, device: torch.device) -> dict:
+def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
+             device: torch.device) -> tuple[dict[str, float], list[SkippedClip]]:
     """Held-out reconstruction and contrastive losses with fixed masks, and audio<->visual
-    retrieval recall@1 among all held-out clips."""
+    retrieval recall@1 among all held-out clips; plus the held-out clips that could not be read."""
     model = objective.model
     model.eval()
     sums = {k: 0.0 for k in ("loss_mae_a", "loss_mae_v", "loss_c")}
-    emb_a, emb_v, n_batches = [], [], 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for batch in loader:
+    emb_a, emb_v, n_batches, skipped = [], [], 0, []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_readable)
+    for batch, skipped_here in loader:
+        skipped += skipped_here
+        if batch is None:
+            continue
         b = {k: v.to(device) for k, v in batch.items()}
         out = objective(b["audio"], b["video"], b["noise_a"], b["noise_v"], gather=False)
         for k in sums:
@@ -133,134 +234,157 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
         emb_v.append(enc.visual.float())
         n_batches += 1
     model.train()
+    if not n_batches:
+        return {**{k: math.nan for k in VAL_TERMS}, "val_clips": 0}, skipped  # every held-out clip damaged
     a = torch.nn.functional.normalize(torch.cat(emb_a), dim=-1)
     v = torch.nn.functional.normalize(torch.cat(emb_v), dim=-1)
     sim = a @ v.t()
     target = torch.arange(len(sim), device=sim.device)
     return {**{f"val_{k}": s / n_batches for k, s in sums.items()},
             "val_r1_audio_to_visual": float((sim.argmax(1) == target).float().mean()),
-            "val_r1_visual_to_audio": float((sim.argmax(0) == target).float().mean()), "val_clips": len(sim)}
+            "val_r1_visual_to_audio": float((sim.argmax(0) == target).float().mean()),
+            "val_clips": len(sim)}, skipped
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train; returns the path of the last checkpoint (``<out>/last.pt``)."""
-    rank, world, dev = init_distributed(cfg.device)
-    out = Path(cfg.out)
-    ckpt_path = out / "last.pt"
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise UsageError(f"{ckpt_path}: nothing to resume")
-        obj = read_checkpoint(ckpt_path)
-        state = obj["extra"]["train_state"]
-        saved = state["config"]
-        saved["betas"] = tuple(saved["betas"])
-        cfg = dataclasses.replace(PretrainConfig(**saved), max_steps=cfg.max_steps, epochs=cfg.epochs)
-        model = build_model(ModelInfo.from_dict(obj["config"]))
-        load_state_dict_strict(model, obj["state_dict"], str(ckpt_path))
-    else:
-        torch.manual_seed(cfg.seed)
-        model = _build_model(cfg)
-        if cfg.init != "scratch":
-            load_initial_weights(model, cfg.init, cfg.video_patch_init)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    model.to(dev).train()
-    spec = model.info.preprocess
+# ---------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: rank 0 writes the logs and checkpoints."""
 
-    refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
-    train_videos, val_videos = split_validation(usable_videos(refs, spec), cfg.val_fraction, cfg.seed)
-    if not train_videos:
-        raise UsageError("no usable training videos (readable, with audio, long enough)")
-    noise = "normal" if model.info.family == "social-mae" else "uniform"
-    make_ds = lambda videos, random: TrainClips(  # noqa: E731
-        videos, spec, noise, model.num_audio_tokens, model.num_video_tokens, cfg.seed,
-        cfg.clips_per_video if random else None, random_windows=random)
-    train_ds = make_ds(train_videos, True)
-    val_ds = make_ds(val_videos, False) if val_videos else None
-    sampler = GlobalBatchSampler(len(train_ds), cfg.batch_size, rank, world, cfg.seed)
-    steps_per_epoch = sampler.batches_per_epoch() // cfg.accum_steps
-    if steps_per_epoch == 0:
-        raise UsageError(f"{len(train_ds)} training clips are fewer than one global batch "
-                         f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
+    rank: int
+    world: int
+    device: torch.device
 
-    objective = PretrainObjective(model, cfg.mask_ratio_a, cfg.mask_ratio_v, cfg.mae_weight, cfg.contrast_weight)
-    # every block carries three sets of norms and only some are used on each path: unused parameters exist
-    wrapped = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True) \
-        if world > 1 else objective
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay, betas=cfg.betas)
-    scheduler = make_scheduler(optimizer, steps_per_epoch, cfg.warmup_steps, cfg.lr_decay_start,
-                               cfg.lr_decay_every, cfg.lr_decay)
-    step = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
-                                                                                  steps_per_epoch * cfg.epochs)
-    train_log = CsvLog(out / "train_log.csv", ["step", "epoch", "lr", *LOSS_TERMS, "clips_per_s"],
-                       step if resume else None) if rank == 0 else None
-    val_log = CsvLog(out / "val_log.csv", ["step", "epoch", "val_loss_mae_a", "val_loss_mae_v", "val_loss_c",
-                                           "val_r1_audio_to_visual", "val_r1_visual_to_audio", "val_clips"],
-                     step if resume else None) if rank == 0 and val_ds else None
 
-    def save() -> None:
-        if rank == 0:
-            train_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "config": {**asdict(cfg), "betas": list(cfg.betas)}}
-            save_checkpoint(model, ckpt_path, extra={"train_state": train_state})
-        barrier()
+class Trainer:
+    """Runs optimizer steps from ``step`` on; one instance per process."""
 
-    cuda = dev.type == "cuda"
-    bar = tqdm(total=total_steps, initial=step, unit="step", desc="pretrain", disable=not progress or rank != 0,
-               file=sys.stderr)
-    epoch = step // steps_per_epoch
-    while step < total_steps and epoch < cfg.epochs:
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch, start_batch=(step - epoch * steps_per_epoch) * cfg.accum_steps)
-        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=cuda,
-                            worker_init_fn=worker_init)
-        sums, n_micro, n_clips, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, 0, time.perf_counter()
-        for batch in loader:
-            b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+    def __init__(self, cfg: PretrainConfig, model: nn.Module, data: Data, opt: Optimisation, step: int,
+                 logs: RunLogs | None, ckpt_path: Path, process: Process, progress: bool):
+        self.cfg, self.model, self.data, self.opt, self.step = cfg, model, data, opt, step
+        self.logs, self.ckpt_path = logs, ckpt_path
+        self.rank, self.world, self.device = process.rank, process.world, process.device
+        self.total_steps = total_steps(cfg, data.steps_per_epoch)
+        self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="pretrain",
+                        disable=not progress or self.rank != 0, file=sys.stderr)
+
+    def run(self) -> None:
+        """Epochs until the run's last step, a validation pass after each complete
+        epoch, and a checkpoint at the end."""
+        epoch = self.step // self.data.steps_per_epoch
+        while self.step < self.total_steps and epoch < self.cfg.epochs:
+            self.train_epoch(epoch)
+            if self.step % self.data.steps_per_epoch == 0:  # the epoch is complete
+                self.validate(epoch)
+                epoch += 1
+        self.save()
+        self.bar.close()
+
+    def loader(self, epoch: int) -> DataLoader:
+        """This epoch's training batches, from the current step on (a resumed run
+        starts mid-epoch at the same batch the uninterrupted run would see)."""
+        cfg, data = self.cfg, self.data
+        data.train.set_epoch(epoch)
+        data.sampler.set_epoch(epoch, start_batch=(self.step - epoch * data.steps_per_epoch) * cfg.accum_steps)
+        return DataLoader(data.train, batch_sampler=data.sampler, num_workers=cfg.workers,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+                          collate_fn=collate_readable)
+
+    def train_epoch(self, epoch: int) -> None:
+        """Optimizer steps of one epoch (``accum_steps`` micro-batches each), logged
+        per step and checkpointed every ``checkpoint_every`` steps."""
+        sums, n_micro, n_clips, skipped, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, 0, [], time.perf_counter()
+        for batch, skipped_here in self.loader(epoch):
             n_micro += 1
-            last_micro = n_micro % cfg.accum_steps == 0
-            sync = contextlib.nullcontext() if last_micro or world == 1 else wrapped.no_sync()
-            with sync, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                terms = wrapped(b["audio"], b["video"], b["noise_a"], b["noise_v"])
-                if not math.isfinite(float(terms["loss"].detach())):
-                    raise FloatingPointError(f"non-finite loss at step {step + 1}: {float(terms['loss'].detach())}")
-                (terms["loss"] / cfg.accum_steps).backward()
+            last_micro = n_micro % self.cfg.accum_steps == 0
+            terms = self.forward_backward(batch, sync=last_micro)
             for k in LOSS_TERMS:
-                sums[k] += float(mean_over_processes(terms[k].float()))
-            n_clips += len(b["audio"]) * world
+                sums[k] += float(mean_over_processes(terms[k].detach().float()))
+            n_clips += len(batch["audio"]) * self.world
+            skipped += skipped_here
             if not last_micro:
                 continue
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            row = {k: sums[k] / cfg.accum_steps for k in LOSS_TERMS}
-            rate = n_clips / (time.perf_counter() - t0)
-            if train_log:
-                train_log.write({"step": step, "epoch": epoch, "lr": lr, **row, "clips_per_s": round(rate, 3)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", clips_s=f"{rate:.1f}")
-            sums, n_clips, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, time.perf_counter()
-            if step % cfg.checkpoint_every == 0:
-                save()
-            if step >= total_steps:
+            lr = self.optimizer_step()
+            self.log_step(epoch, lr, sums, n_clips / (time.perf_counter() - t0), skipped)
+            sums, n_clips, skipped, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, [], time.perf_counter()
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+            if self.step >= self.total_steps:
                 break
-        epoch_done = step % steps_per_epoch == 0
-        if val_ds is not None and epoch_done:
-            if rank == 0:
-                val_log.write({"step": step, "epoch": epoch, **validate(objective, val_ds, cfg.batch_size, dev)})
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], sync: bool) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch, gradients accumulated; DDP synchronises
+        gradients only on the last micro-batch of a step (``sync``)."""
+        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        cuda = self.device.type == "cuda"
+        no_sync = contextlib.nullcontext() if sync or self.world == 1 else self.opt.wrapped.no_sync()
+        with no_sync, torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            terms = self.opt.wrapped(b["audio"], b["video"], b["noise_a"], b["noise_v"])
+            loss = float(terms["loss"].detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {self.step + 1}: {loss}")
+            (terms["loss"] / self.cfg.accum_steps).backward()
+        return terms
+
+    def optimizer_step(self) -> float:
+        """Apply the accumulated gradients and advance the schedule; returns the lr used."""
+        lr = self.opt.optimizer.param_groups[0]["lr"]
+        self.opt.optimizer.step()
+        self.opt.optimizer.zero_grad(set_to_none=True)
+        self.opt.scheduler.step()
+        self.step += 1
+        return lr
+
+    def log_step(self, epoch: int, lr: float, sums: dict[str, float], rate: float,
+                 skipped: list[SkippedClip]) -> None:
+        """One row of train_log.csv (losses averaged over the micro-batches), the clips
+        every process skipped in this step, and the progress bar."""
+        row = {k: sums[k] / self.cfg.accum_steps for k in LOSS_TERMS}
+        skipped = all_gather_objects(skipped)
+        if self.logs:
+            self.logs.train.write({"step": self.step, "epoch": epoch, "lr": lr, **row,
+                                   "clips_per_s": round(rate, 3)})
+            self.logs.write_skipped(skipped, self.step, epoch)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", clips_s=f"{rate:.1f}")
+
+    def validate(self, epoch: int) -> None:
+        """The held-out pass after a complete epoch (rank 0; the others wait)."""
+        if self.data.val is not None and self.rank == 0:
+            metrics, skipped = validate(self.opt.objective, self.data.val, self.cfg.batch_size, self.device)
+            self.logs.val.write({"step": self.step, "epoch": epoch, **metrics})
+            self.logs.write_skipped(skipped, self.step, epoch)
+        if self.data.val is not None:
             barrier()
-        if epoch_done:
-            epoch += 1
-    save()
-    bar.close()
+
+    def save(self) -> None:
+        """Checkpoint weights and everything needed to resume exactly (rank 0; the others wait)."""
+        if self.rank == 0:
+            train_state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
+                           "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict()}
+            save_checkpoint(self.model, self.ckpt_path, extra={"train_state": train_state})
+        barrier()
+
+
+# ---------------------------------------------------------------- entry point
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train; returns the path of the last checkpoint (``<out>/last.pt``).
+
+    ``resume``: continue from ``<out>/last.pt`` (start anew if there is none);
+    ``overwrite``: replace an earlier run in ``<out>``. Without either, a folder that
+    holds an earlier run is refused (FileExistsError) before anything is written.
+    """
+    started = time.time()
+    rank, world, dev = init_distributed(cfg.device)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    resuming = prepare_run_folder(out, resume, overwrite, started, rank)
+    cfg, model, state = restore_model(cfg, ckpt_path) if resuming else (cfg, new_model(cfg), None)
+    model.to(dev).train()
+    data = build_data(cfg, model, rank, world)
+    opt = build_optimisation(cfg, model, world, data.steps_per_epoch)
+    step = restore_optimisation(opt, state)
+    logs = open_logs(out, step if resuming else None, data.val is not None) if rank == 0 else None
+    Trainer(cfg, model, data, opt, step, logs, ckpt_path, Process(rank, world, dev), progress).run()
     cleanup()
     return ckpt_path

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from pretraining.cli_options import config_from_options, config_options
+from pretraining.config import PretrainConfig
 from socialfeat import __version__
 
 EXIT_PARTIAL = 3
@@ -265,54 +267,20 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, logs).")
-@click.option("--arch", type=click.Choice(["social-mae", "cav-mae", "social-mae-tiny", "cav-mae-tiny"]),
-              default="social-mae")
-@click.option("--init", default="scratch", help="'scratch', a registry name (e.g. social-mae, cav-mae-scale++) or a checkpoint path.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=8, help="Clips per process and micro-step.")
-@click.option("--accum-steps", type=click.IntRange(min=1), default=1, help="Gradient accumulation.")
-@click.option("--lr", type=float, default=5e-5)
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=0)
-@click.option("--lr-decay", type=float, default=0.5, help="Step decay factor.")
-@click.option("--lr-decay-start", type=click.IntRange(min=0), default=10, help="First epoch with decayed lr.")
-@click.option("--lr-decay-every", type=click.IntRange(min=1), default=5, help="Epochs between decays.")
-@click.option("--mask-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.75)
-@click.option("--contrast-weight", type=float, default=0.01)
-@click.option("--norm-pix-loss", is_flag=True, help="Per-patch normalised MAE targets.")
-@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--clips-per-video", type=click.IntRange(min=1), default=None,
-              help="Random clips per video and epoch [default: as many as fixed windows fit].")
-@click.option("--target-order", type=click.Choice(["tokens", "reference"]), default="tokens",
-              help="Social-MAE MAE target order: the encoder's tokens, or the reference's (mismatched) order.")
-@click.option("--video-patch-init", type=click.Choice(["inflate", "reference"]), default="inflate",
-              help="CAV-MAE -> Social-MAE init: inflate 2-D visual weights, or drop them as the reference does.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100)
-@click.option("--workers", type=click.IntRange(min=0), default=2)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--seed", type=int, default=0)
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
+@config_options(PretrainConfig, skip=("inputs",))
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped "
+              "(a folder without a checkpoint starts a new run, so a job script can always pass it).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (its checkpoint and logs) with a new one.")
 @click.option("--no-progress", is_flag=True)
-def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps, lr, warmup_steps, lr_decay,
-             lr_decay_start, lr_decay_every, mask_ratio, contrast_weight, norm_pix_loss, clip_seconds,
-             clips_per_video, target_order, video_patch_init, val_fraction, checkpoint_every, workers, device,
-             seed, resume, no_progress) -> None:
+def pretrain(inputs, resume, overwrite, no_progress, **settings) -> None:
     """Self-supervised pretraining on the videos in INPUTS; checkpoints feed `extract --weights`."""
-    from pretraining import PretrainConfig
     from pretraining import pretrain as run_pretrain
 
-    cfg = PretrainConfig(inputs=[str(p) for p in inputs], out=out, arch=arch, init=init, epochs=epochs,
-                         max_steps=max_steps, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
-                         warmup_steps=warmup_steps, lr_decay=lr_decay, lr_decay_start=lr_decay_start,
-                         lr_decay_every=lr_decay_every, mask_ratio_a=mask_ratio, mask_ratio_v=mask_ratio,
-                         contrast_weight=contrast_weight, norm_pix_loss=norm_pix_loss, clip_seconds=clip_seconds,
-                         clips_per_video=clips_per_video, target_order=target_order,
-                         video_patch_init=video_patch_init, val_fraction=val_fraction,
-                         checkpoint_every=checkpoint_every, workers=workers, device=device, seed=seed)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: choose one")
+    cfg = config_from_options(PretrainConfig, settings, inputs=list(inputs))
     with _fatal_errors_as_one_line():
-        path = run_pretrain(cfg, resume=resume, progress=not no_progress)
+        path = run_pretrain(cfg, resume=resume, progress=not no_progress, overwrite=overwrite)
     click.echo(f"checkpoint: {path}", err=True)
 
 
@@ -347,10 +315,11 @@ def pretrain(inputs, out, arch, init, epochs, max_steps, batch_size, accum_steps
 @click.option("--batch-size", type=click.IntRange(min=1), default=8)
 @click.option("--workers", type=click.IntRange(min=0), default=2)
 @click.option("--seed", type=int, default=0)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT (and its .metrics.json) if it exists.")
 @click.option("--no-progress", is_flag=True)
 def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, probe_only, features, model, weights,
              embedding, task_type, label_columns, group_columns, cv, val_fraction, epochs, lr, head_lr_mult,
-             regression_loss, batch_size, workers, seed, no_progress) -> None:
+             regression_loss, batch_size, workers, seed, overwrite, no_progress) -> None:
     """Fit a task head (--probe) or finetune the whole model on labelled segments of INPUTS."""
     import json
 
@@ -368,7 +337,7 @@ def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, pr
                                group_columns=_names(group_columns), cv=cv, val_fraction=val_fraction,
                                epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
                                regression_loss=regression_loss, workers=workers, seed=seed,
-                               progress=not no_progress)
+                               overwrite=overwrite, progress=not no_progress)
     click.echo(json.dumps({"held_out": metrics["held_out"], "baseline": metrics["baseline"]}, indent=1), err=True)
 
 

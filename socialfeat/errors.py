@@ -21,6 +21,10 @@ class InputNotFoundError(UsageError, FileNotFoundError):
     """An input path that does not exist."""
 
 
+class OutputExistsError(UsageError, FileExistsError):
+    """An output that would replace earlier work (a run folder, a fitted head) without --overwrite."""
+
+
 class MissingDependencyError(SocialfeatError, RuntimeError):
     """An optional extra (Ray, Silero VAD, OpenCV) is needed but not installed."""
 

@@ -60,7 +60,7 @@ from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
 # clip columns besides store.CLIP_COLUMNS and segment columns: planning extras and load_features' video facts
-RESERVED_COLUMNS = {"video", "start", "end", "segment_index", "track", "face_fraction", "face_boxes",
+RESERVED_COLUMNS = {"video", "start", "end", "segment_index", "segment_row", "track", "face_fraction", "face_boxes",
                     "speech_fraction", "video_duration_s", "fps", "width", "height", "video_status"}
 
 

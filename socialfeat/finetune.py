@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from socialfeat.errors import UsageError
+from socialfeat.errors import OutputExistsError, UsageError
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
 
 log = logging.getLogger(__name__)
-RESERVED = {"video", "start", "end", "segment_index"}
+RESERVED = {"video", "start", "end", "segment_index", "segment_row"}
 
 
 # ---------------------------------------------------------------- labels
@@ -223,7 +223,8 @@ def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, 
 
 # ---------------------------------------------------------------- full finetuning
 class LabelledClips(Dataset):
-    """Fixed windows inside each labelled segment, decoded on demand (same reader as pretraining)."""
+    """Fixed windows inside each labelled segment, decoded on demand (same reader as
+    pretraining): (audio, video, target, position), or the SkippedClip of a damaged one."""
 
     def __init__(self, rows: list[dict[str, Any]], infos: dict[str, Any], model_spec):
         self.rows, self.infos, self.spec = rows, infos, model_spec
@@ -232,11 +233,34 @@ class LabelledClips(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        from socialfeat.model_inputs import read_clip
+        from pretraining.data import SkippedClip, read_clip_or_skip
         r = self.rows[i]
-        x = read_clip(self.infos[r["path"]], self.spec, r["start_s"], r["window_s"], r["end_s"])
+        x = read_clip_or_skip(self.infos[r["path"]], self.spec, r["start_s"], r["window_s"], r["end_s"])
+        if isinstance(x, SkippedClip):
+            return x
         audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)
-        return audio, x.video, torch.as_tensor(r["target"])
+        return audio, x.video, torch.as_tensor(r["target"]), i
+
+
+class SkippedClips:
+    """The damaged clips met while finetuning, each once: a warning on stderr per file,
+    and the full list in the metrics file."""
+
+    def __init__(self) -> None:
+        self.clips: dict[tuple[str, float], Any] = {}
+        self.warned: set[str] = set()
+
+    def add(self, skipped: list) -> None:
+        for c in skipped:
+            if c.path not in self.warned:
+                self.warned.add(c.path)
+                log.warning("skipping damaged clips of %s (first at %.2f s: %s); all are listed in the "
+                            "metrics file", c.path, c.start_s, c.error)
+            self.clips.setdefault((c.path, c.start_s), c)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{"path": c.path, "start_s": c.start_s, "error": c.error}
+                for _, c in sorted(self.clips.items())]
 
 
 def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, task: str, spec: LabelSpec,
@@ -245,6 +269,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                   workers: int = 0, seed: int = 0) -> dict[str, Any]:
     """Train backbone + head (initialised from the loaded backbone ``base``) on the labelled
     clips (rows of a clips table with targets)."""
+    from pretraining.data import collate_readable
     from pretraining.init import copy_matching_weights
     from socialfeat.models import save_checkpoint
     from socialfeat.models.checkpoint import ModelInfo, build_model
@@ -255,6 +280,14 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     rows = [{**r, "target": t} for r, t in zip(clips[["path", "start_s", "end_s", "window_s"]].to_dict("records"),
                                                y.tolist())]
     groups = group_ids(clips, spec.group_columns)
+    skipped = SkippedClips()
+
+    def loader(idx: np.ndarray, shuffle: bool) -> DataLoader:
+        """Batches of the clips ``idx``; damaged clips are left out (and recorded)."""
+        return DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
+                          batch_size=batch_size, shuffle=shuffle, num_workers=workers, worker_init_fn=worker_init,
+                          collate_fn=collate_readable,
+                          generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
     def new_model():
         family_kwargs = model_kwargs(base.info.model_kwargs, "finetune", len(spec.label_names))
@@ -273,42 +306,66 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
         opt = torch.optim.Adam([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}],
                                weight_decay=5e-7, betas=(0.95, 0.999))
         crit = loss_fn(spec.task_type, regression_loss)
-        loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
-                            batch_size=batch_size, shuffle=True, num_workers=workers, worker_init_fn=worker_init,
-                            generator=torch.Generator().manual_seed(seed))
+        batches = loader(idx, shuffle=True)
         for _ in range(epochs):
-            for audio, video, target in loader:
+            for batch, skipped_here in batches:
+                skipped.add(skipped_here)
+                if batch is None:
+                    continue
+                audio, video, target, _ = batch
                 loss = crit(model(audio, video, "multimodal"), target)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         return model.eval()
 
-    def predict(model, idx: np.ndarray) -> np.ndarray:
-        loader = DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
-                            batch_size=batch_size, num_workers=workers, worker_init_fn=worker_init)
+    def predict(model, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions for the clips of ``idx`` that could be read, and which those are."""
+        outputs, read = [], []
         with torch.no_grad():
-            return np.concatenate([model(a, v, "multimodal").numpy() for a, v, _ in loader])
+            for batch, skipped_here in loader(idx, shuffle=False):
+                skipped.add(skipped_here)
+                if batch is not None:
+                    audio, video, _, position = batch
+                    outputs.append(model(audio, video, "multimodal").numpy())
+                    read.append(position.numpy())
+        if not outputs:
+            raise ValueError("no held-out clip could be read")
+        return np.concatenate(outputs), np.concatenate(read)
 
     splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
     scores, base_scores = [], []
     for train_idx, test_idx in splits:
         model = train(train_idx)
-        scores.append(evaluate(spec.task_type, y[test_idx], predict(model, test_idx), spec.label_names))
-        base_pred = baseline_predictions(spec.task_type, y[train_idx], len(test_idx), len(spec.label_names))
-        base_scores.append(evaluate(spec.task_type, y[test_idx], base_pred, spec.label_names))
+        pred, read = predict(model, test_idx)
+        scores.append(evaluate(spec.task_type, y[test_idx][read], pred, spec.label_names))
+        base_pred = baseline_predictions(spec.task_type, y[train_idx], len(read), len(spec.label_names))
+        base_scores.append(evaluate(spec.task_type, y[test_idx][read], base_pred, spec.label_names))
+    final = train(np.arange(len(rows)))
     metrics = {"mode": "full", "task_type": spec.task_type, "n_clips": len(rows),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
-               "held_out": summarise(scores), "baseline": summarise(base_scores)}
-    final = train(np.arange(len(rows)))
+               "held_out": summarise(scores), "baseline": summarise(base_scores),
+               "skipped_clips": skipped.records()}
     save_checkpoint(final, output, extra={"finetuned_from": base.info.sha256, "metrics": metrics})
     return metrics
 
 
+def metrics_path(output: str | Path) -> Path:
+    return Path(str(output) + ".metrics.json")
+
+
 def write_metrics(metrics: dict[str, Any], output: str | Path) -> Path:
-    path = Path(str(output) + ".metrics.json")
+    path = metrics_path(output)
     path.write_text(json.dumps(metrics, indent=1))
     return path
+
+
+def refuse_to_replace(output: str | Path, overwrite: bool) -> None:
+    """A head or model fitted earlier under the same name is work that a rerun must not
+    destroy unasked: refuse before any extraction or training starts."""
+    existing = [p for p in (Path(output), metrics_path(output)) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} already exists: use --overwrite to replace it")
 
 
 # ---------------------------------------------------------------- entry point
@@ -370,13 +427,15 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
              label_columns: list[str] | None = None, group_columns: list[str] | None = None, cv: int = 0,
              val_fraction: float = 0.2, epochs: int | None = None, lr: float | None = None,
              head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1", workers: int = 2,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``.
+             seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``
+    (an existing ``output`` is refused unless ``overwrite``).
     ``labels``: a CSV, or ELAN / Praat files whose tier (``tiers``: one name) holds the labels."""
     from socialfeat.annotations import is_annotation_source
     from socialfeat.clips import match_segments, read_segments
     from socialfeat.extract import extract
 
+    refuse_to_replace(output, overwrite)
     tier, annotation_opts = None, {}
     if is_annotation_source(labels):
         tier, table = annotation_labels(labels, inputs, features, tiers, keep_empty, annotation_map)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from socialfeat.media import AudioTrack, FrameStream, MediaInfo, load_audio
+from socialfeat.media import AudioTrack, FrameStream, MediaError, MediaInfo, load_audio
 from socialfeat.preprocess import PreprocessSpec, fbank, frames_tensor, video_input
 
 FRAME_GAP_S = 0.5  # a sampled frame further than this from its requested time is flagged
@@ -105,7 +105,7 @@ def read_clip(info: MediaInfo, spec: PreprocessSpec, start: float, window: float
         if len(frames) == len(times):
             break
     if not frames:
-        raise ValueError(f"{info.path}: no decodable frame in [{start:.2f}, {end:.2f}) s")
+        raise MediaError(info.path, "decode-video", f"no decodable frame in [{start:.2f}, {end:.2f}) s")
     audio = load_audio(info, spec.sample_rate, start, end) if info.has_audio else None
     return build_clip_inputs(spec, start, window, end, frames, audio)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import h5py
 import numpy as np
@@ -88,11 +89,12 @@ def test_probe_regression_beats_the_mean(task_media, tiny_ckpt, tmp_path):
     assert m["label_names"] == ["loudness", "quietness"] and "1-mae_quietness" in m["held_out"]
     score, base = m["held_out"]["1-mae_mean"]["mean"], m["baseline"]["1-mae_mean"]["mean"]
     assert score > base + 0.1, m
-    # the same head again from the features file the first run extracted (no videos needed)
-    again = tmp_path / "again.pt"
-    run_cli("finetune", "--task", "loudness", "--labels", loud, "-o", again, "--probe", "--features",
-            str(head) + ".features.h5", "--embedding", "audio", "--type", "regression", "--cv", "4")
-    assert metrics_of(again)["held_out"] == m["held_out"]
+    # the same head refitted under its own name from the features file the first run extracted
+    # (no videos needed); replacing it takes --overwrite
+    run_cli("finetune", "--task", "loudness", "--labels", loud, "-o", head, "--probe", "--features",
+            str(head) + ".features.h5", "--embedding", "audio", "--type", "regression", "--cv", "4",
+            "--overwrite")
+    assert metrics_of(head)["held_out"] == m["held_out"]
 
 
 def test_full_finetuning_beats_chance(task_media, tiny_ckpt, tmp_path):
@@ -119,3 +121,38 @@ def test_head_refuses_another_backbone(task_media, tiny_ckpt, tiny_ft_ckpt, tmp_
     proc = run_cli("extract", root / "speech_0.mp4", "-o", tmp_path / "x.h5", "--weights", tiny_ft_ckpt,
                    "--tasks", f"sound={head}", check=False)
     assert proc.returncode == 1 and "was fitted on backbone" in proc.stderr and "\n" == proc.stderr[-1]
+
+
+def test_finetune_refuses_to_replace_an_existing_file(task_media, tiny_ckpt, tmp_path):
+    root, sound, _ = task_media
+    head = tmp_path / "head.pt"
+    head.write_bytes(b"a head fitted last week")
+    proc = run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", head, "--probe", "--weights",
+                   tiny_ckpt, "--no-progress", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{head} already exists: use --overwrite to replace it" in proc.stderr
+    assert head.read_bytes() == b"a head fitted last week"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt"]  # nothing extracted or written
+
+
+def test_full_finetuning_skips_a_damaged_file(task_media, tiny_ckpt, tmp_path):
+    root, _, _ = task_media
+    corpus = tmp_path / "videos"
+    corpus.mkdir()
+    names = ["speech_0", "speech_1", "silence_0", "silence_1"]
+    for name in names:
+        shutil.copy(root / f"{name}.mp4", corpus)
+    data = (root / "speech_2.mp4").read_bytes()
+    damaged = corpus / "truncated.mp4"  # the container promises 6 s; a third of the bytes remain
+    damaged.write_bytes(data[: len(data) // 3])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,start,end,sound\n" + "".join(f"{n}.mp4,0,6,{n.split('_')[0]}\n" for n in names)
+                      + "truncated.mp4,3,6,speech\n")  # its labelled segment lies past the remaining data
+    model = tmp_path / "model.pt"
+    proc = run_cli("finetune", corpus, "--task", "sound", "--labels", labels, "-o", model, "--weights", tiny_ckpt,
+                   "--val-fraction", "0.4", "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                   "--no-progress")
+    assert proc.returncode == 0 and model.is_file()
+    skipped = metrics_of(model)["skipped_clips"]
+    assert skipped and {c["path"] for c in skipped} == {str(damaged)}, skipped
+    assert proc.stderr.count(f"skipping damaged clips of {damaged}") == 1, proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import time
@@ -32,8 +33,8 @@ def train_videos(tmp_path_factory) -> Path:
     return root
 
 
-def read_log(run: Path) -> list[dict[str, str]]:
-    with open(run / "train_log.csv", newline="") as f:
+def read_log(run: Path, name: str = "train_log.csv") -> list[dict[str, str]]:
+    with open(run / name, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -156,3 +157,56 @@ def test_gradient_accumulation_and_warmup(train_videos, tmp_path):
     rows = read_log(run)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert [float(r["lr"]) for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4])  # linear warm-up
+
+
+def test_rerun_without_resume_or_overwrite_is_refused(train_videos, straight_run):
+    before = {name: (straight_run / name).read_bytes() for name in ("train_log.csv", "val_log.csv", "last.pt")}
+    proc = run_cli("pretrain", train_videos, "--out", straight_run, *TINY, "--max-steps", "1", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(straight_run) in proc.stderr, proc.stderr
+    assert "use --resume to continue it or --overwrite to start again" in proc.stderr
+    assert {name: (straight_run / name).read_bytes() for name in before} == before
+
+
+def test_resume_in_a_new_folder_starts_and_removes_stale_temporaries(train_videos, tmp_path):
+    run = tmp_path / "requeued"
+    run.mkdir()
+    now = time.time()
+    stale = run / ".last.pt.k1ll3d_x.tmp"  # what atomic_path leaves when killed mid-write
+    live = run / ".last.pt.wr1t1ng_.tmp"  # touched after this run started: a live writer's
+    others = [run / ".notes.txt.k1ll3d_x.tmp", run / "last.pt.tmp", run / "notes.txt"]  # not our temporaries
+    for path, mtime in [(stale, now - 3600), (live, now + 3600)] + [(p, now - 3600) for p in others]:
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (mtime, mtime))
+    proc = run_cli("pretrain", train_videos, "--out", run, "--resume", *TINY, "--max-steps", "1",
+                   "--val-fraction", "0")
+    assert "no checkpoint to resume, starting a new run" in proc.stderr
+    assert [int(r["step"]) for r in read_log(run)] == [1] and (run / "last.pt").is_file()
+    assert not stale.exists() and live.exists() and all(p.exists() for p in others)
+
+
+def test_overwrite_replaces_the_previous_run(train_videos, straight_run, tmp_path):
+    run = shutil.copytree(straight_run, tmp_path / "again")
+    run_cli("pretrain", train_videos, "--out", run, "--overwrite", *TINY, "--max-steps", "1", "--val-fraction", "0")
+    assert [int(r["step"]) for r in read_log(run)] == [1]
+    assert not (run / "val_log.csv").exists()  # the old run's validation log does not pass for the new one's
+    assert torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["step"] == 1
+
+
+def test_damaged_file_is_skipped_and_training_finishes(train_videos, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for video in sorted(train_videos.glob("*.mp4")):
+        (corpus / video.name).symlink_to(video)
+    data = (train_videos / "speaker_0.mp4").read_bytes()
+    damaged = corpus / "truncated.mp4"  # as media_factory's truncated.mp4: the container promises 8 s
+    damaged.write_bytes(data[: len(data) // 3])
+    run = tmp_path / "run"
+    # 6 videos x 2 clips / batch 4: one epoch of 3 steps reads both clips of the damaged file
+    proc = run_cli("pretrain", corpus, "--out", run, *TINY, "--clips-per-video", "2", "--epochs", "1",
+                   "--val-fraction", "0")
+    assert proc.returncode == 0
+    assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3]
+    skipped = read_log(run, "skipped.csv")
+    assert skipped and {r["path"] for r in skipped} == {str(damaged)}, skipped
+    assert proc.stderr.count(f"skipping damaged clips of {damaged}") == 1, proc.stderr
