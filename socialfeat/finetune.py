@@ -37,15 +37,15 @@ RESERVED = {"video", "start", "end", "segment_index", "segment_row"}
 
 # ---------------------------------------------------------------- labels
 @dataclass
-class LabelSpec:
+class Labelling:
     task_type: str  # classification | regression
     columns: list[str]  # label column(s)
     label_names: list[str]  # class names, or trait names (= columns) for regression
     group_columns: list[str]
 
 
-def infer_label_spec(table: pd.DataFrame, task_type: str = "auto", label_columns: list[str] | None = None,
-                     group_columns: list[str] | None = None) -> LabelSpec:
+def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns: list[str] | None = None,
+                     group_columns: list[str] | None = None) -> Labelling:
     """Which columns are labels and what kind of task they make."""
     groups = list(group_columns or [])
     cols = list(label_columns or [c for c in table.columns if c not in RESERVED and c not in groups])
@@ -70,14 +70,40 @@ def infer_label_spec(table: pd.DataFrame, task_type: str = "auto", label_columns
         names = cols
     else:
         raise UsageError(f"unknown task type {task_type!r}")
-    return LabelSpec(task_type, cols, names, groups)
+    return Labelling(task_type, cols, names, groups)
 
 
-def targets(table: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
-    if spec.task_type == "classification":
-        index = {n: i for i, n in enumerate(spec.label_names)}
-        return table[spec.columns[0]].astype(str).map(index).to_numpy(np.int64)
-    return table[spec.columns].to_numpy(np.float32)
+def announce(labelling: Labelling, table: pd.DataFrame, asked: str) -> None:
+    """Say on stderr what the labels were taken as; a numeric column read as classes (a Likert
+    scale, say) gets the option that makes it a regression."""
+    if labelling.task_type == "classification":
+        col = labelling.columns[0]
+        log.warning("task: classification of %r into %d classes: %s", col, len(labelling.label_names),
+                    ", ".join(labelling.label_names[:12]) + (" ..." if len(labelling.label_names) > 12 else ""))
+        if asked == "auto" and pd.api.types.is_numeric_dtype(table[col]):
+            log.warning("%r holds numbers; if they are a scale (e.g. 1-7 ratings), use --type regression", col)
+    else:
+        log.warning("task: regression of %s (scored by mean absolute error and Pearson's r)",
+                    ", ".join(map(repr, labelling.columns)))
+
+
+def check_split_plan(table: pd.DataFrame, labelling: Labelling, cv: int, val_fraction: float) -> None:
+    """The grouped split or K folds must be possible: checked on the labelled segments (a
+    ``path`` per row), before hours of feature extraction."""
+    groups = group_ids(table, labelling.group_columns)
+    n = len(np.unique(groups))
+    if cv and not 2 <= cv <= n:
+        raise UsageError(f"--cv {cv}: the labelled clips form {n} independent group(s) (videos joined by "
+                         f"{', '.join(labelling.group_columns) or 'nothing else'}); need 2 <= K <= {n}")
+    if not cv and n < 2:
+        raise UsageError(f"need at least two independent groups (videos/speakers) to hold some out, found {n}")
+
+
+def targets(table: pd.DataFrame, labelling: Labelling) -> np.ndarray:
+    if labelling.task_type == "classification":
+        index = {n: i for i, n in enumerate(labelling.label_names)}
+        return table[labelling.columns[0]].astype(str).map(index).to_numpy(np.int64, copy=True)
+    return table[labelling.columns].to_numpy(np.float32, copy=True)
 
 
 def group_ids(table: pd.DataFrame, group_columns: list[str]) -> np.ndarray:
@@ -128,15 +154,26 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
 # ---------------------------------------------------------------- metrics
 def evaluate(task_type: str, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, float]:
     """Classification: balanced accuracy (unweighted average recall, as the Social-MAE paper)
-    and accuracy. Regression: 1 - mean absolute error per trait and averaged."""
+    and accuracy. Regression, per trait and averaged: mean absolute error on the label's own
+    scale, and Pearson's r (NaN where the predictions or the labels do not vary)."""
     if task_type == "classification":
         pred = y_pred.argmax(1) if y_pred.ndim == 2 else y_pred
         recalls = [float((pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
         return {"balanced_accuracy": float(np.mean(recalls)), "accuracy": float((pred == y_true).mean())}
+    y_true, y_pred = y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)
     mae = np.abs(y_pred - y_true).mean(0)
-    out = {f"1-mae_{n}": float(1 - m) for n, m in zip(label_names, mae)}
-    out["1-mae_mean"] = float(1 - mae.mean())
+    r = np.array([pearson_r(y_true[:, k], y_pred[:, k]) for k in range(y_true.shape[1])])
+    out = {f"mae_{n}": float(m) for n, m in zip(label_names, mae)}
+    out.update({f"r_{n}": float(v) for n, v in zip(label_names, r)})
+    out["mae_mean"] = float(mae.mean())
+    out["r_mean"] = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
     return out
+
+
+def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
 def baseline_predictions(task_type: str, y_train: np.ndarray, n: int, n_classes: int) -> np.ndarray:
@@ -147,9 +184,14 @@ def baseline_predictions(task_type: str, y_train: np.ndarray, n: int, n_classes:
 
 
 def summarise(folds: list[dict[str, float]]) -> dict[str, Any]:
-    keys = folds[0].keys()
-    return {k: {"mean": float(np.mean([f[k] for f in folds])), "sd": float(np.std([f[k] for f in folds]))}
-            for k in keys}
+    """Mean over folds, and their standard deviation when there are several (one split has none)."""
+    out = {}
+    for k in folds[0]:
+        values = [f[k] for f in folds]
+        out[k] = {"mean": float(np.mean(values))}
+        if len(folds) > 1:
+            out[k]["sd"] = float(np.std(values))
+    return out
 
 
 # ---------------------------------------------------------------- probe
@@ -159,14 +201,14 @@ def loss_fn(task_type: str, regression_loss: str):
     return nn.L1Loss() if regression_loss == "l1" else nn.MSELoss()
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, spec: LabelSpec, regression_loss: str = "l1", epochs: int = 300,
+def fit_head(x: np.ndarray, y: np.ndarray, labelling: Labelling, regression_loss: str = "l1", epochs: int = 300,
              lr: float = 1e-2, weight_decay: float = 1e-3, seed: int = 0) -> TaskHead:
     """Full-batch AdamW on a LayerNorm + Linear head."""
     torch.manual_seed(seed)
-    head = TaskHead(x.shape[1], len(spec.label_names))
+    head = TaskHead(x.shape[1], len(labelling.label_names))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    crit = loss_fn(spec.task_type, regression_loss)
+    crit = loss_fn(labelling.task_type, regression_loss)
     for _ in range(epochs):
         opt.zero_grad()
         crit(head(xt), yt).backward()
@@ -179,7 +221,7 @@ def _head_predict(head: TaskHead, x: np.ndarray) -> np.ndarray:
         return head(torch.from_numpy(x)).numpy()
 
 
-def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, embedding: str = "joint",
+def probe(features: str | Path, task: str, labelling: Labelling, output: str | Path, embedding: str = "joint",
           cv: int = 0, val_fraction: float = 0.2, regression_loss: str = "l1", epochs: int = 300,
           lr: float = 1e-2, seed: int = 0, tier: str | None = None) -> dict[str, Any]:
     """Fit a head on the embeddings of a features file whose clips carry the label columns
@@ -189,33 +231,34 @@ def probe(features: str | Path, task: str, spec: LabelSpec, output: str | Path, 
     df = load_features(features, embeddings=embedding)
     if tier is not None:
         if "tier" not in df:
-            raise ValueError(f"{features}: clips have no annotation tier; extract with --segments ANNOTATIONS")
+            raise UsageError(f"{features}: clips have no annotation tier; extract with --segments ANNOTATIONS")
         df = df[df["tier"] == tier].reset_index(drop=True)
     emb_cols = [c for c in df.columns if c.startswith(f"{embedding}_")]
-    missing = [c for c in spec.columns + spec.group_columns if c not in df.columns]
+    missing = [c for c in labelling.columns + labelling.group_columns if c not in df.columns]
     if missing:
         raise UsageError(f"{features}: clips lack label column(s) {missing}; extract with --segments LABELS.csv")
-    keep = np.isfinite(df[emb_cols].to_numpy()).all(1) & df[spec.columns].notna().all(1).to_numpy()
+    keep = np.isfinite(df[emb_cols].to_numpy()).all(axis=1) & df[labelling.columns].notna().all(axis=1).to_numpy()
     dropped = int((~keep).sum())
     if dropped:
         log.warning("%d clip(s) without a %s embedding or label are left out", dropped, embedding)
     df = df[keep].reset_index(drop=True)
-    x = df[emb_cols].to_numpy(np.float32)
-    y = targets(df, spec)
-    groups = group_ids(df, spec.group_columns)
+    x = df[emb_cols].to_numpy(np.float32, copy=True)  # writable: torch refuses read-only views
+    y = targets(df, labelling)
+    groups = group_ids(df, labelling.group_columns)
     splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
     fold_scores, fold_base = [], []
     for train_idx, test_idx in splits:
-        head = fit_head(x[train_idx], y[train_idx], spec, regression_loss, epochs, lr, seed=seed)
-        fold_scores.append(evaluate(spec.task_type, y[test_idx], _head_predict(head, x[test_idx]), spec.label_names))
-        base = baseline_predictions(spec.task_type, y[train_idx], len(test_idx), len(spec.label_names))
-        fold_base.append(evaluate(spec.task_type, y[test_idx], base, spec.label_names))
+        head = fit_head(x[train_idx], y[train_idx], labelling, regression_loss, epochs, lr, seed=seed)
+        fold_scores.append(evaluate(labelling.task_type, y[test_idx], _head_predict(head, x[test_idx]),
+                                    labelling.label_names))
+        base = baseline_predictions(labelling.task_type, y[train_idx], len(test_idx), len(labelling.label_names))
+        fold_base.append(evaluate(labelling.task_type, y[test_idx], base, labelling.label_names))
     attrs = read_attrs(features)
-    metrics = {"mode": "probe", "task_type": spec.task_type, "embedding": embedding, "n_clips": len(df),
+    metrics = {"mode": "probe", "task_type": labelling.task_type, "embedding": embedding, "n_clips": len(df),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
                "held_out": summarise(fold_scores), "baseline": summarise(fold_base)}
-    head = fit_head(x, y, spec, regression_loss, epochs, lr, seed=seed)
-    save_head(head, output, task=task, task_type=spec.task_type, label_names=spec.label_names,
+    head = fit_head(x, y, labelling, regression_loss, epochs, lr, seed=seed)
+    save_head(head, output, task=task, task_type=labelling.task_type, label_names=labelling.label_names,
               embedding=embedding, backbone_sha256=str(attrs["weights_sha256"]),
               backbone_name=str(attrs["model_name"]), metrics=metrics)
     return metrics
@@ -226,8 +269,8 @@ class LabelledClips(Dataset):
     """Fixed windows inside each labelled segment, decoded on demand (same reader as
     pretraining): (audio, video, target, position), or the SkippedClip of a damaged one."""
 
-    def __init__(self, rows: list[dict[str, Any]], infos: dict[str, Any], model_spec):
-        self.rows, self.infos, self.spec = rows, infos, model_spec
+    def __init__(self, rows: list[dict[str, Any]], infos: dict[str, Any], preprocess):
+        self.rows, self.infos, self.preprocess = rows, infos, preprocess
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -235,10 +278,10 @@ class LabelledClips(Dataset):
     def __getitem__(self, i: int):
         from pretraining.data import SkippedClip, read_clip_or_skip
         r = self.rows[i]
-        x = read_clip_or_skip(self.infos[r["path"]], self.spec, r["start_s"], r["window_s"], r["end_s"])
+        x = read_clip_or_skip(self.infos[r["path"]], self.preprocess, r["start_s"], r["window_s"], r["end_s"])
         if isinstance(x, SkippedClip):
             return x
-        audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)
+        audio = x.audio if x.audio is not None else torch.zeros(self.preprocess.target_length, self.preprocess.num_mel_bins)
         return audio, x.video, torch.as_tensor(r["target"]), i
 
 
@@ -263,7 +306,7 @@ class SkippedClips:
                 for _, c in sorted(self.clips.items())]
 
 
-def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, task: str, spec: LabelSpec,
+def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, task: str, labelling: Labelling,
                   output: str | Path, cv: int = 0, val_fraction: float = 0.2, epochs: int = 10,
                   lr: float = 1e-4, head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1",
                   workers: int = 0, seed: int = 0) -> dict[str, Any]:
@@ -276,10 +319,10 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     from socialfeat.models.families import class_name, model_kwargs
 
     base_weights = base.state_dict()
-    y = targets(clips, spec)
+    y = targets(clips, labelling)
     rows = [{**r, "target": t} for r, t in zip(clips[["path", "start_s", "end_s", "window_s"]].to_dict("records"),
                                                y.tolist())]
-    groups = group_ids(clips, spec.group_columns)
+    groups = group_ids(clips, labelling.group_columns)
     skipped = SkippedClips()
 
     def loader(idx: np.ndarray, shuffle: bool) -> DataLoader:
@@ -290,10 +333,10 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                           generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
     def new_model():
-        family_kwargs = model_kwargs(base.info.model_kwargs, "finetune", len(spec.label_names))
+        family_kwargs = model_kwargs(base.info.model_kwargs, "finetune", len(labelling.label_names))
         info = ModelInfo(name=f"{base.info.name}+{task}", model_class=class_name(base.info.family, "finetune"),
-                         model_kwargs=family_kwargs, preprocess=base.info.preprocess, task=spec.task_type,
-                         task_name=task, label_names=list(spec.label_names))
+                         model_kwargs=family_kwargs, preprocess=base.info.preprocess, task=labelling.task_type,
+                         task_name=task, label_names=list(labelling.label_names))
         torch.manual_seed(seed)
         model = build_model(info)
         copy_matching_weights(model, base_weights, "reference")  # encoder weights; a fresh head
@@ -305,7 +348,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
         body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head.") and p.requires_grad]
         opt = torch.optim.Adam([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}],
                                weight_decay=5e-7, betas=(0.95, 0.999))
-        crit = loss_fn(spec.task_type, regression_loss)
+        crit = loss_fn(labelling.task_type, regression_loss)
         batches = loader(idx, shuffle=True)
         for _ in range(epochs):
             for batch, skipped_here in batches:
@@ -338,11 +381,11 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     for train_idx, test_idx in splits:
         model = train(train_idx)
         pred, read = predict(model, test_idx)
-        scores.append(evaluate(spec.task_type, y[test_idx][read], pred, spec.label_names))
-        base_pred = baseline_predictions(spec.task_type, y[train_idx], len(read), len(spec.label_names))
-        base_scores.append(evaluate(spec.task_type, y[test_idx][read], base_pred, spec.label_names))
+        scores.append(evaluate(labelling.task_type, y[test_idx][read], pred, labelling.label_names))
+        base_pred = baseline_predictions(labelling.task_type, y[train_idx], len(read), len(labelling.label_names))
+        base_scores.append(evaluate(labelling.task_type, y[test_idx][read], base_pred, labelling.label_names))
     final = train(np.arange(len(rows)))
-    metrics = {"mode": "full", "task_type": spec.task_type, "n_clips": len(rows),
+    metrics = {"mode": "full", "task_type": labelling.task_type, "n_clips": len(rows),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
                "held_out": summarise(scores), "baseline": summarise(base_scores),
                "skipped_clips": skipped.records()}
@@ -448,23 +491,26 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
             table = match_segments(table, find_videos(list(inputs)), labels)
     flat = pd.DataFrame([s for segs in table.values() for s in segs])
     if flat.empty:
-        raise ValueError(f"{labels}: no labelled segment matches the input videos")
-    spec = infer_label_spec(flat, task_type, label_columns, group_columns)
+        raise UsageError(f"{labels}: no labelled segment matches the input videos")
+    labelling = infer_labelling(flat, task_type, label_columns, group_columns)
+    videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
+    announce(labelling, flat, task_type)
+    check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)
     backbone = weights if weights is not None else model
     if probe_only:
         if features is None:
             features = Path(str(output) + ".features.h5")
             extract(list(inputs), features, model=model, weights=weights, segments=labels, workers=workers,
                     batch_size=batch_size, progress=progress, **annotation_opts)
-        metrics = probe(features, task, spec, output, embedding, cv, val_fraction, regression_loss,
+        metrics = probe(features, task, labelling, output, embedding, cv, val_fraction, regression_loss,
                         epochs or 300, lr or 1e-2, seed, tier=tier)
     else:
         from socialfeat.models import load_model
         base = load_model(backbone)  # loaded once: its clip length plans the clips, its weights start training
         clips, infos = labelled_clips(inputs, table, base.info.preprocess.clip_seconds)
-        metrics = finetune_full(clips, infos, base, task, spec, output, cv, val_fraction, epochs or 10,
+        metrics = finetune_full(clips, infos, base, task, labelling, output, cv, val_fraction, epochs or 10,
                                 lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
-    metrics.update(task=task, label_names=list(spec.label_names), labels_file=str(labels))
+    metrics.update(task=task, label_names=list(labelling.label_names), labels_file=str(labels))
     if tier is not None:
         metrics["label_tier"] = tier
     write_metrics(metrics, output)
