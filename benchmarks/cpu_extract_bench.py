@@ -5,7 +5,9 @@ weights loading, decoding workers and the model on the same cores), on one 60-s 
 H.264 + AAC talking-face video with a released-size Social-MAE (random weights). Runs are
 interleaved over ``--rounds``; printed per configuration: clips/s (wall clock, whole command),
 CPU seconds per clip (all its processes: robust to other jobs on a shared machine), and
-against fp32 the cosine of each embedding (joint, audio, visual).
+against fp32 the cosine of each embedding (joint, audio, visual). First, a model-only table:
+``encode`` on one thread, CPU seconds per clip, which other jobs on a shared machine barely
+move (wall-clock figures there do move, by 2x and more).
 
 Probe effect (``--probe-videos``): talking-face videos whose voice is one of four male or
 four female espeak-ng voices (words and backgrounds vary independently) are embedded with
@@ -126,6 +128,48 @@ def timing_table(videos: Path, ckpt: Path, configs: list[str], rounds: int, env:
         print(f"{name:12s} {n / wall:15.3f} {speed:>7s} {cpu / n:11.2f}  {cos}")
 
 
+def encode_only(arch: str, configs: list[str], rounds: int, batch: int) -> None:
+    """Child process: ``encode`` of random inputs on one thread, CPU seconds per clip per
+    configuration, interleaved (a figure that other jobs on the machine barely move)."""
+    from socialfeat.encoder import BatchEncoder, resolve_precision
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    kw = create_model(arch).info.model_kwargs
+    audio = torch.randn(batch, kw["audio_length"], 128)
+    video = torch.randn(batch, 3, kw["img_size"], kw["img_size"], kw["n_frame"])
+    encoders = {}
+    for name in configs:
+        opts = dict(zip(CONFIGS[name][::2], CONFIGS[name][1::2]))
+        torch.manual_seed(0)
+        encoders[name] = BatchEncoder(create_model(arch).eval(), torch.device("cpu"), batch, [],
+                                      resolve_precision(opts["--precision"], torch.device("cpu")),
+                                      tuple(opts.get("--embeddings", "all").split(",")))
+    cpu = {name: [] for name in configs}
+    with torch.inference_mode():
+        for r in range(rounds + 1):  # the first round warms up
+            for name, enc in encoders.items():
+                amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=enc.bf16)
+                start = time.process_time()
+                with amp:
+                    enc.model.encode(audio, video, kinds=enc.kinds)
+                if r:
+                    cpu[name].append((time.process_time() - start) / batch)
+    base = statistics.median(cpu[configs[0]])
+    for name in configs:
+        med = statistics.median(cpu[name])
+        print(f"{name:12s} {med:8.3f} CPU s/clip  {base / med:5.2f}x {configs[0]}  "
+              f"(1 thread, batch {batch}, {rounds} rounds)", flush=True)
+
+
+def model_table(arch: str, configs: list[str], rounds: int, env: dict[str, str]) -> None:
+    print("\nmodel only (encode, random inputs):", flush=True)
+    proc = subprocess.run([sys.executable, __file__, "--arch", arch, "--configs", ",".join(configs),
+                           "--rounds", str(rounds), "--encode-only"], env={**os.environ, **env},
+                          capture_output=True, text=True)
+    print(proc.stdout + (proc.stderr if proc.returncode else ""), flush=True)
+
+
 def probe_corpus(folder: Path, n_videos: int, seconds: float) -> dict[str, int]:
     """Videos labelled 1 (female voice) or 0 (male voice); words and colours vary independently."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,9 +247,13 @@ def main() -> None:
     p.add_argument("--probe-videos", type=int, default=8, help="0: no probe")
     p.add_argument("--probe-seconds", type=float, default=12.0)
     p.add_argument("--probe-config", default="fast")
+    p.add_argument("--no-e2e", action="store_true", help="only the model-only table (and the probe)")
+    p.add_argument("--encode-only", action="store_true", help=argparse.SUPPRESS)  # the model-only child
     args = p.parse_args()
-    require_tools()
     configs = [c for c in args.configs.split(",") if c]
+    if args.encode_only:
+        return encode_only(args.arch, configs, args.rounds, batch=2)
+    require_tools()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = emulation_env(args.emulate, tmp)
@@ -219,7 +267,9 @@ def main() -> None:
               f"(2 workers, batch 2 on the CPU); {os.cpu_count()} cores, torch {torch.__version__}")
         print(f"# CPU: {cpu_description()}; the runs emulate: {args.emulate} {env or ''}")
         print(f"# load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
-        timing_table(tmp / "timed", ckpt, configs, args.rounds, env, tmp)
+        model_table(args.arch, configs, args.rounds, env)
+        if not args.no_e2e:
+            timing_table(tmp / "timed", ckpt, configs, args.rounds, env, tmp)
         if args.probe_videos:
             labels = probe_corpus(tmp / "probe", args.probe_videos, args.probe_seconds)
             probe_table(tmp / "probe", labels, ckpt, args.probe_config, env, tmp)
