@@ -212,9 +212,15 @@ def _describe_model(cfg, state) -> None:
               help="local: DataLoader workers; ray: CPU tasks + encoder actors on a Ray cluster.")
 @click.option("--address", default=None, help="With --engine ray: cluster address ('auto' to join a running one).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-              help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. bf16 on the CPU is about 2.5x faster "
-                   "where the CPU has bf16 units (AMX), with embeddings at cosine >= 0.999 to fp32.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "fast"]), default="auto",
+              help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. fast: the fastest approximate precision "
+                   "of the device: bf16 on CUDA and on CPUs with AMX (2.5x fp32), int8 linear layers on other CPUs "
+                   "(1.5-1.9x fp32); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "
+                   "bf16 and int8 force one of them.")
+@click.option("--embeddings", "embedding_kinds", default="all", metavar="all|KINDS",
+              help="Embeddings to compute: all, or a comma-separated subset of joint,audio,visual. "
+                   "'joint' alone skips the audio- and visual-only passes (about 8 % faster); "
+                   "the others are NaN in the output.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward pass [default: 16 on a GPU, 2 on the CPU, where small batches run faster].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -222,7 +228,8 @@ def _describe_model(cfg, state) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
             annotate, tiers, keep_empty, annotation_map, missing_audio, csv_dir, csv_embeddings, tasks, crop, faces,
-            require_face, shard, engine, address, device, precision, batch_size, workers, no_progress) -> None:
+            require_face, shard, engine, address, device, precision, embedding_kinds, batch_size, workers,
+            no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
@@ -250,7 +257,8 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
                               tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
                               engine=engine, address=address, crop=crop, faces=faces, require_face=require_face,
-                              precision=precision, command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
+                              precision=precision, embeddings=embedding_kinds,
+                              command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
     if csv_dir:

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from socialfeat.errors import DeviceError, UsageError
-from socialfeat.heads import Task, load_task
+from socialfeat.heads import Task, load_task, outputs_to_values
 from socialfeat.model_inputs import model_video
+from socialfeat.models.fast import fast_precision, is_quantized, quantize_linears
 from socialfeat.pipeline import ClipItem, VideoDone
 from socialfeat.store import EMBEDDING_KINDS, VideoResult, VideoStatus
 
@@ -27,29 +28,81 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "fast")
 
 
 def resolve_precision(precision: str, dev: torch.device) -> str:
-    """'auto': bf16 autocast on CUDA (embedding cosine >= 0.999 against fp32, several
-    times faster), exact fp32 on the CPU (bf16 is opt-in there: fast only on CPUs with
-    bf16 matrix units)."""
+    """The precision a run uses: 'fp32', 'bf16' (autocast) or 'int8' (int8 linear layers, CPU).
+
+    'auto': bf16 autocast on CUDA (embedding cosine >= 0.999 against fp32, several times
+    faster), exact fp32 on the CPU. 'fast': the fastest approximate precision of the device
+    (bf16 on CUDA and on CPUs with AMX, int8 on other CPUs; models/fast.py). bf16 on a CPU
+    without AMX is emulated and slower than fp32; int8 exists on the CPU only.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bf16" if dev.type == "cuda" else "fp32"
+    if precision == "fast":
+        return fast_precision(dev)
+    if precision == "int8" and dev.type != "cpu":
+        raise UsageError(f"--precision int8 runs on the CPU only, not on {dev.type}; use bf16 (or fast) there")
     return precision
+
+
+def resolve_embeddings(embeddings: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'all' or some of joint/audio/visual (a comma-separated string or a sequence), in the
+    output's order. Kinds not asked for are not computed and are NaN in the output."""
+    names = embeddings.split(",") if isinstance(embeddings, str) else list(embeddings)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return EMBEDDING_KINDS
+    unknown = sorted(set(names) - set(EMBEDDING_KINDS))
+    if unknown or not names:
+        raise UsageError(f"embeddings must be 'all' or some of {', '.join(EMBEDDING_KINDS)}, got {embeddings!r}")
+    return tuple(k for k in EMBEDDING_KINDS if k in names)
+
+
+def prepare_models(models: list, precision: str) -> None:
+    """Convert the models that will run (extraction model, task models) for ``precision``:
+    int8 replaces their trunk's linear layers in place; other precisions leave them as they are."""
+    if precision != "int8":
+        return
+    seen = set()
+    for model in models:
+        if model is not None and id(model) not in seen and not is_quantized(model):
+            quantize_linears(model)
+        seen.add(id(model))
 
 
 class BatchEncoder:
     """Batches clips (across videos) through the model and the task predictors, and
-    routes results back. Every task reuses the batch already decoded and preprocessed."""
+    routes results back. Every task reuses the batch already decoded and preprocessed.
 
-    def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32"):
+    ``precision`` 'int8' converts the model and the task models in place (prepare_models).
+    ``embeddings``: the kinds to compute; the others are NaN (the unified passes they need
+    are skipped unless a task head reads them).
+    """
+
+    def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32",
+                 embeddings: tuple[str, ...] = EMBEDDING_KINDS):
         self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
         self.spec = model.info.preprocess
         self.bf16 = precision == "bf16"
+        self.embeddings = resolve_embeddings(embeddings)
+        self.kinds = self._kinds_to_compute()
+        prepare_models([model] + [t.model for t in tasks], precision)
         self.buffer: list[ClipItem] = []
+
+    def _kinds_to_compute(self) -> tuple[str, ...]:
+        """The embeddings asked for, plus those the task heads read (the model's own head reads joint)."""
+        needed = set(self.embeddings)
+        for task in self.tasks:
+            if task.head is not None:
+                needed.add(task.embedding)
+            elif task.model is self.model:
+                needed.add("joint")
+        return tuple(k for k in EMBEDDING_KINDS if k in needed)
 
     def add(self, item: ClipItem) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
         self.buffer.append(item)
@@ -82,17 +135,24 @@ class BatchEncoder:
                 video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
                 audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
                 with autocast:
-                    enc = self.model.encode(audio, video)
-                for kind in EMBEDDING_KINDS:
+                    enc = self.model.encode(audio, video, kinds=self.kinds)
+                for kind in self.embeddings:
                     val = getattr(enc, kind)
                     if val is not None:
                         out[kind][idx] = val.float().cpu().numpy()
                 for task in self.tasks:
                     with autocast:
-                        values = task.predict(enc, audio, video)
+                        values = self._predict(task, enc, audio, video)
                     if values is not None:
                         out[task.name][idx] = values.float().cpu().numpy()
         return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
+
+    def _predict(self, task: Task, enc, audio: torch.Tensor | None, video: torch.Tensor) -> torch.Tensor | None:
+        """A task's values; the extraction model's own head reuses the logits of the pass
+        just made instead of running the model again."""
+        if task.head is None and task.model is self.model:
+            return None if enc.logits is None else outputs_to_values(enc.logits, task.task_type)
+        return task.predict(enc, audio, video)
 
 
 def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:

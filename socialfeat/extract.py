@@ -34,6 +34,7 @@ from socialfeat.encoder import (
     BatchEncoder,
     build_predictors,
     resolve_device,
+    resolve_embeddings,
     resolve_precision,
     video_result,
 )
@@ -122,7 +123,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
-            frames_on_device: bool | None = None, command_line: str | None = None) -> ExtractSummary:
+            frames_on_device: bool | None = None, embeddings: str | tuple[str, ...] = "all",
+            command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
     Resumable: finished videos are journalled in ``<output>.parts`` and reused on
@@ -139,7 +141,10 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     (default every time-aligned tier); ``keep_empty``: empty TextGrid intervals are annotations
     too; ``annotation_map``: a CSV (annotation_file, video) overriding the matching by name / media path.
     ``crop='face'``: square crops around detected faces (``faces='all'``: a row per face track).
-    ``precision``: 'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA, fp32 on the CPU).
+    ``precision``: 'fp32', 'bf16' (autocast), 'int8' (int8 linear layers, CPU only), 'auto'
+    (bf16 on CUDA, fp32 on the CPU) or 'fast' (bf16 on CUDA and AMX CPUs, int8 on other CPUs).
+    ``embeddings``: 'all' or some of 'joint', 'audio', 'visual'; the others are not computed
+    (NaN in the output): 'joint' alone skips the audio- and visual-only passes.
     ``batch_size``: clips per forward pass; default 16 on a GPU and 2 on the CPU, where
     small batches stay in cache and run about 15 % faster (docs/performance.md).
     ``workers``: decoding processes; default all cores but one with a GPU, 2 on the CPU
@@ -152,6 +157,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     output = Path(output)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
+    embeddings = resolve_embeddings(embeddings)
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
     if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
         workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
@@ -169,6 +175,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
+                        embeddings=embeddings,
                         raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
                         else frames_on_device)
     check_optional_extras(plan)
@@ -199,6 +206,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                 "annotate": _as_setting(annotate), "tiers": list(tiers or []), "keep_empty": keep_empty,
                 "annotation_map": str(annotation_map or ""),
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
+                "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
                 "tasks": [p.meta() for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))
@@ -333,7 +341,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                         worker_init_fn=worker_init if workers else None,
                         prefetch_factor=4 if workers else None)
-    encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision)
+    encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings)
     task_names = [t.name for t in tasks]
     encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
     finished: dict[int, VideoDone] = {}

@@ -95,7 +95,7 @@ class Task:
             return None if emb is None else outputs_to_values(self.head(emb.float()), self.task_type)
         if audio is None:
             return None
-        enc = self.model.encode(audio, video)
+        enc = self.model.encode(audio, video, kinds=("joint",))  # its head reads the joint embedding only
         return outputs_to_values(enc.logits, self.task_type)
 
     def meta(self) -> dict[str, Any]:

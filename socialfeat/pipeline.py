@@ -61,6 +61,8 @@ class PlanSettings:
     # to bf16 first; rounding them here instead gives the same numbers and halves the bytes
     # that travel from the workers to the model.
     precision: str = "fp32"
+    # the embeddings to compute (``extract(embeddings=...)``); part of the resume fingerprint
+    embeddings: tuple[str, ...] = ("joint", "audio", "visual")
     # True: hand the sampled frames over as decoded (uint8) and let the model's process resize
     # them on its GPU, so that workers only decode. Applies to whole-frame Social-MAE inputs of
     # videos up to RAW_FRAMES_MAX_PIXELS; everything else is transformed here.

@@ -44,10 +44,12 @@ def _require_ray():
 class EncoderWorker:
     """Holds the model and the task predictors; encodes batches of prepared clips."""
 
-    def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str, precision: str):
+    def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str, precision: str,
+                 embeddings: tuple[str, ...]):
         dev = resolve_device(device)
         model = load_model(weights).to(dev).eval()
-        self.encoder = BatchEncoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision)
+        self.encoder = BatchEncoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision,
+                                    embeddings)
 
     def encode(self, items: list) -> list[tuple[dict, dict]]:
         return [(item.clip, vecs) for item, vecs in self.encoder.encode(list(items))]
@@ -84,7 +86,7 @@ def run_ray(jobs: list, weights: str, task_requests: list[str], spec, plan, batc
     actor_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if n_gpus and device != "cpu" else {"num_cpus": 0}
     Actor = ray.remote(max_restarts=2, max_task_retries=2, **actor_opts)(EncoderWorker)
     encoders = [Actor.remote(weights, task_requests, batch_size, "cuda" if "num_gpus" in actor_opts else "cpu",
-                             plan.precision)
+                             plan.precision, plan.embeddings)
                 for _ in range(max(1, n_gpus if "num_gpus" in actor_opts else 1))]
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(prepare_and_encode)
     pending = {}

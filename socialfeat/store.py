@@ -228,10 +228,12 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     """One DataFrame: clip metadata, video facts, prediction columns
     (``<task>_<label>``) and embedding columns (``<kind>_000`` ...).
 
-    embeddings: 'joint', 'audio', 'visual', a list of them, 'all', or None.
+    embeddings: 'joint', 'audio', 'visual', a list of them, 'all' (those the run computed),
+    or None. Asking for a kind the run did not compute (``extract --embeddings``) is an error.
     """
+    computed = computed_embeddings(path)
     if embeddings == "all":
-        kinds = list(EMBEDDING_KINDS)
+        kinds = list(computed)
     elif embeddings is None:
         kinds = []
     else:
@@ -239,6 +241,10 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     bad = set(kinds) - set(EMBEDDING_KINDS)
     if bad:
         raise ValueError(f"unknown embedding kind(s) {sorted(bad)}; choose from {EMBEDDING_KINDS}")
+    absent = [k for k in kinds if k not in computed]
+    if absent:
+        raise ValueError(f"{path}: the run computed only the {', '.join(computed)} embedding(s) "
+                         f"(extract --embeddings), not {', '.join(absent)}")
     with h5py.File(path, "r") as f:
         clips = read_table(f["clips"])
         videos = read_table(f["videos"])
@@ -254,6 +260,13 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     vcols = ["video_id", "duration_s", "fps", "width", "height", "status"]
     facts = videos[vcols].rename(columns={"duration_s": "video_duration_s", "status": "video_status"})
     return df.merge(facts, on="video_id", how="left", sort=False)
+
+
+def computed_embeddings(path: str | Path) -> tuple[str, ...]:
+    """The embedding kinds a run computed (all of them unless it was limited with
+    ``extract --embeddings``; the others are stored as NaN)."""
+    settings = json.loads(read_attrs(path).get("settings") or "{}")
+    return tuple(k for k in EMBEDDING_KINDS if k in settings.get("embeddings", EMBEDDING_KINDS))
 
 
 def prediction_tasks(path: str | Path) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Collection
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from socialfeat.models.layers import Block, PatchEmbed, sincos_pos_embed_2d
 NUM_MEL_BINS = 128
 # The reference hard-codes a 12-layer trunk: unified depth = 12 - modality_specific_depth.
 TOTAL_DEPTH = 12
+EMBEDDINGS = ("joint", "audio", "visual")  # what encode() can return
 
 
 @dataclass
@@ -165,22 +167,27 @@ class AVEncoder(nn.Module):
         return (audio, video) if mode == "av" else (audio if mode == "a" else video)
 
     def encode(self, audio: torch.Tensor | None, video: torch.Tensor | None,
-               return_tokens: bool = False) -> Encoding:
+               return_tokens: bool = False, kinds: Collection[str] = EMBEDDINGS) -> Encoding:
         """All embeddings in one pass: the modality-specific blocks run once and
         their output feeds the audio, visual and joint unified paths.
 
         Either input may be None (missing modality); the joint embedding and
-        logits then stay None as well.
+        logits then stay None as well. ``kinds`` limits the unified passes to the
+        embeddings asked for (``("joint",)`` skips the audio- and visual-only passes,
+        about 8 % of the work at the released size); the others stay None.
         """
+        unknown = set(kinds) - set(EMBEDDINGS)
+        if unknown:
+            raise ValueError(f"kinds must be among {EMBEDDINGS}, got {sorted(unknown)}")
         out = Encoding()
         a = self.forward_audio_specific(audio) if audio is not None else None
         v = self.forward_video_specific(video) if video is not None else None
         tokens = {}
-        if a is not None:
+        if a is not None and "audio" in kinds:
             tokens["audio"] = self.forward_unified(a, "a")
-        if v is not None:
+        if v is not None and "visual" in kinds:
             tokens["visual"] = self.forward_unified(v, "v")
-        if a is not None and v is not None:
+        if a is not None and v is not None and "joint" in kinds:
             tokens["joint"] = self.forward_unified(torch.cat((a, v), dim=1))
         for name, t in tokens.items():
             setattr(out, name, t.mean(dim=1))

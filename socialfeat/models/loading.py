@@ -19,8 +19,7 @@ from torch import nn
 from socialfeat.models.checkpoint import (
     FORMAT,
     ModelInfo,
-    build_model,
-    check_state_dict,
+    build_loaded,
     infer_info,
     read_checkpoint,
     strip_prefix,
@@ -54,7 +53,7 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     else:
         state_dict = unwrap_state_dict(obj)
         info = _describe_bare(state_dict, path, registry_cfg, config)
-    model = build_with_weights(info, state_dict, str(path))
+    model = build_loaded(info, state_dict, str(path))
     info.sha256 = file_digest(path)  # a cached file's recorded digest; other files are hashed
     info.source = str(path)
     return model.to(device).eval()
@@ -70,18 +69,3 @@ def _describe_bare(state_dict: dict[str, torch.Tensor], path: Path, registry_cfg
     if config is not None:
         return ModelInfo.from_dict(config if isinstance(config, dict) else json.loads(Path(config).read_text()))
     return infer_info(state_dict, path.stem)
-
-
-def build_with_weights(info: ModelInfo, state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """The model of ``info`` holding ``state_dict`` (checked key by key, shape by shape, first).
-
-    Built on the meta device, then the tensors are assigned (in float32, the dtype the
-    model is built in); parameters keep their requires_grad."""
-    with torch.device("meta"):
-        model = build_model(info)
-    check_state_dict(model, state_dict, source)
-    own = model.state_dict()
-    weights = {k: v.to(own[k].dtype) for k, v in state_dict.items()}
-    model.load_state_dict(weights, strict=True, assign=True)
-    model.info, model.preprocess = info, info.preprocess
-    return model

@@ -205,3 +205,19 @@ def test_tolerance_admits_other_kernels_and_refuses_wrong_layers(fname):
         wrong = copy.deepcopy(pre)
         wrong.apply(change)
         assert model_error(latent(wrong), d["pretrain_latent"])[0] > MODEL_REL_RMS, name
+
+
+@torch.no_grad()
+def test_int8_linear_layers_keep_embeddings(ref):
+    """The CPU fast path (int8 linear layers, models/fast.py) on the reference fixtures: every
+    embedding at cosine >= 0.99 to fp32 (measured >= 0.9999 on the released size)."""
+    from socialfeat.models.fast import quantize_linears
+
+    _, d, _, ft = ref
+    a, v = d["input_audio"], d["input_video"]
+    full = ft.encode(a, v)
+    fast = quantize_linears(copy.deepcopy(ft)).encode(a, v)
+    for kind in ("joint", "audio", "visual"):
+        cos = torch.nn.functional.cosine_similarity(getattr(full, kind), getattr(fast, kind), dim=-1)
+        assert cos.min() >= 0.99, (kind, cos)
+        assert not torch.equal(getattr(full, kind), getattr(fast, kind)), kind  # int8 really ran
