@@ -31,3 +31,7 @@ class DeviceError(UsageError, RuntimeError):
 
 class UnknownModelError(UsageError):
     """A model or architecture name that the registry does not know."""
+
+
+class OutputExistsError(UsageError, FileExistsError):
+    """An output path that holds something the command did not write: it is never replaced."""

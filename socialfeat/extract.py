@@ -1,8 +1,13 @@
 """``socialfeat extract``: videos in, per-clip embeddings and predictions out.
 
-walk inputs -> plan clips -> decode -> preprocess (DataLoader workers,
-``pipeline.py``) -> encode in batches that span videos (here) -> journal each
-finished video (``store.Journal``) -> assemble the HDF5 (``store.assemble_output``).
+walk inputs -> plan clips -> decode -> preprocess (worker processes,
+``pipeline.py`` in ``workers.py``) -> encode in batches that span videos (here) ->
+journal each finished video (``store.Journal``) -> assemble the HDF5
+(``store.assemble_output``).
+
+A rerun reuses what the journal holds when nothing that changes a number has
+changed (``run_fingerprint`` + the file's size and mtime), and tries again the
+videos that failed for a reason outside their own bytes (see ``worth_retrying``).
 """
 
 from __future__ import annotations
@@ -12,15 +17,16 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from socialfeat import __version__
+from socialfeat.atomic import stale_temporaries, stale_temporaries_in
 from socialfeat.clips import read_segments
 from socialfeat.encoder import (
     BatchEncoder,
@@ -32,15 +38,11 @@ from socialfeat.encoder import (
 from socialfeat.errors import UsageError
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
-from socialfeat.pipeline import (
-    ClipDataset,
-    ClipItem,
-    PlanSettings,
-    VideoDone,
-    worker_init,
-)
-from socialfeat.store import Journal, VideoResult, VideoStatus, assemble_output
+from socialfeat.outputs import refuse_foreign_output
+from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
+from socialfeat.store import Failure, Journal, VideoResult, VideoStatus, assemble_output, is_features_file
 from socialfeat.walk import VideoRef, find_videos
+from socialfeat.workers import WorkerPool, in_process_items
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
@@ -60,11 +62,66 @@ class ExtractSummary:
         return self.n_failed == 0
 
 
-def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float,
-                 tasks: list[dict]) -> str:
-    payload = {"weights": model_info.sha256, "model": model_info.to_dict(), "plan": plan.__dict__,
-               "segments": segments, "path": ref.relpath, "size": size, "mtime": mtime, "tasks": tasks}
+MAX_STRIKES = 2  # a video that crashed or stalled its worker in this many runs is not retried unasked
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the code that turns a video into numbers (decoder, fbank, model)."""
+    import av
+    import torch
+    import torchaudio
+
+    return {"socialfeat": __version__, "torch": torch.__version__, "torchaudio": torchaudio.__version__,
+            "av": av.__version__, "libavcodec": str(av.library_versions.get("libavcodec", ""))}
+
+
+def task_digest(task) -> str:
+    """SHA-256 of what a predictor computes with: a head file's content, a whole model's weights
+    (a head refitted in place under the same name must not bring back old predictions)."""
+    from socialfeat.models.digest import file_digest
+
+    own = getattr(getattr(task.model, "info", None), "sha256", None)
+    if task.model is not None and own:
+        return own
+    return file_digest(task.source) if task.source and Path(task.source).is_file() else ""
+
+
+def run_fingerprint(info, plan: PlanSettings, predictors: list, device: str) -> str:
+    """Everything of a run that changes a number: weights, model and preprocessing, clip plan
+    and precision, task predictors by content, versions of socialfeat and of its decoding
+    and model libraries, device type."""
+    payload = {"weights": info.sha256, "model": info.to_dict(), "plan": asdict(plan),
+               "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors],
+               "versions": library_versions(), "device": device}
+    return _digest(payload)
+
+
+def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def video_fingerprint(run_key: str, ref: VideoRef, segments, size: int, mtime: float) -> str:
+    """The run's fingerprint with one video's file (path, size, mtime) and its segments."""
+    return _digest({"run": run_key, "path": ref.relpath, "segments": segments, "size": size, "mtime": mtime})
+
+
+def worth_retrying(done: VideoResult, retry_failed: bool) -> bool:
+    """Whether a journalled video (same file, same settings) is processed again.
+
+    A clean video never is. ``retry_failed`` retries every other one. Otherwise: a verdict
+    from the file's own bytes (not a video, damaged, too short ...) is kept; a failure to
+    read it (I/O error, permissions, an unexpected error) is retried; a video that crashed
+    or stalled its worker is retried until it has done so in MAX_STRIKES runs.
+    """
+    if done.video.get("status") == VideoStatus.OK:
+        return False
+    if retry_failed:
+        return True
+    if done.failure in (Failure.CRASH, Failure.TIMEOUT):
+        return done.strikes < MAX_STRIKES
+    if done.failure == Failure.CONTENT:
+        return False
+    return done.failure == Failure.TRANSIENT or done.video.get("status") == VideoStatus.ERROR
 
 
 def in_shard(ref: VideoRef, index: int, count: int) -> bool:
@@ -102,16 +159,20 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             workers: int | None = None, device: str = "auto", progress: bool = True, tasks: list[str] = (),
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
-            frames_on_device: bool | None = None, command_line: str | None = None) -> ExtractSummary:
+            frames_on_device: bool | None = None, retry_failed: bool = False, video_timeout: float | None = None,
+            command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
     Resumable: finished videos are journalled in ``<output>.parts`` and reused on
-    a rerun when the file (size, mtime) and every setting are unchanged.
+    a rerun when the file (size, mtime) and everything that changes a number are
+    unchanged; failed videos are tried again unless they failed for a reason in their
+    own bytes (``retry_failed``: all of them; see worth_retrying).
+    ``output`` may only replace a socialfeat features file.
     ``tasks``: extra predictors, each 'NAME' (released finetuned model) or 'NAME=PATH'
     (head from ``socialfeat finetune`` or a finetuned checkpoint); see heads.load_task.
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
-    ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
+    ``engine``: 'local' (decoding worker processes, see workers.py) or 'ray' (see ray_engine).
     ``segments``: an annotation CSV, or 'speech' for clips inside voice-activity regions.
     ``crop='face'``: square crops around detected faces (``faces='all'``: a row per face track).
     ``precision``: 'fp32', 'bf16' (autocast) or 'auto' (bf16 on CUDA, fp32 on the CPU).
@@ -122,9 +183,14 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``frames_on_device``: resize the sampled frames where the model runs instead of in the
     workers (default: on a GPU with the local engine, where the workers then only decode; not
     across a Ray cluster, whose network would carry 4-5x the bytes; see pipeline.PlanSettings).
+    ``video_timeout``: seconds a video's decoding may go without progress before it is stopped
+    and recorded as an error (default: 2 minutes plus twice the recording's duration).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
+    refuse_foreign_output(output, is_features_file, "a socialfeat features file")
+    journal = Journal(output)
+    remove_stale_temporaries(output, journal, before=time.time())
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     batch_size = batch_size or (16 if dev.type == "cuda" else 2)
@@ -144,8 +210,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     check_optional_extras(plan)
     seg_table = read_segments(segments) if segments is not None and not speech else None
     refs = select_videos(inputs, file_list, include, exclude, shard)
-    journal = Journal(output)
-    results, jobs, fingerprints = reuse_finished(refs, seg_table, journal, net.info, plan, predictors)
+    run_key = run_fingerprint(net.info, plan, predictors, dev.type)
+    results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run_key, retry_failed)
+    record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes)
 
     if jobs and engine == "ray":
         from socialfeat.ray_engine import run_ray
@@ -156,18 +223,17 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
         bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
         with logging_redirect_tqdm():
             run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
-                    _Recorder(journal, fingerprints, results, bar), [p.name for p in predictors])
+                    _Recorder(bar=bar, **record_kw), [p.name for p in predictors], video_timeout)
         bar.close()
     elif jobs:
         with logging_redirect_tqdm():
-            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results,
-                      predictors)
+            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors, video_timeout)
 
     ordered = [results[p] for p in range(len(refs))]
     settings = {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
                 "missing_audio": missing_audio, "segments": str(segments) if segments else "",
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
-                "tasks": [p.meta() for p in predictors]}
+                "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))
 
@@ -189,11 +255,24 @@ def select_videos(inputs: list[str | Path], file_list: str | Path | None, includ
     return [r for r in refs if in_shard(r, *shard)] if shard is not None else refs
 
 
-def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan: PlanSettings,
-                   predictors: list) -> tuple[dict[int, VideoResult], list, dict[int, str]]:
-    """Results an earlier run journalled with the same fingerprint, and the jobs left to do."""
+def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> None:
+    """Temporaries that an earlier, killed run left behind (its output's, its CSVs' and its
+    journal's), and only those: our own name pattern, not touched since before this run."""
+    names = [output, Path(str(output).removesuffix(".h5"))]  # (feats.csv.h5 comes with feats.csv)
+    stale = [t for n in names for t in stale_temporaries(n, before)]
+    stale += stale_temporaries_in(journal.dir, before, r"[0-9a-f]{16}\.h5")
+    for path in stale:
+        log.info("removing %s, left by a run that was killed", path)
+        path.unlink(missing_ok=True)
+
+
+def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: str, retry_failed: bool = False
+                   ) -> tuple[dict[int, VideoResult], list, dict[int, str], dict[int, int]]:
+    """Results an earlier run journalled with the same fingerprint, the jobs left to do, each
+    video's fingerprint, and how often each job crashed or stalled a worker before."""
     results: dict[int, VideoResult] = {}
     fingerprints: dict[int, str] = {}
+    strikes: dict[int, int] = {}
     jobs = []
     for pos, ref in enumerate(refs):
         segs = segments_for(ref, seg_table)
@@ -202,15 +281,16 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan
             size, mtime = st.st_size, st.st_mtime
         except OSError:
             size, mtime = -1, 0.0
-        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime, [p.meta() for p in predictors])
+        fingerprints[pos] = video_fingerprint(run_key, ref, segs, size, mtime)
         done = journal.read(ref.video_id)
-        if done is not None and done[1] == fingerprints[pos]:
+        if done is not None and done[1] == fingerprints[pos] and not worth_retrying(done[0], retry_failed):
             results[pos] = done[0]
         else:
+            strikes[pos] = done[0].strikes if done is not None and done[1] == fingerprints[pos] else 0
             jobs.append((pos, ref, segs))
     if results:
         log.info("resuming: %d of %d videos already done", len(results), len(refs))
-    return results, jobs, fingerprints
+    return results, jobs, fingerprints, strikes
 
 
 def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],
@@ -239,10 +319,14 @@ def summarise(ordered: list[VideoResult], output: Path, n_reused: int) -> Extrac
 class _Recorder:
     """Writes each finished video to the journal (the durable path shared by all engines)."""
 
-    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult], bar):
+    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult],
+                 strikes: dict[int, int], bar):
         self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
+        self.strikes = strikes
 
     def __call__(self, pos: int, res: VideoResult) -> None:
+        prior = self.strikes.get(pos, 0)
+        res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
         self.journal.write(res, self.fingerprints[pos])
         self.results[pos] = res
         for e in res.errors:
@@ -250,11 +334,14 @@ class _Recorder:
         self.bar.update(1)
 
 
-def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results, tasks):
-    dataset = ClipDataset(jobs, spec, plan)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
-                        worker_init_fn=worker_init if workers else None,
-                        prefetch_factor=4 if workers else None)
+def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None):
+    """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here."""
+    if workers:
+        return WorkerPool(jobs, spec, plan, workers, video_timeout)
+    return in_process_items(jobs, spec, plan)
+
+
+def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout):
     encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision)
     task_names = [t.name for t in tasks]
     encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
@@ -262,7 +349,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
     bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
     bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
-    record = _Recorder(journal, fingerprints, results, bar_v)
+    record = _Recorder(bar=bar_v, **record_kw)
 
     def write(pos: int) -> None:
         record(pos, video_result(finished.pop(pos), encoded.pop(pos, []), task_names))
@@ -275,7 +362,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
             write(pos)
 
-    for item in loader:
+    for item in decoded_items(jobs, spec, plan, workers, video_timeout):
         if isinstance(item, ClipItem):
             open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
             collect(encoder.add(item))

@@ -4,6 +4,8 @@ Provenance, the videos with their status and QC flags, the error table, per-vide
 timelines of the task predictions (or of the first principal component of the joint
 embedding when there are none), and a 2-D PCA overview of all clip embeddings.
 Plots are PNG images embedded as data URIs: the page is a single file to send around.
+File names are text everywhere: escaped in the HTML, and never read as mathematics by
+matplotlib (a name with ``$`` in it would otherwise crash the report).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from socialfeat.atomic import atomic_path
+from socialfeat.outputs import REPORT_MARKER, is_socialfeat_report, refuse_foreign_output
 from socialfeat.store import (
     load_errors,
     load_features,
@@ -51,9 +55,8 @@ def _timeline(video: pd.DataFrame, pred_cols: list[str], fallback: np.ndarray | 
     fig, ax = plt.subplots(figsize=(9, 2.4))
     mid = (video["start_s"] + video["end_s"]) / 2
     if pred_cols:
-        for col in pred_cols:
-            ax.plot(mid, video[col], marker="o", ms=3, label=col)
-        ax.legend(fontsize=7, ncol=min(4, len(pred_cols)), loc="upper right")
+        lines = [ax.plot(mid, video[col], marker="o", ms=3)[0] for col in pred_cols]
+        ax.legend(lines, pred_cols, fontsize=7, ncol=min(4, len(pred_cols)), loc="upper right")
         ax.set_ylabel("prediction")
     else:
         ax.plot(mid, fallback, marker="o", ms=3)
@@ -67,8 +70,20 @@ def _timeline(video: pd.DataFrame, pred_cols: list[str], fallback: np.ndarray | 
 
 
 def build_report(h5_path: str | Path, output: str | Path) -> Path:
+    """Write the report of ``h5_path`` to ``output`` (which may only replace a report)."""
     import matplotlib
     matplotlib.use("Agg")
+
+    refuse_foreign_output(output, is_socialfeat_report, "a report socialfeat wrote")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        page = _page(h5_path)
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return output
+
+
+def _page(h5_path: str | Path) -> str:
     import matplotlib.pyplot as plt
 
     attrs = read_attrs(h5_path)
@@ -86,10 +101,10 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
     overview = ""
     if ok.sum() >= 3:
         fig, ax = plt.subplots(figsize=(6, 5))
-        for path, idx in clips[ok].groupby("path").groups.items():
-            ax.scatter(pcs[idx, 0], pcs[idx, 1], s=12, label=path)
-        if clips.loc[ok, "path"].nunique() <= 12:
-            ax.legend(fontsize=7)
+        groups = clips[ok].groupby("path").groups
+        dots = [ax.scatter(pcs[idx, 0], pcs[idx, 1], s=12) for idx in groups.values()]
+        if len(groups) <= 12:  # (labels given directly: a name starting with "_" is kept too)
+            ax.legend(dots, [str(p) for p in groups], fontsize=7)
         ax.set_xlabel("PC1")
         ax.set_ylabel("PC2")
         ax.set_title("joint embeddings of all clips (PCA), coloured by video", fontsize=9)
@@ -114,7 +129,8 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
     vcols = ["path", "status", "error", "n_clips", "duration_s", "decoded_duration_s", "has_audio", "fps",
              "width", "height"]
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>socialfeat report: {html.escape(Path(h5_path).name)}</title>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}
+<title>socialfeat report: {html.escape(Path(h5_path).name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table.t{{border-collapse:collapse;font-size:12px}}
 table.t td,table.t th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></head><body>
 <h1>socialfeat report</h1>
@@ -125,6 +141,4 @@ table.t td,table.t th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:10
 <h2>Embedding overview</h2>{overview}
 <h2>Timelines</h2>{"".join(timelines)}{f"<p>{more} more videos not drawn.</p>" if more > 0 else ""}
 </body></html>"""
-    output = Path(output)
-    output.write_text(page, encoding="utf-8")
-    return output
+    return page
