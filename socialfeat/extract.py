@@ -290,6 +290,11 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: s
             jobs.append((pos, ref, segs))
     if results:
         log.info("resuming: %d of %d videos already done", len(results), len(refs))
+    kept = sum(not VideoStatus(r.video["status"]).clean for r in results.values())
+    if kept:
+        log.warning("%d video(s) with problems kept from an earlier run (unchanged files whose own bytes "
+                    "fail, or that crashed or stalled a worker %d times); --retry-failed processes them again",
+                    kept, MAX_STRIKES)
     return results, jobs, fingerprints, strikes
 
 
