@@ -131,6 +131,21 @@ def in_shard(ref: VideoRef, index: int, count: int) -> bool:
     return int(ref.video_id, 16) % count == index - 1
 
 
+def check_segment_names(refs: list[VideoRef], table: dict[str, list[dict[str, Any]]] | None) -> None:
+    """A segments file that names a video by a file name several inputs share (``cam.mp4``
+    under ``site1/`` and ``site2/``) would give both the same segments: refused."""
+    if not table:
+        return
+    relpaths = {r.relpath for r in refs}
+    by_name: dict[str, list[str]] = {}
+    for r in refs:
+        by_name.setdefault(r.path.name, []).append(r.relpath)
+    for key in table:
+        if key not in relpaths and len(by_name.get(key, [])) > 1:
+            raise UsageError(f"the segments file names {key!r}, the file name of {len(by_name[key])} inputs "
+                             f"({', '.join(by_name[key][:3])}): give their paths instead")
+
+
 def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
     if table is None:
         return None
@@ -209,7 +224,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                         else frames_on_device)
     check_optional_extras(plan)
     seg_table = read_segments(segments) if segments is not None and not speech else None
-    refs = select_videos(inputs, file_list, include, exclude, shard)
+    refs = select_videos(inputs, file_list, include, exclude, shard, seg_table)
     run_key = run_fingerprint(net.info, plan, predictors, dev.type)
     results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run_key, retry_failed)
     record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes)
@@ -249,16 +264,18 @@ def check_optional_extras(plan: PlanSettings) -> None:
 
 
 def select_videos(inputs: list[str | Path], file_list: str | Path | None, include: tuple[str, ...],
-                  exclude: tuple[str, ...], shard: tuple[int, int] | None) -> list[VideoRef]:
-    """The input videos, in a stable order; only this shard's with ``shard``."""
+                  exclude: tuple[str, ...], shard: tuple[int, int] | None, seg_table=None) -> list[VideoRef]:
+    """The input videos, in a stable order; only this shard's with ``shard`` (segments are
+    checked against all of them, so that every shard agrees)."""
     refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+    check_segment_names(refs, seg_table)
     return [r for r in refs if in_shard(r, *shard)] if shard is not None else refs
 
 
 def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> None:
     """Temporaries that an earlier, killed run left behind (its output's, its CSVs' and its
     journal's), and only those: our own name pattern, not touched since before this run."""
-    names = [output, Path(str(output).removesuffix(".h5"))]  # (feats.csv.h5 comes with feats.csv)
+    names = [output] + ([output.with_suffix("")] if output.name.endswith(".csv.h5") else [])  # (and feats.csv)
     stale = [t for n in names for t in stale_temporaries(n, before)]
     stale += stale_temporaries_in(journal.dir, before, r"[0-9a-f]{16}\.h5")
     for path in stale:

@@ -249,7 +249,8 @@ class VideoRun:
                 self.video["audio_duration_s"] = audio.duration
                 if audio.failure is not None:
                     self.problem("decode-audio", f"audio unreadable after {audio.duration:.2f} s ({audio.failure})")
-                    self.failure = Failure.TRANSIENT if isinstance(audio.failure, OSError) else self.failure
+                    if isinstance(audio.failure, OSError):
+                        self.failure = Failure.TRANSIENT
                 elif audio.duration < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
                     self.problem("decode-audio", f"audio decoded for {audio.duration:.2f} s of "
                                  f"{info.duration:.2f} s (damaged or truncated audio)")

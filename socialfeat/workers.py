@@ -82,9 +82,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _serve(jobs, out, credits, spec: PreprocessSpec, plan: PlanSettings, decoder_threads: int,
-           parent: int) -> None:
-    """A worker's life: take a video, send its clips and its record, take the next."""
+def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: PlanSettings,
+           decoder_threads: int, parent: int) -> None:
+    """A worker's life: take a video (its index in ``all_jobs``: a few bytes through the pipe,
+    which never fills), send its clips and its record, take the next."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
@@ -100,10 +101,10 @@ def _serve(jobs, out, credits, spec: PreprocessSpec, plan: PlanSettings, decoder
         while not jobs.poll(5.0):
             if os.getppid() != parent:
                 return
-        job = jobs.recv()
-        if job is None:
+        index = jobs.recv()
+        if index is None:
             return
-        pos, ref, segs = job
+        pos, ref, segs = all_jobs[index]
         send(VideoStarted(pos))
         for item in guarded_video_items(pos, ref, spec, plan, segs):
             send(item)
@@ -116,7 +117,7 @@ class _Worker:
     jobs: Any  # Connection: videos to the worker
     out: Any  # Connection: items from the worker
     credits: Any  # Semaphore: items the worker may still send
-    videos: deque = field(default_factory=deque)  # handed over, in order; videos[0] is being decoded
+    videos: deque = field(default_factory=deque)  # job indices handed over, in order; videos[0] is being decoded
     started: bool = False  # the worker has taken up videos[0]
     limit: float = TIMEOUT_BASE_S
     last_heard: float = 0.0
@@ -138,7 +139,8 @@ class WorkerPool:
 
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
                  video_timeout: float | None = None):
-        self.pending: deque[Job] = deque(jobs)
+        self.jobs = jobs
+        self.pending: deque[int] = deque(range(len(jobs)))  # indices into jobs
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
         self.n_workers = max(1, min(n_workers, len(jobs)))
         self.ctx = tmp.get_context()
@@ -164,8 +166,8 @@ class WorkerPool:
         out_r, out_w = self.ctx.Pipe(duplex=False)
         credits = self.ctx.Semaphore(PREFETCH)
         proc = self.ctx.Process(target=_serve, daemon=True, name="socialfeat-decoder",
-                                args=(jobs_r, out_w, credits, self.spec, self.plan, self.decoder_threads,
-                                      os.getpid()))
+                                args=(self.jobs, jobs_r, out_w, credits, self.spec, self.plan,
+                                      self.decoder_threads, os.getpid()))
         proc.start()
         jobs_r.close()  # the worker's ends: its death then reads as the end of its pipe
         out_w.close()
@@ -175,9 +177,9 @@ class WorkerPool:
         if not w.videos:
             w.last_heard, w.limit = time.monotonic(), stall_limit(None, self.timeout)
         while self.pending and len(w.videos) < VIDEOS_AHEAD:
-            job = self.pending.popleft()
-            w.videos.append(job)
-            w.jobs.send(job)
+            index = self.pending.popleft()
+            w.videos.append(index)
+            w.jobs.send(index)
 
     def _shut_down(self, workers: list[_Worker]) -> None:
         for w in workers:
@@ -249,8 +251,8 @@ class WorkerPool:
         """Stop ``w``, record its video as failed (when it had taken it up), start a fresh worker."""
         self._stop(w)
         head = w.videos.popleft() if w.videos else None
-        for job in reversed(w.videos):  # videos it had not begun go back to the queue, in order
-            self.pending.appendleft(job)
+        for index in reversed(w.videos):  # videos it had not begun go back to the queue, in order
+            self.pending.appendleft(index)
         blamed = head is not None and (w.started or failure is not Failure.CRASH)
         if head is not None and not blamed:  # died before taking the video up: not the video's fault
             self.pending.appendleft(head)
@@ -264,7 +266,7 @@ class WorkerPool:
             del workers[index]
         if not blamed:
             return
-        pos, ref, _ = head
+        pos, ref, _ = self.jobs[head]
         stage = "worker" if failure is Failure.CRASH else "timeout"
         log.debug("%s: %s: %s", ref.path, stage, message)
         video = video_row(ref, VideoStatus.ERROR, f"{stage}: {message}")

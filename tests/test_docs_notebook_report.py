@@ -44,8 +44,9 @@ def test_docs_site_builds_in_strict_mode(tmp_path):
                            "-d", str(tmp_path / "site")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     cli_page = (tmp_path / "site" / "cli" / "index.html").read_text()
-    for option in ("--missing-audio", "--tasks", "--resume", "--probe"):  # generated from the click commands
+    for option in ("--missing-audio", "--tasks", "--resume", "--probe", "--retry-failed"):  # from the click commands
         assert option in cli_page
+    assert "retry-failed" in (tmp_path / "site" / "what-happens-when" / "index.html").read_text()
 
 
 def test_notebook_runs_top_to_bottom(analysed, monkeypatch):

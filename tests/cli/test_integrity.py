@@ -20,9 +20,12 @@ import torch
 import socialfeat
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.cli import _refuse_foreign_csvs
-from socialfeat.errors import OutputExistsError
+from socialfeat.errors import OutputExistsError, UsageError
+from socialfeat.extract import check_segment_names, worth_retrying
 from socialfeat.merge import MergeError, merge
 from socialfeat.models import load_model
+from socialfeat.store import VideoResult
+from socialfeat.walk import find_videos
 
 from conftest import SOCIALFEAT, run_cli
 from media_factory import talking_video
@@ -250,3 +253,25 @@ def test_outputs_never_replace_what_the_command_did_not_write(corpus, tiny_ckpt,
         _refuse_foreign_csvs([], str(notes.parent))
     (tmp_path / "own.csv").write_text("video_id,path,clip_index\n")
     _refuse_foreign_csvs([tmp_path / "own.csv"], None)  # a CSV socialfeat wrote may be replaced
+
+
+def test_roots_are_told_apart_by_as_few_folders_as_needed(two_sites, tmp_path):
+    for site in ("a/site", "b/site"):
+        (tmp_path / site).mkdir(parents=True)
+        shutil.copy(two_sites / "site1" / "day1" / "cam.mp4", tmp_path / site / "cam.mp4")
+    refs = find_videos([tmp_path / "a" / "site", tmp_path / "b" / "site", two_sites / "site1"])
+    assert [r.relpath for r in refs] == ["a/site/cam.mp4", "b/site/cam.mp4", "site1/day1/cam.mp4"]
+    assert [r.relpath for r in find_videos([two_sites / "site1"])] == ["day1/cam.mp4"]  # one root: as before
+    with pytest.raises(UsageError, match="file name of 2 inputs"):  # segments by a shared name: refused
+        check_segment_names(find_videos([two_sites / "site1", two_sites / "site2"]), {"cam.mp4": []})
+
+
+@pytest.mark.parametrize("status,failure,strikes,retry_failed,expected", [
+    ("ok", "", 0, True, False),
+    ("error", "content", 0, False, False), ("error", "content", 0, True, True),
+    ("damaged", "content", 0, False, False), ("damaged", "transient", 0, False, True),
+    ("error", "transient", 0, False, True), ("error", "", 0, False, True),
+    ("error", "crash", 1, False, True), ("error", "timeout", 2, False, False), ("error", "crash", 2, True, True)])
+def test_which_journalled_videos_a_rerun_tries_again(status, failure, strikes, retry_failed, expected):
+    done = VideoResult(video={"status": status}, failure=failure, strikes=strikes)
+    assert worth_retrying(done, retry_failed) is expected
