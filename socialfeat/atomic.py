@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-
 _TMP_SUFFIX = ".tmp"
 _RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between prefix and suffix
 

@@ -40,7 +40,14 @@ from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.outputs import refuse_foreign_output
 from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
-from socialfeat.store import Failure, Journal, VideoResult, VideoStatus, assemble_output, is_features_file
+from socialfeat.store import (
+    Failure,
+    Journal,
+    VideoResult,
+    VideoStatus,
+    assemble_output,
+    is_features_file,
+)
 from socialfeat.walk import VideoRef, find_videos
 from socialfeat.workers import WorkerPool, in_process_items
 

@@ -30,7 +30,14 @@ from socialfeat.encoder import (
 from socialfeat.errors import MissingDependencyError
 from socialfeat.media import use_decoder_threads
 from socialfeat.models import load_model
-from socialfeat.pipeline import ClipItem, VideoDone, VideoStarted, error_row, guarded_video_items, video_row
+from socialfeat.pipeline import (
+    ClipItem,
+    VideoDone,
+    VideoStarted,
+    error_row,
+    guarded_video_items,
+    video_row,
+)
 from socialfeat.store import Failure, VideoStatus
 from socialfeat.workers import stall_limit
 

@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from socialfeat.atomic import atomic_path
-from socialfeat.outputs import REPORT_MARKER, is_socialfeat_report, refuse_foreign_output
+from socialfeat.outputs import (
+    REPORT_MARKER,
+    is_socialfeat_report,
+    refuse_foreign_output,
+)
 from socialfeat.store import (
     load_errors,
     load_features,

@@ -16,20 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SOCIALFEAT, run_cli
+from media_factory import talking_video
+from processes import freeze, holding, kill, resume
 
 import socialfeat
-from socialfeat.heads import TaskHead, save_head
 from socialfeat.cli import _refuse_foreign_csvs
 from socialfeat.errors import OutputExistsError, UsageError
 from socialfeat.extract import check_segment_names, worth_retrying
+from socialfeat.heads import TaskHead, save_head
 from socialfeat.merge import MergeError, merge
 from socialfeat.models import load_model
 from socialfeat.store import VideoResult
 from socialfeat.walk import find_videos
-
-from conftest import SOCIALFEAT, run_cli
-from media_factory import talking_video
-from processes import freeze, holding, kill, resume
 
 ODD_NAME = "we$ird %20 \\ {x} \"q\" 'q', 日本語 ü $x$.mp4"
 
