@@ -27,7 +27,7 @@ from socialfeat.extract import check_segment_names, worth_retrying
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.merge import MergeError, merge
 from socialfeat.models import load_model
-from socialfeat.store import VideoResult
+from socialfeat.store import VideoResult, assemble_output
 from socialfeat.walk import find_videos
 
 ODD_NAME = "we$ird %20 \\ {x} \"q\" 'q', 日本語 ü $x$.mp4"
@@ -274,3 +274,11 @@ def test_roots_are_told_apart_by_as_few_folders_as_needed(two_sites, tmp_path):
 def test_which_journalled_videos_a_rerun_tries_again(status, failure, strikes, retry_failed, expected):
     done = VideoResult(video={"status": status}, failure=failure, strikes=strikes)
     assert worth_retrying(done, retry_failed) is expected
+
+
+def test_the_output_is_on_disk_before_it_takes_its_name(monkeypatch, tmp_path):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    out = assemble_output([], tmp_path / "f.h5", {"socialfeat_version": "x"}, 4, {})
+    assert len(synced) == 1 and Path(synced[0]).name.startswith(".f.h5.") and out.is_file()
