@@ -62,15 +62,25 @@ def current_umask() -> int:
 
 
 def stale_temporaries(path: str | Path, before: float) -> list[Path]:
-    """Temporaries that :func:`atomic_path` made for ``path`` and that were last
-    modified before the time ``before`` (seconds since the epoch): left by a writer
-    that was killed, since a live writer keeps touching its file. Nothing else matches."""
+    """Temporaries that :func:`atomic_path` made for ``path`` and that were last modified
+    before ``before`` (seconds since the epoch): left by a writer that was killed, since a
+    live writer keeps touching its file. Nothing else matches."""
     path = Path(path)
-    pattern = re.compile(re.escape(_tmp_prefix(path)) + _RANDOM_PART + re.escape(_TMP_SUFFIX))
-    if not path.parent.is_dir():
+    return _stale(path.parent, re.escape(_tmp_prefix(path)), before)
+
+
+def stale_temporaries_in(directory: str | Path, before: float, name_pattern: str = r".+") -> list[Path]:
+    """Stale temporaries (as above) of any target in ``directory`` whose name matches
+    ``name_pattern`` (a regular expression)."""
+    return _stale(Path(directory), rf"\.(?:{name_pattern})\.", before)
+
+
+def _stale(directory: Path, prefix: str, before: float) -> list[Path]:
+    pattern = re.compile(prefix + _RANDOM_PART + re.escape(_TMP_SUFFIX))
+    if not directory.is_dir():
         return []
     found = []
-    for entry in os.scandir(path.parent):
+    for entry in os.scandir(directory):
         if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat(follow_symlinks=False).st_mtime < before:

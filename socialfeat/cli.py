@@ -224,12 +224,19 @@ def _describe_model(cfg, state) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward pass [default: 16 on a GPU, 2 on the CPU, where small batches run faster].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding worker processes [default: all cores but one with a GPU, 2 on the CPU].")
+              help="Decoding worker processes [default: all cores but one with a GPU, 2 on the CPU]. With 0, "
+                   "decoding runs in the main process: a crashing or stalling video then stops the run.")
+@click.option("--retry-failed", is_flag=True,
+              help="Process again every video an earlier run journalled with problems, including those that "
+                   "failed for a reason in their own bytes or crashed their worker twice.")
+@click.option("--video-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop a video whose decoding makes no progress for this long (it becomes an error row) "
+                   "[default: 120 s + twice the recording's duration].")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def extract(inputs, output, file_list, include, exclude, model, weights, clip_seconds, hop_seconds, segments,
             annotate, tiers, keep_empty, annotation_map, missing_audio, csv_dir, csv_embeddings, tasks, crop, faces,
             require_face, shard, engine, address, device, precision, embedding_kinds, batch_size, workers,
-            no_progress) -> None:
+            retry_failed, video_timeout, no_progress) -> None:
     """Embed every clip of the videos in INPUTS (directories are walked recursively)."""
     from socialfeat.export import export_csv, h5_to_flat_csv
     from socialfeat.extract import extract as run_extract
@@ -249,6 +256,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     h5_out = out.with_name(out.name + ".h5") if as_csv else out
     weights_to_load(model, weights)
     with _fatal_errors_as_one_line():
+        _refuse_foreign_csvs([out] if as_csv else [], csv_dir)
         summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,
                               hop_seconds=hop_seconds, segments=segments, annotate=list(annotate) or None,
@@ -257,7 +265,8 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                               batch_size=batch_size, workers=workers, device=device, progress=not no_progress,
                               tasks=[t for t in tasks.split(",") if t.strip()], shard=shard_pair,
                               engine=engine, address=address, crop=crop, faces=faces, require_face=require_face,
-                              precision=precision, embeddings=embedding_kinds,
+                              precision=precision, embeddings=embedding_kinds, retry_failed=retry_failed,
+                              video_timeout=video_timeout,
                               command_line=shlex.join(["socialfeat"] + sys.argv[1:]))
     if as_csv:
         h5_to_flat_csv(h5_out, out)
@@ -271,6 +280,15 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
                    + "), errors.csv", err=True)
     if not summary.all_ok:
         sys.exit(EXIT_PARTIAL)
+
+
+def _refuse_foreign_csvs(files: list[Path], csv_dir: str | None) -> None:
+    """Before any work: the CSVs extract will write may only replace CSVs socialfeat wrote."""
+    from socialfeat.outputs import is_socialfeat_csv, refuse_foreign_output
+
+    tables = [Path(csv_dir) / name for name in ("videos.csv", "clips.csv", "errors.csv")] if csv_dir else []
+    for path in files + tables:
+        refuse_foreign_output(path, is_socialfeat_csv, "a CSV table socialfeat wrote")
 
 
 @main.command()

@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from socialfeat.errors import UsageError
 
@@ -46,28 +46,34 @@ class Clip:
         return max(0.0, min(1.0, (self.end - self.start) / self.window))
 
 
-def plan_windows(start: float, end: float, clip_seconds: float, hop_seconds: float | None = None,
-                 min_coverage: float = MIN_COVERAGE) -> list[tuple[float, float]]:
-    """(window start, content end) pairs tiling [start, end)."""
+def iter_windows(start: float, end: float, clip_seconds: float, hop_seconds: float | None = None,
+                 min_coverage: float = MIN_COVERAGE) -> Iterator[tuple[float, float]]:
+    """(window start, content end) pairs tiling [start, end), one at a time: extraction takes
+    them as decoding reaches them, so a container that claims a far longer duration than it
+    holds does not make the plan run away."""
     if clip_seconds <= 0:
         raise ValueError(f"clip length must be positive, got {clip_seconds}")
     hop = clip_seconds if hop_seconds is None else hop_seconds
     if hop <= 0:
         raise ValueError(f"hop must be positive, got {hop}")
-    out: list[tuple[float, float]] = []
     k = 0
     while True:
         s = start + k * hop  # multiply, don't accumulate: no float drift over long recordings
         if s >= end - _EPS:
             break
         e = min(s + clip_seconds, end)
-        if (e - s) / clip_seconds + _EPS < min_coverage and out:
+        if (e - s) / clip_seconds + _EPS < min_coverage and k:
             break
-        out.append((round(s, 6), round(e, 6)))
+        yield round(s, 6), round(e, 6)
         if s + clip_seconds >= end - _EPS:
             break
         k += 1
-    return out
+
+
+def plan_windows(start: float, end: float, clip_seconds: float, hop_seconds: float | None = None,
+                 min_coverage: float = MIN_COVERAGE) -> list[tuple[float, float]]:
+    """(window start, content end) pairs tiling [start, end)."""
+    return list(iter_windows(start, end, clip_seconds, hop_seconds, min_coverage))
 
 
 def split_segment(start: float, end: float, clip_seconds: float) -> list[tuple[float, float]]:
@@ -77,10 +83,9 @@ def split_segment(start: float, end: float, clip_seconds: float) -> list[tuple[f
     return [(round(start + k * step, 6), round(start + (k + 1) * step if k < n - 1 else end, 6)) for k in range(n)]
 
 
-def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds: float | None = None,
-               segments: list[dict[str, Any]] | None = None) -> list[Clip]:
-    """Clips of one video: fixed windows over the whole recording (``hop_seconds``
-    apart), or pieces of each segment (its extra columns carried along)."""
+def iter_clips(video_id: str, duration: float, clip_seconds: float, hop_seconds: float | None = None,
+               segments: list[dict[str, Any]] | None = None) -> Iterator[Clip]:
+    """Clips of one video, one at a time (see plan_video)."""
     if segments is None:
         intervals = [(0.0, duration, {})]
     else:
@@ -89,15 +94,22 @@ def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds:
             extra = {k: v for k, v in seg.items() if k not in ("video", "start", "end")}  # incl. segment_row
             extra["segment_index"] = i
             intervals.append((max(0.0, float(seg["start"])), min(duration, float(seg["end"])), extra))
-    clips: list[Clip] = []
+    n = 0
     for a, b, extra in intervals:
         if b - a <= _EPS:
             continue
-        pieces = plan_windows(a, b, clip_seconds, hop_seconds) if segments is None else \
+        pieces = iter_windows(a, b, clip_seconds, hop_seconds) if segments is None else \
             split_segment(a, b, clip_seconds)
         for s, e in pieces:
-            clips.append(Clip(video_id, len(clips), s, clip_seconds, e, dict(extra)))
-    return clips
+            yield Clip(video_id, n, s, clip_seconds, e, dict(extra))
+            n += 1
+
+
+def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds: float | None = None,
+               segments: list[dict[str, Any]] | None = None) -> list[Clip]:
+    """Clips of one video: fixed windows over the whole recording (``hop_seconds``
+    apart), or pieces of each segment (its extra columns carried along)."""
+    return list(iter_clips(video_id, duration, clip_seconds, hop_seconds, segments))
 
 
 def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:

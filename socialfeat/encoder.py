@@ -175,7 +175,7 @@ def video_result(done: VideoDone, encoded: list[tuple[dict, dict[str, np.ndarray
         encoded = []
     encoded = sorted(encoded, key=lambda pair: (pair[0]["clip_index"], pair[0].get("track", 0)))
     res = VideoResult(video=dict(done.video, n_clips=len(encoded)), errors=done.errors,
-                      clips=[row for row, _ in encoded])
+                      clips=[row for row, _ in encoded], failure=done.failure)
     if encoded:
         res.embeddings = {k: np.stack([v[k] for _, v in encoded]) for k in EMBEDDING_KINDS}
         res.predictions = {t: np.stack([v[t] for _, v in encoded]) for t in task_names}

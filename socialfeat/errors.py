@@ -22,7 +22,8 @@ class InputNotFoundError(UsageError, FileNotFoundError):
 
 
 class OutputExistsError(UsageError, FileExistsError):
-    """An output that would replace earlier work (a run folder, a fitted head) without --overwrite."""
+    """An output that would replace earlier work (a run folder, a fitted head) without --overwrite,
+    or a file the command did not write (a video, the features file itself): never replaced."""
 
 
 class MissingDependencyError(SocialfeatError, RuntimeError):

@@ -1,8 +1,13 @@
 """``socialfeat extract``: videos in, per-clip embeddings and predictions out.
 
-walk inputs -> plan clips -> decode -> preprocess (DataLoader workers,
-``pipeline.py``) -> encode in batches that span videos (here) -> journal each
-finished video (``store.Journal``) -> assemble the HDF5 (``store.assemble_output``).
+walk inputs -> plan clips -> decode -> preprocess (worker processes,
+``pipeline.py`` in ``workers.py``) -> encode in batches that span videos (here) ->
+journal each finished video (``store.Journal``) -> assemble the HDF5
+(``store.assemble_output``).
+
+A rerun reuses what the journal holds when nothing that changes a number has
+changed (``run_fingerprint`` + the file's size and mtime), and tries again the
+videos that failed for a reason outside their own bytes (see ``worth_retrying``).
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -29,6 +34,7 @@ from socialfeat.annotations import (
     overruns,
     segments_table,
 )
+from socialfeat.atomic import stale_temporaries, stale_temporaries_in
 from socialfeat.clips import SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
     BatchEncoder,
@@ -42,21 +48,19 @@ from socialfeat.errors import UsageError
 from socialfeat.heads import released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
-from socialfeat.pipeline import (
-    ClipDataset,
-    ClipItem,
-    PlanSettings,
-    VideoDone,
-    worker_init,
-)
+from socialfeat.outputs import refuse_foreign_output
+from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
 from socialfeat.store import (
     CLIP_COLUMNS,
+    Failure,
     Journal,
     VideoResult,
     VideoStatus,
     assemble_output,
+    is_features_file,
 )
 from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
+from socialfeat.workers import WorkerPool, in_process_items
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
@@ -79,11 +83,66 @@ class ExtractSummary:
         return self.n_failed == 0
 
 
-def _fingerprint(model_info, plan: PlanSettings, ref: VideoRef, segments, size: int, mtime: float,
-                 tasks: list[dict]) -> str:
-    payload = {"weights": model_info.sha256, "model": model_info.to_dict(), "plan": plan.__dict__,
-               "segments": segments, "path": ref.relpath, "size": size, "mtime": mtime, "tasks": tasks}
+MAX_STRIKES = 2  # a video that crashed or stalled its worker in this many runs is not retried unasked
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the code that turns a video into numbers (decoder, fbank, model)."""
+    import av
+    import torch
+    import torchaudio
+
+    return {"socialfeat": __version__, "torch": torch.__version__, "torchaudio": torchaudio.__version__,
+            "av": av.__version__, "libavcodec": str(av.library_versions.get("libavcodec", ""))}
+
+
+def task_digest(task) -> str:
+    """SHA-256 of what a predictor computes with: a head file's content, a whole model's weights
+    (a head refitted in place under the same name must not bring back old predictions)."""
+    from socialfeat.models.digest import file_digest
+
+    own = getattr(getattr(task.model, "info", None), "sha256", None)
+    if task.model is not None and own:
+        return own
+    return file_digest(task.source) if task.source and Path(task.source).is_file() else ""
+
+
+def run_fingerprint(info, plan: PlanSettings, predictors: list, device: str) -> str:
+    """Everything of a run that changes a number: weights, model and preprocessing, clip plan
+    and precision, task predictors by content, versions of socialfeat and of its decoding
+    and model libraries, device type."""
+    payload = {"weights": info.sha256, "model": info.to_dict(), "plan": asdict(plan),
+               "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors],
+               "versions": library_versions(), "device": device}
+    return _digest(payload)
+
+
+def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def video_fingerprint(run_key: str, ref: VideoRef, segments, size: int, mtime: float) -> str:
+    """The run's fingerprint with one video's file (path, size, mtime) and its segments."""
+    return _digest({"run": run_key, "path": ref.relpath, "segments": segments, "size": size, "mtime": mtime})
+
+
+def worth_retrying(done: VideoResult, retry_failed: bool) -> bool:
+    """Whether a journalled video (same file, same settings) is processed again.
+
+    A clean video never is. ``retry_failed`` retries every other one. Otherwise: a verdict
+    from the file's own bytes (not a video, damaged, too short ...) is kept; a failure to
+    read it (I/O error, permissions, an unexpected error) is retried; a video that crashed
+    or stalled its worker is retried until it has done so in MAX_STRIKES runs.
+    """
+    if done.video.get("status") == VideoStatus.OK:
+        return False
+    if retry_failed:
+        return True
+    if done.failure in (Failure.CRASH, Failure.TIMEOUT):
+        return done.strikes < MAX_STRIKES
+    if done.failure == Failure.CONTENT:
+        return False
+    return done.failure == Failure.TRANSIENT or done.video.get("status") == VideoStatus.ERROR
 
 
 def in_shard(ref: VideoRef, index: int, count: int) -> bool:
@@ -124,16 +183,22 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             shard: tuple[int, int] | None = None, engine: str = "local", address: str | None = None,
             crop: str = "none", faces: str = "main", require_face: bool = False, precision: str = "auto",
             frames_on_device: bool | None = None, embeddings: str | tuple[str, ...] = "all",
+            retry_failed: bool = False, video_timeout: float | None = None,
             command_line: str | None = None) -> ExtractSummary:
     """Extract embeddings (and predictions) for every clip of every video into ``output`` (HDF5).
 
     Resumable: finished videos are journalled in ``<output>.parts`` and reused on
-    a rerun when the file (size, mtime) and every setting are unchanged.
+    a rerun when the file (size, mtime) and everything that changes a number are
+    unchanged; failed videos are tried again unless they failed for a reason in their
+    own bytes (``retry_failed``: all of them; see worth_retrying).
+    ``output`` may only replace a socialfeat features file.
     ``tasks``: extra predictors, each 'NAME' (released finetuned model) or 'NAME=PATH'
     (head from ``socialfeat finetune`` or a finetuned checkpoint); see heads.load_task.
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
     path, so the split is deterministic); merge the outputs with ``socialfeat merge``.
-    ``engine``: 'local' (DataLoader workers) or 'ray' (see ray_engine).
+    ``engine``: 'local' (decoding worker processes, see workers.py) or 'ray' (see ray_engine).
+    ``retry_failed``: try again videos that failed for a cause in their own bytes (others always are);
+    ``video_timeout``: seconds a video's decoding may stall before it becomes that video's error.
     ``segments``: an annotation CSV, 'speech' for clips inside voice-activity regions, or ELAN /
     Praat files (a file, a folder of them, or a list): each annotation becomes a segment.
     ``annotate``: ELAN / Praat files whose tiers label the clips as planned (``<tier>``,
@@ -152,9 +217,14 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     ``frames_on_device``: resize the sampled frames where the model runs instead of in the
     workers (default: on a GPU with the local engine, where the workers then only decode; not
     across a Ray cluster, whose network would carry 4-5x the bytes; see pipeline.PlanSettings).
+    ``video_timeout``: seconds a video's decoding may go without progress before it is stopped
+    and recorded as an error (default: 2 minutes plus twice the recording's duration).
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
+    refuse_foreign_output(output, is_features_file, "a socialfeat features file")
+    journal = Journal(output)
+    remove_stale_temporaries(output, journal, before=time.time())
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     embeddings = resolve_embeddings(embeddings)
@@ -179,8 +249,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                         raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
                         else frames_on_device)
     check_optional_extras(plan)
-    journal = Journal(output)
-    results, jobs, fingerprints = reuse_finished(refs, seg_table, journal, net.info, plan, predictors)
+    run_key = run_fingerprint(net.info, plan, predictors, dev.type)
+    results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run_key, retry_failed)
+    record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes)
 
     if jobs and engine == "ray":
         from socialfeat.ray_engine import run_ray
@@ -191,12 +262,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
         bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
         with logging_redirect_tqdm():
             run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
-                    _Recorder(journal, fingerprints, results, bar), [p.name for p in predictors])
+                    _Recorder(bar=bar, **record_kw), [p.name for p in predictors], video_timeout)
         bar.close()
     elif jobs:
         with logging_redirect_tqdm():
-            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results,
-                      predictors)
+            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors,
+                      video_timeout)
 
     ordered = [results[p] for p in range(len(refs))]
     for r in ordered:
@@ -207,7 +278,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                 "annotation_map": str(annotation_map or ""),
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
                 "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
-                "tasks": [p.meta() for p in predictors]}
+                "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))
 
@@ -275,11 +346,26 @@ def add_annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
                                "message": msg})
 
 
-def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan: PlanSettings,
-                   predictors: list) -> tuple[dict[int, VideoResult], list, dict[int, str]]:
-    """Results an earlier run journalled with the same fingerprint, and the jobs left to do."""
+
+
+def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> None:
+    """Temporaries that an earlier, killed run left behind (its output's, its CSVs' and its
+    journal's), and only those: our own name pattern, not touched since before this run."""
+    names = [output] + ([output.with_suffix("")] if output.name.endswith(".csv.h5") else [])  # (and feats.csv)
+    stale = [t for n in names for t in stale_temporaries(n, before)]
+    stale += stale_temporaries_in(journal.dir, before, r"[0-9a-f]{16}\.h5")
+    for path in stale:
+        log.info("removing %s, left by a run that was killed", path)
+        path.unlink(missing_ok=True)
+
+
+def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: str, retry_failed: bool = False
+                   ) -> tuple[dict[int, VideoResult], list, dict[int, str], dict[int, int]]:
+    """Results an earlier run journalled with the same fingerprint, the jobs left to do, each
+    video's fingerprint, and how often each job crashed or stalled a worker before."""
     results: dict[int, VideoResult] = {}
     fingerprints: dict[int, str] = {}
+    strikes: dict[int, int] = {}
     jobs = []
     for pos, ref in enumerate(refs):
         segs = segments_for(ref, seg_table)
@@ -288,15 +374,21 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, info, plan
             size, mtime = st.st_size, st.st_mtime
         except OSError:
             size, mtime = -1, 0.0
-        fingerprints[pos] = _fingerprint(info, plan, ref, segs, size, mtime, [p.meta() for p in predictors])
+        fingerprints[pos] = video_fingerprint(run_key, ref, segs, size, mtime)
         done = journal.read(ref.video_id)
-        if done is not None and done[1] == fingerprints[pos]:
+        if done is not None and done[1] == fingerprints[pos] and not worth_retrying(done[0], retry_failed):
             results[pos] = done[0]
         else:
+            strikes[pos] = done[0].strikes if done is not None and done[1] == fingerprints[pos] else 0
             jobs.append((pos, ref, segs))
     if results:
         log.info("resuming: %d of %d videos already done", len(results), len(refs))
-    return results, jobs, fingerprints
+    kept = sum(not VideoStatus(r.video["status"]).clean for r in results.values())
+    if kept:
+        log.warning("%d video(s) with problems kept from an earlier run (unchanged files whose own bytes "
+                    "fail, or that crashed or stalled a worker %d times); --retry-failed processes them again",
+                    kept, MAX_STRIKES)
+    return results, jobs, fingerprints, strikes
 
 
 def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],
@@ -325,10 +417,14 @@ def summarise(ordered: list[VideoResult], output: Path, n_reused: int) -> Extrac
 class _Recorder:
     """Writes each finished video to the journal (the durable path shared by all engines)."""
 
-    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult], bar):
+    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult],
+                 strikes: dict[int, int], bar):
         self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
+        self.strikes = strikes
 
     def __call__(self, pos: int, res: VideoResult) -> None:
+        prior = self.strikes.get(pos, 0)
+        res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
         self.journal.write(res, self.fingerprints[pos])
         self.results[pos] = res
         for e in res.errors:
@@ -336,11 +432,14 @@ class _Recorder:
         self.bar.update(1)
 
 
-def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal, fingerprints, results, tasks):
-    dataset = ClipDataset(jobs, spec, plan)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
-                        worker_init_fn=worker_init if workers else None,
-                        prefetch_factor=4 if workers else None)
+def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None):
+    """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here."""
+    if workers:
+        return WorkerPool(jobs, spec, plan, workers, video_timeout)
+    return in_process_items(jobs, spec, plan)
+
+
+def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout):
     encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings)
     task_names = [t.name for t in tasks]
     encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
@@ -348,7 +447,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
     bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
     bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
-    record = _Recorder(journal, fingerprints, results, bar_v)
+    record = _Recorder(bar=bar_v, **record_kw)
 
     def write(pos: int) -> None:
         record(pos, video_result(finished.pop(pos), encoded.pop(pos, []), task_names))
@@ -361,7 +460,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, journal
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
             write(pos)
 
-    for item in loader:
+    for item in decoded_items(jobs, spec, plan, workers, video_timeout):
         if isinstance(item, ClipItem):
             open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
             collect(encoder.add(item))

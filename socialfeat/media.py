@@ -15,6 +15,7 @@ the streams start at different offsets or the frame rate varies.
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,10 +30,13 @@ AUDIO_JITTER_SAMPLES = 32
 
 
 class MediaError(Exception):
-    """A file that cannot be used; ``stage`` says where it failed (open, probe, audio, video)."""
+    """A file that cannot be used; ``stage`` says where it failed (open, probe, audio, video).
+    ``in_file``: the cause is in the file's own bytes (not a media file, no video stream), so
+    reading it again unchanged fails again; False for I/O errors (a network share, permissions)."""
 
-    def __init__(self, path: str | Path, stage: str, cause: str):
+    def __init__(self, path: str | Path, stage: str, cause: str, in_file: bool = True):
         self.path, self.stage, self.cause = str(path), stage, " ".join(str(cause).split())
+        self.in_file = in_file
         super().__init__(f"{self.path}: {stage}: {self.cause}")
 
 
@@ -64,7 +68,8 @@ def _open(path: Path):
         return av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
         raise MediaError(path, "open", f"not a readable media file ({e.__class__.__name__}: "
-                                       f"{getattr(e, 'strerror', None) or e})") from None
+                                       f"{getattr(e, 'strerror', None) or e})",
+                         in_file=not isinstance(e, OSError)) from None
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -73,7 +78,7 @@ def probe(path: str | Path) -> MediaInfo:
     try:
         st = path.stat()
     except OSError as e:
-        raise MediaError(path, "open", e.strerror or str(e)) from None
+        raise MediaError(path, "open", e.strerror or str(e), in_file=False) from None
     if st.st_size == 0:
         raise MediaError(path, "open", "empty file (0 bytes)")
     with _open(path) as c:
@@ -138,68 +143,154 @@ class AudioTrack:
         return max(0.0, have - lost) / (i1 - i0)
 
 
+class AudioStream:
+    """The audio track on the video clock, decoded front to back as windows are asked for.
+
+    Holds only the samples from the last :meth:`release` point on, at the model's rate and
+    first channel only, so memory does not grow with the recording's length (the whole
+    track of a long recording at 48 kHz stereo would take about 0.9 GB per hour). The
+    samples are those :func:`load_audio` returns: same decoder, resampler and placement.
+    Frames are placed by their timestamps: audio lost to a damaged packet (or missing
+    before the audio stream starts) leaves a recorded silent gap instead of shifting later audio.
+    """
+
+    def __init__(self, info: MediaInfo, sample_rate: int = 16000, start: float | None = None,
+                 end: float | None = None):
+        self.info, self.sample_rate = info, sample_rate
+        self.start_sample = 0 if start is None else max(0, int(round(start * sample_rate)))
+        self.end_limit = None if end is None else int(round(end * sample_rate))
+        self.cursor = self.start_sample  # timeline sample after the last one placed
+        self.held_from = self.start_sample  # samples before this were released
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (timeline start, samples)
+        self.gaps: list[tuple[int, int]] = []  # [start, end) timeline samples with no decoded audio (zeros)
+        self.gap_samples = 0  # in all gaps, released ones included
+        self.decode_errors = 0
+        self.failure: Exception | None = None  # the demuxer gave up: the track ends here
+        self.finished = False
+        self._container = _open(Path(info.path))
+        stream = self._container.streams.audio[0]
+        if start:
+            margin = 0.5  # seek lands on an earlier packet; decode a little before the window
+            self._container.seek(int(max(0.0, start + info.video_start - margin) / stream.time_base),
+                                 stream=stream, backward=True)
+        self._resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
+                                            rate=sample_rate)
+        self._packets = self._container.demux(stream)
+
+    # ------------------------------------------------------------ decoding
+    def _place(self, t: float | None, data: np.ndarray) -> None:
+        pos = self.cursor if t is None else int(round((t - self.info.video_start) * self.sample_rate))
+        if abs(pos - self.cursor) <= AUDIO_JITTER_SAMPLES:
+            pos = self.cursor
+        if pos > self.cursor:  # samples lost: keep the timeline, fill with silence
+            self.chunks.append((self.cursor, np.zeros(pos - self.cursor, np.float32)))
+            self.gaps.append((self.cursor, pos))
+            self.gap_samples += pos - self.cursor
+            self.cursor = pos
+        elif pos < self.cursor:  # overlap or before the window: keep what is already placed
+            data = data[self.cursor - pos:]
+        if self.end_limit is not None:
+            data = data[: max(0, self.end_limit - self.cursor)]
+        if len(data):
+            self.chunks.append((self.cursor, data))
+            self.cursor += len(data)
+
+    def _take(self, frames) -> None:
+        for out in frames:
+            t = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
+            # the first channel only (as the reference reads it), copied out of the frame
+            self._place(t, np.frombuffer(out.planes[0], np.float32, count=out.samples).copy())
+
+    def _pull(self) -> None:
+        """Decode the next packet; at the end (or the window's end), flush and close."""
+        try:
+            packet = None if self._reached_end() else next(self._packets, None)
+        except av.error.FFmpegError as e:
+            self.failure, packet = e, None
+        if packet is None:
+            self._take(self._resampler.resample(None))
+            self.close()
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            self.decode_errors += 1
+            return
+        for frame in frames:
+            self._take(self._resampler.resample(frame))
+
+    def _reached_end(self) -> bool:
+        return self.end_limit is not None and self.cursor >= self.end_limit
+
+    def ensure(self, i1: int | None = None) -> None:
+        """Decode until timeline sample ``i1`` is placed (None: to the end of the track)."""
+        while not self.finished and (i1 is None or self.cursor < i1):
+            self._pull()
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._container.close()
+
+    # ------------------------------------------------------------ reading
+    def window(self, i0: int, i1: int) -> np.ndarray:
+        """Timeline samples [i0, i1), cut to what exists."""
+        self.ensure(i1)
+        if i0 < self.held_from and self.held_from > self.start_sample:
+            raise RuntimeError(f"audio before sample {self.held_from} was already released")
+        i0, i1 = max(i0, self.start_sample), min(i1, self.cursor)
+        parts = [c[max(0, i0 - s): max(0, i1 - s)] for s, c in self.chunks if s < i1 and s + len(c) > i0]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def valid_fraction(self, i0: int, i1: int) -> float:
+        """Share of timeline samples [i0, i1) that were really decoded."""
+        if i1 <= i0:
+            return 0.0
+        self.ensure(i1)
+        have = max(0, min(i1, self.cursor) - max(i0, self.start_sample))
+        lost = sum(max(0, min(b, i1) - max(a, i0)) for a, b in self.gaps)
+        return max(0.0, have - lost) / (i1 - i0)
+
+    def release(self, before: int) -> None:
+        """Samples before timeline sample ``before`` will not be asked for again: drop them."""
+        self.held_from = max(self.held_from, before)
+        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= self.held_from:
+            self.chunks.popleft()
+        self.gaps = [g for g in self.gaps if g[1] > self.held_from]
+
+    @property
+    def n_samples(self) -> int:
+        """Timeline samples placed so far (decoded audio and gaps), released ones included."""
+        return self.cursor - self.start_sample
+
+    @property
+    def duration(self) -> float:
+        """Seconds of really decoded audio so far (all of it once finished)."""
+        return (self.n_samples - self.gap_samples) / self.sample_rate
+
+    def read_all(self) -> AudioTrack:
+        """Decode the rest and return the whole track (or window) held at once."""
+        self.ensure()
+        if self.failure is not None:
+            raise self.failure
+        pieces = [c for _, c in self.chunks]
+        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        first = self.chunks[0][0] if self.chunks else self.start_sample
+        return AudioTrack(samples=samples, sample_rate=self.sample_rate, decode_errors=self.decode_errors,
+                          gaps=list(self.gaps), start_sample=first)
+
+
 def load_audio(info: MediaInfo, sample_rate: int = 16000, start: float | None = None,
                end: float | None = None) -> AudioTrack:
     """Audio at ``sample_rate``, first channel (as the reference dataloaders read it),
     on the video clock. Whole track by default, or the window [start, end) (seconds),
-    reached by seeking.
-
-    Decoded frames are placed by their timestamps: audio lost to a damaged packet
-    (or missing before the audio stream starts) leaves a recorded silent gap instead
-    of shifting later audio.
+    reached by seeking. Extraction streams the track instead (:class:`AudioStream`).
     """
-    path = Path(info.path)
-    lo = 0 if start is None else max(0, int(round(start * sample_rate)))
-    hi = None if end is None else int(round(end * sample_rate))
-    pieces: list[np.ndarray] = []
-    gaps: list[tuple[int, int]] = []
-    cursor = lo
-    errors = 0
-
-    def place(t: float | None, data: np.ndarray) -> None:
-        nonlocal cursor
-        pos = cursor if t is None else int(round((t - info.video_start) * sample_rate))
-        if abs(pos - cursor) <= AUDIO_JITTER_SAMPLES:
-            pos = cursor
-        if pos > cursor:  # samples lost: keep the timeline, fill with silence
-            pieces.append(np.zeros(pos - cursor, np.float32))
-            gaps.append((cursor, pos))
-            cursor = pos
-        elif pos < cursor:  # overlap or before the window: keep what is already placed
-            data = data[cursor - pos:]
-        if hi is not None:
-            data = data[: max(0, hi - cursor)]
-        pieces.append(data.astype(np.float32, copy=False))
-        cursor += len(data)
-
-    with _open(path) as c:
-        stream = c.streams.audio[0]
-        if start:
-            margin = 0.5  # seek lands on an earlier packet; decode a little before the window
-            c.seek(int(max(0.0, start + info.video_start - margin) / stream.time_base), stream=stream,
-                   backward=True)
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
-                                      rate=sample_rate)
-
-        def take(frames) -> None:
-            for out in frames:
-                t = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
-                place(t, out.to_ndarray()[0])
-
-        for packet in c.demux(stream):
-            if hi is not None and cursor >= hi:
-                break
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                errors += 1
-                continue
-            for frame in frames:
-                take(resampler.resample(frame))
-        take(resampler.resample(None))
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return AudioTrack(samples=samples.copy(), sample_rate=sample_rate, decode_errors=errors, gaps=gaps,
-                      start_sample=lo)
+    stream = AudioStream(info, sample_rate, start, end)
+    try:
+        return stream.read_all()
+    finally:
+        stream.close()
 
 
 @dataclass
@@ -238,6 +329,7 @@ class FrameStream:
         self.info = info
         self._seek_to = seek_to
         self.decode_errors = 0
+        self.io_error = False  # reading the file failed (not its content): worth another try later
         self.last_time: float | None = None  # time of the last decoded frame
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
         self._threads = _decoder_threads if threads is None else threads
@@ -257,8 +349,9 @@ class FrameStream:
                     packet = next(packets)
                 except StopIteration:
                     break
-                except av.error.FFmpegError:
+                except av.error.FFmpegError as e:
                     self.decode_errors += 1  # demuxer hit damaged or missing data: stop here
+                    self.io_error = isinstance(e, OSError)
                     break
                 try:
                     frames = packet.decode()

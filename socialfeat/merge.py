@@ -2,7 +2,9 @@
 one file, identical to what a single run over all videos writes.
 
 Shards must come from the same model weights, preprocessing and settings; any
-difference is refused with the attribute that differs.
+difference is refused with the attribute that differs. Shard files must be the
+complete set 1..N of one split (their ``shard`` attributes): a missing or repeated
+shard is refused, naming it, so that a merge never silently drops videos.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import numpy as np
 import pandas as pd
 
 from socialfeat.errors import SocialfeatError
+from socialfeat.outputs import refuse_foreign_output
 from socialfeat.store import (
     EMBEDDING_KINDS,
     VideoResult,
     assemble_output,
+    is_features_file,
     read_attrs,
     read_table,
 )
@@ -65,10 +69,38 @@ def read_results(path: str | Path) -> tuple[list[VideoResult], dict]:
     return results, meta
 
 
+def check_shards(parts: list[str | Path], attrs: list[dict]) -> None:
+    """The ``shard`` attributes (``I/N``) of the files: one split, every shard once. Files
+    from unsharded runs (no attribute) may be merged with each other only."""
+    shards = [str(a.get("shard") or "") for a in attrs]
+    if not any(shards):
+        return
+    if not all(shards):
+        plain = next(p for p, s in zip(parts, shards) if not s)
+        raise MergeError(f"{plain} is not a shard (no --shard I/N) but other files are")
+    split = {int(s.split("/")[1]) for s in shards}
+    if len(split) > 1:
+        raise MergeError(f"the files come from different splits: {', '.join(sorted(set(shards)))}")
+    (n,) = split
+    seen: dict[int, str] = {}
+    for p, s in zip(parts, shards):
+        i = int(s.split("/")[0])
+        if i in seen:
+            raise MergeError(f"shard {s} given twice: {seen[i]} and {p}")
+        seen[i] = str(p)
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in seen]
+    if missing:
+        raise MergeError(f"shard(s) {', '.join(missing)} missing: got {len(seen)} of {n} "
+                         f"({', '.join(f'{i}/{n}' for i in sorted(seen))})")
+
+
 def merge(parts: list[str | Path], output: str | Path, command_line: str = "") -> Path:
+    """Merge the features files ``parts`` into ``output`` (which may only replace a features file)."""
     if not parts:
         raise MergeError("nothing to merge")
+    refuse_foreign_output(output, is_features_file, "a socialfeat features file")
     attrs = [read_attrs(p) for p in parts]
+    check_shards(parts, attrs)
     for key in MUST_MATCH:
         values = {str(a.get(key)) for a in attrs}
         if len(values) > 1:

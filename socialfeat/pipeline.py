@@ -1,23 +1,28 @@
 """Worker side of extraction: one video in, model-ready clips out.
 
-Runs inside DataLoader worker processes. For each video: read the container
-facts, decode the audio once, plan the clips, then decode the frames front to
-back and emit each clip as soon as its frames are in (so memory does not grow
-with the recording's length), followed by one record describing the video.
-Problems become error rows; they never raise out of here.
+Runs inside decoding worker processes (``workers.py``). For each video: read the
+container facts, plan the clips, then decode frames and audio front to back and
+emit each clip as soon as its frames are in, followed by one record describing
+the video. Memory does not grow with the recording's length: only the frames of
+clips being assembled and the audio from the earliest pending clip on are held,
+and clips are planned as decoding reaches them (a header that claims days of
+video does not make the plan run away). Problems become error rows; they never
+raise out of here.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
-from socialfeat.clips import MIN_COVERAGE, Clip, plan_video
+from socialfeat.clips import MIN_COVERAGE, Clip, iter_clips
 from socialfeat.faces import (
     FaceDetector,
     TrackIds,
@@ -27,18 +32,17 @@ from socialfeat.faces import (
 )
 from socialfeat.media import (
     TRUNCATION_TOLERANCE_S,
-    AudioTrack,
+    AudioStream,
     FrameStream,
     MediaError,
     MediaInfo,
     available_cores,
-    load_audio,
     probe,
     use_decoder_threads,
 )
 from socialfeat.model_inputs import build_clip_inputs, requested_times
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
-from socialfeat.store import VideoStatus
+from socialfeat.store import Failure, VideoStatus
 from socialfeat.vad import speech_fraction, speech_regions
 from socialfeat.walk import VideoRef
 
@@ -80,11 +84,20 @@ class ClipItem:
 
 
 @dataclass
+class VideoStarted:
+    """Sent when a video is taken up (``duration`` None) and once its container is read:
+    the engine times each video from these (a stalled decode is stopped)."""
+    video_pos: int
+    duration: float | None = None
+
+
+@dataclass
 class VideoDone:
     video_pos: int
     video: dict[str, Any]  # a row of the videos table
     errors: list[dict[str, Any]]
     n_clips: int
+    failure: str = ""  # a store.Failure value when the verdict is not ok: whether a rerun tries again
 
 
 def error_row(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
@@ -98,17 +111,49 @@ def video_row(ref: VideoRef, status: VideoStatus = VideoStatus.OK, error: str = 
             "status": status.value, "error": error, "n_clips": 0}
 
 
-def frame_schedule(spec: PreprocessSpec, clips: list[Clip]) -> tuple[list[tuple[float, int, int]], list[int]]:
-    """Frame requests (time, clip index, slot) of all clips sorted by time, so that one
-    front-to-back decode serves overlapping windows too; and the slot count per clip."""
-    requests: list[tuple[float, int, int]] = []
-    slots_of: list[int] = []
-    for ci, clip in enumerate(clips):
-        valid = requested_times(spec, clip.start, clip.window, clip.end)
-        slots_of.append(len(valid))
-        requests += [(t, ci, k) for k, t in enumerate(valid)]
-    requests.sort()
-    return requests, slots_of
+class ClipPlan:
+    """The clips of a video, taken from the plan as decoding reaches them.
+
+    ``bound(ci)`` is a lower bound of the start of clip ``ci`` and of every later clip:
+    frame requests before it can be served, and audio before it can be released. Fixed
+    windows come lazily (their starts increase); segments, which may overlap and go
+    back in time, are all planned at once and bounded by the suffix minima of their starts.
+    """
+
+    def __init__(self, clips: Iterable[Clip], lazy: bool):
+        if lazy:
+            self._source = ((c, c.start) for c in clips)
+        else:
+            clips = list(clips)
+            bounds = list(itertools.accumulate(reversed([c.start for c in clips]), min))[::-1]
+            self._source = iter(zip(clips, bounds))
+        self.clips: list[Clip] = []
+        self.slots: list[int] = []  # frames requested per clip
+        self._bounds: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def bound(self, ci: int) -> float:
+        if ci < len(self._bounds):
+            return self._bounds[ci]
+        return self._bounds[-1] if self._bounds else 0.0
+
+    def requests(self, spec: PreprocessSpec) -> Iterator[tuple[float, int, int]]:
+        """Frame requests (time, clip index, slot) of all clips in time order, so that one
+        front-to-back decode serves overlapping windows too; clips are planned on the way."""
+        heap: list[tuple[float, int, int]] = []
+        for clip, bound in self._source:
+            while heap and heap[0][0] < bound:
+                yield heapq.heappop(heap)
+            times = requested_times(spec, clip.start, clip.window, clip.end)
+            self.clips.append(clip)
+            self._bounds.append(bound)
+            self.slots.append(len(times))
+            for k, t in enumerate(times):
+                heapq.heappush(heap, (t, len(self.clips) - 1, k))
+        while heap:
+            yield heapq.heappop(heap)
 
 
 class VideoRun:
@@ -125,7 +170,8 @@ class VideoRun:
         self.errors: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []  # error-table rows that say something, not that anything broke
         self.n_emitted = 0
-        self.audio: AudioTrack | None = None
+        self.failure = ""  # see store.Failure
+        self.audio: AudioStream | None = None
         self.regions: list[tuple[float, float]] | None = None  # speech regions (--segments speech)
         self.detector = FaceDetector() if plan.crop == "face" else None
         self.track_ids = TrackIds()
@@ -139,19 +185,28 @@ class VideoRun:
 
     def done(self) -> VideoDone:
         self.video["n_clips"] = self.n_emitted
-        return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted)
+        if self.failure != Failure.TRANSIENT and self.video["status"] != VideoStatus.OK:
+            self.failure = Failure.CONTENT  # the same bytes give the same verdict
+        return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure)
 
     # ------------------------------------------------------------ the steps
-    def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
+    def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
         info = self.probe()
         if info is not None:
-            self.decode_audio(info)
-            segments = self.segments_to_plan(segments, info.duration)
-            if segments is not False:
-                clips = plan_video(self.ref.video_id, info.duration, self.plan.clip_seconds,
-                                   self.plan.hop_seconds, segments)
-                yield from self.clips_in_order(info, clips)
-                self.settle_status(info)
+            yield VideoStarted(self.pos, info.duration)
+            self.open_audio(info)
+            try:
+                segments = self.segments_to_plan(segments, info.duration)
+                if segments is not False:
+                    clips = iter_clips(self.ref.video_id, info.duration, self.plan.clip_seconds,
+                                       self.plan.hop_seconds, segments)
+                    yield from self.clips_in_order(info, ClipPlan(clips, lazy=segments is None))
+                self.finish_audio(info)
+                if segments is not False:
+                    self.settle_status(info)
+            finally:
+                if self.audio is not None:
+                    self.audio.close()
         yield self.done()
 
     def probe(self) -> MediaInfo | None:
@@ -165,26 +220,46 @@ class VideoRun:
             info = probe(self.ref.path)
         except MediaError as e:
             self.problem(e.stage, e.cause, VideoStatus.ERROR)
+            self.failure = Failure.CONTENT if e.in_file else Failure.TRANSIENT
             return None
         self.video.update(size_bytes=info.size_bytes, mtime=info.mtime, duration_s=info.duration, fps=info.fps,
                           width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
         return info
 
-    def decode_audio(self, info: MediaInfo) -> None:
-        """The audio track once, at the model's rate; damaged packets are noted, the video stays usable."""
+    def open_audio(self, info: MediaInfo) -> None:
+        """The audio track, decoded at the model's rate as the clips need it."""
         if info.has_audio:
             try:
-                audio = load_audio(info, self.spec.sample_rate)
+                self.audio = AudioStream(info, self.spec.sample_rate)
+            except (MediaError, OSError, ValueError) as e:
+                self.audio_unreadable(e)
+
+    def audio_unreadable(self, e: Exception) -> None:
+        self.problem("decode-audio", f"audio unreadable ({e})")
+        if isinstance(e, OSError) or (isinstance(e, MediaError) and not e.in_file):
+            self.failure = Failure.TRANSIENT
+
+    def finish_audio(self, info: MediaInfo) -> None:
+        """Decode the rest of the track (its extent is a fact of the video); damage is noted,
+        the video stays usable."""
+        audio = self.audio
+        if audio is not None:
+            audio.ensure()
+            if audio.failure is not None and audio.duration == 0:
+                self.audio_unreadable(audio.failure)
+                self.audio = None
+            else:
                 # An audio stream that simply ends before the picture is common and plays fine: a QC
                 # fact (clips past its end carry audio_partial / no_audio), not damage.
                 self.video.update(audio_duration_s=audio.duration,
                                   audio_gap_s=round(max(0.0, info.duration - audio.duration), 3))
-                if audio.decode_errors:
+                if audio.failure is not None:
+                    self.problem("decode-audio", f"audio unreadable after {audio.duration:.2f} s ({audio.failure})")
+                    if isinstance(audio.failure, OSError):
+                        self.failure = Failure.TRANSIENT
+                elif audio.decode_errors:
                     self.problem("decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped")
-                self.audio = audio
-            except (MediaError, OSError, ValueError) as e:
-                self.problem("decode-audio", f"audio unreadable ({e})")
-        self.video["has_audio"] = self.audio is not None and len(self.audio.samples) > 0
+        self.video["has_audio"] = self.audio is not None and self.audio.n_samples > 0
 
     def segments_to_plan(self, segments: list[dict[str, Any]] | None,
                          duration: float) -> list[dict[str, Any]] | None | bool:
@@ -203,7 +278,8 @@ class VideoRun:
             self.problem("plan", "no audio to detect speech in", VideoStatus.NO_CLIPS)
             return False
         audio = self.audio
-        self.regions = speech_regions(audio.window(0, len(audio.samples) + audio.start_sample), audio.sample_rate,
+        audio.ensure()  # voice activity needs the whole track (held once, 16 kHz mono)
+        self.regions = speech_regions(audio.window(0, audio.cursor), audio.sample_rate,
                                       self.plan.vad_min_gap, self.plan.vad_min_speech)
         if not self.regions:
             self.problem("plan", "no speech detected", VideoStatus.NO_CLIPS)
@@ -233,36 +309,45 @@ class VideoRun:
                          VideoStatus.NO_CLIPS)
         return kept
 
-    def clips_in_order(self, info: MediaInfo, clips: list[Clip]) -> Iterator[ClipItem]:
+    def clips_in_order(self, info: MediaInfo, plan: ClipPlan) -> Iterator[ClipItem]:
         """Decode the frames front to back; emit each clip as soon as its frames are in,
         then the clips cut short by the end of what could be decoded."""
-        requests, slots_of = frame_schedule(self.spec, clips)
+        requests, times = itertools.tee(plan.requests(self.spec))
         got: dict[int, dict[int, tuple[float, float, Any]]] = {}
         stream = FrameStream(info)
         raw = (self.plan.raw_frames and self.detector is None and self.spec.frame_transform == "squash-bgr"
                and info.width * info.height <= RAW_FRAMES_MAX_PIXELS)
         next_clip = 0
-        frames = stream.at_times(r[0] for r in requests)
+        frames = stream.at_times(r[0] for r in times)
         try:
             for (t, ci, k), (_, frame) in zip(requests, frames):
-                if frame is None:
-                    continue
+                if frame is None:  # past the end of the decodable video: plan no further
+                    break
                 got.setdefault(ci, {})[k] = (t, frame.time, self.pixels(frame.rgb, raw))
-                while next_clip < len(clips) and len(got.get(next_clip, {})) == slots_of[next_clip]:
-                    yield from self.finish(clips[next_clip], got.pop(next_clip), clips[next_clip].end)
+                while next_clip < len(plan) and len(got.get(next_clip, {})) == plan.slots[next_clip]:
+                    yield from self.finish(plan.clips[next_clip], got.pop(next_clip), plan.clips[next_clip].end)
                     next_clip += 1
-            for _ in frames:  # decode the tail too, so the decodable extent is known
-                pass
+                    self.release_audio(plan.bound(next_clip))
+            else:
+                for _ in frames:  # decode the tail too, so the decodable extent is known
+                    pass
         except (MediaError, OSError) as e:
             self.problem("decode-video", str(e))
+        if stream.io_error:
+            self.failure = Failure.TRANSIENT
         decoded_end = (stream.last_time or 0.0) + stream.frame_interval
         self.video["decoded_duration_s"] = round(decoded_end, 6)
         self.video["decode_errors"] = stream.decode_errors
         self.decoded_any = stream.last_time is not None
-        for ci in range(next_clip, len(clips)):
-            clip = clips[ci]
+        for ci in range(next_clip, len(plan)):
+            clip = plan.clips[ci]
             if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or ci == 0:
                 yield from self.finish(clip, got.pop(ci, {}), decoded_end)
+
+    def release_audio(self, before_s: float) -> None:
+        """No clip still to come starts before ``before_s``: its audio is no longer needed."""
+        if self.audio is not None:
+            self.audio.release(int(round(before_s * self.audio.sample_rate)))
 
     def pixels(self, rgb: np.ndarray, raw: bool):
         """What a sampled frame travels as: decoded uint8 (resized where the model runs), the
@@ -342,28 +427,21 @@ class VideoRun:
 
 
 def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
-                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoDone]:
+                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
     """Clips of one video, then its VideoDone record (see VideoRun for the steps)."""
     return VideoRun(pos, ref, spec, plan).items(segments)
 
 
-class ClipDataset(IterableDataset):
-    """Videos split round-robin over DataLoader workers; yields ClipItem / VideoDone."""
-
-    def __init__(self, jobs: list[tuple[int, VideoRef, list[dict[str, Any]] | None]],
-                 spec: PreprocessSpec, plan: PlanSettings):
-        self.jobs, self.spec, self.plan = jobs, spec, plan
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, n = (info.id, info.num_workers) if info else (0, 1)
-        for pos, ref, segs in self.jobs[wid::n]:
-            try:
-                yield from video_items(pos, ref, self.spec, self.plan, segs)
-            except Exception as e:  # never let one file stop the batch
-                log.exception("unexpected failure on %s", ref.path)
-                video = video_row(ref, VideoStatus.ERROR, f"internal: {type(e).__name__}: {e}")
-                yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1)
+def guarded_video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
+                        segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
+    """video_items, with an unexpected exception turned into the video's error record:
+    one file never stops the batch."""
+    try:
+        yield from video_items(pos, ref, spec, plan, segments)
+    except Exception as e:
+        log.exception("unexpected failure on %s", ref.path)
+        video = video_row(ref, VideoStatus.ERROR, f"internal: {type(e).__name__}: {e}")
+        yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1, Failure.TRANSIENT)
 
 
 def worker_init(_: int) -> None:

@@ -7,12 +7,16 @@ return only the small per-clip vectors. The driver writes each finished video
 through the same journal as the local engine and assembles the same HDF5.
 
 A task whose worker dies is retried by Ray (``max_retries``); a video that still
-fails is recorded as an error row, never dropped; a rerun completes what is missing.
+fails is recorded as an error row, never dropped; a rerun tries it again (see
+extract.worth_retrying). Each task reports its progress to a small ``Clock`` actor;
+a task that makes none for longer than its video's limit (workers.stall_limit) is
+cancelled and recorded as a timeout, so ``ray.wait`` never waits forever.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -26,8 +30,16 @@ from socialfeat.encoder import (
 from socialfeat.errors import MissingDependencyError
 from socialfeat.media import use_decoder_threads
 from socialfeat.models import load_model
-from socialfeat.pipeline import ClipItem, VideoDone, error_row, video_items, video_row
-from socialfeat.store import VideoStatus
+from socialfeat.pipeline import (
+    ClipItem,
+    VideoDone,
+    VideoStarted,
+    error_row,
+    guarded_video_items,
+    video_row,
+)
+from socialfeat.store import Failure, VideoStatus
+from socialfeat.workers import stall_limit
 
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3
@@ -55,28 +67,69 @@ class EncoderWorker:
         return [(item.clip, vecs) for item, vecs in self.encoder.encode(list(items))]
 
 
-def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size: int):
-    """Decode one video, have its clips encoded batch by batch; returns (VideoDone, encoded)."""
+class Clock:
+    """When each running task last made progress, and how long it may go without (one actor,
+    so that every task and the driver read the same clock)."""
+
+    def __init__(self):
+        self.tasks: dict[int, list] = {}  # pos -> [last progress, limit, waiting on the encoder]
+
+    def beat(self, pos: int, limit: float, waiting: bool = False) -> None:
+        self.tasks[pos] = [time.monotonic(), limit, waiting]
+
+    def finished(self, pos: int) -> None:
+        self.tasks.pop(pos, None)
+
+    def overdue(self) -> list[tuple[int, float]]:
+        now = time.monotonic()
+        return [(pos, limit) for pos, (t, limit, waiting) in self.tasks.items() if not waiting and now - t > limit]
+
+
+def prepare_and_encode(pos: int, ref, segments, spec, plan, encoder, batch_size: int, clock=None,
+                       timeout: float | None = None):
+    """Decode one video, have its clips encoded batch by batch; returns (VideoDone, encoded).
+    Progress goes to ``clock`` (waiting on the encoder does not count against the video)."""
     import ray
 
     torch.set_num_threads(1)
     use_decoder_threads(1)  # the task holds one CPU of the cluster
+    limit = stall_limit(None, timeout)
+
+    def beat(waiting: bool = False) -> None:
+        if clock is not None:
+            clock.beat.remote(pos, limit, waiting)
+
+    def encode(batch: list) -> list:
+        beat(waiting=True)
+        out = ray.get(encoder.encode.remote(batch))
+        beat()
+        return out
+
+    beat()
     encoded, batch, done = [], [], None
-    for item in video_items(pos, ref, spec, plan, segments):
-        if isinstance(item, ClipItem):
+    for item in guarded_video_items(pos, ref, spec, plan, segments):
+        if isinstance(item, VideoStarted):
+            limit = stall_limit(item.duration, timeout)
+            beat()
+        elif isinstance(item, ClipItem):
             batch.append(item)
             if len(batch) >= batch_size:
-                encoded += ray.get(encoder.encode.remote(batch))
+                encoded += encode(batch)
                 batch = []
         else:
             done = item
     if batch:
-        encoded += ray.get(encoder.encode.remote(batch))
+        encoded += encode(batch)
     return done, encoded
 
 
+def _failed(pos: int, ref, stage: str, message: str, failure: Failure) -> VideoDone:
+    video = video_row(ref, VideoStatus.ERROR, f"{stage}: {message}")
+    return VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure)
+
+
 def run_ray(jobs: list, weights: str, task_requests: list[str], spec, plan, batch_size: int, device: str,
-            address: str | None, record, task_names: list[str]) -> None:
+            address: str | None, record, task_names: list[str], video_timeout: float | None = None) -> None:
     """Process ``jobs`` on Ray and hand each finished video to ``record(pos, VideoResult)``."""
     ray = _require_ray()
 
@@ -89,19 +142,36 @@ def run_ray(jobs: list, weights: str, task_requests: list[str], spec, plan, batc
                              plan.precision, plan.embeddings)
                 for _ in range(max(1, n_gpus if "num_gpus" in actor_opts else 1))]
     task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(prepare_and_encode)
-    pending = {}
+    clock = ray.remote(num_cpus=0)(Clock).remote()
+    pending, timed_out = {}, {}
     for pos, ref, segs in jobs:
-        ref_obj = task.remote(pos, ref, segs, spec, plan, encoders[pos % len(encoders)], batch_size)
+        ref_obj = task.remote(pos, ref, segs, spec, plan, encoders[pos % len(encoders)], batch_size, clock,
+                              video_timeout)
         pending[ref_obj] = (pos, ref)
+    by_pos = {pos: obj for obj, (pos, _) in pending.items()}
+    checked = time.monotonic()
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+        if not ready or time.monotonic() - checked > 2.0:
+            checked = time.monotonic()
+            for pos, limit in ray.get(clock.overdue.remote()):
+                if by_pos[pos] in pending and pos not in timed_out:
+                    timed_out[pos] = limit
+                    ray.cancel(by_pos[pos], force=True)
+        if not ready:
+            continue
         pos, ref = pending.pop(ready[0])
+        clock.finished.remote(pos)
         try:
             done, encoded = ray.get(ready[0])
-        except Exception as e:  # the task failed even after its retries
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            video = video_row(ref, VideoStatus.ERROR, f"worker: {first}")
-            done, encoded = VideoDone(pos, video, [error_row(ref, "worker", first)], 0), []
+        except Exception as e:  # the task failed even after its retries, or was stopped
+            if pos in timed_out:
+                done = _failed(pos, ref, "timeout", f"no progress for {timed_out[pos]:.0f} s (stalled decoding: "
+                               "a network file system or a pathological file); stopped", Failure.TIMEOUT)
+            else:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                done = _failed(pos, ref, "worker", first, Failure.CRASH)
+            encoded = []
         record(pos, video_result(done, encoded, task_names))
-    for actor in encoders:
+    for actor in [*encoders, clock]:
         ray.kill(actor)

@@ -4,6 +4,8 @@ Provenance, the videos with their status and QC flags, the error table, per-vide
 timelines of the task predictions (or of the first principal component of the joint
 embedding when there are none), and a 2-D PCA overview of all clip embeddings.
 Plots are PNG images embedded as data URIs: the page is a single file to send around.
+File names are text everywhere: escaped in the HTML, and never read as mathematics by
+matplotlib (a name with ``$`` in it would otherwise crash the report).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import numpy as np
 import pandas as pd
 
 from socialfeat.atomic import atomic_path
-from socialfeat.errors import UsageError
+from socialfeat.outputs import (
+    REPORT_MARKER,
+    is_socialfeat_report,
+    refuse_foreign_output,
+)
 from socialfeat.store import (
     load_errors,
     load_features,
@@ -125,9 +131,9 @@ def _task_kinds(h5_path: str | Path) -> dict[str, tuple[str, list[str]]]:
 
 
 def build_report(h5_path: str | Path, output: str | Path) -> Path:
-    """Write the HTML report of a features file to ``output`` (never onto the features file)."""
-    if Path(output).resolve() == Path(h5_path).resolve():
-        raise UsageError(f"{output}: the report would overwrite the features file it describes")
+    """Write the HTML report of a features file to ``output``, which may only replace a report
+    (never the features file, a video or a notes file)."""
+    refuse_foreign_output(output, is_socialfeat_report, "a report socialfeat wrote")
     import matplotlib
     matplotlib.use("Agg")
     matplotlib.rcParams["text.parse_math"] = False  # file names with $ are text, not mathematics
@@ -146,10 +152,10 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
     overview = ""
     if ok.sum() >= 3:
         fig, ax = plt.subplots(figsize=(6, 5))
-        for path, idx in clips[ok].groupby("path").groups.items():
-            ax.scatter(pcs[idx, 0], pcs[idx, 1], s=12, label=path)
-        if clips.loc[ok, "path"].nunique() <= 12:
-            ax.legend(fontsize=7)
+        groups = clips[ok].groupby("path").groups
+        dots = [ax.scatter(pcs[idx, 0], pcs[idx, 1], s=12) for idx in groups.values()]
+        if len(groups) <= 12:  # (labels given directly: a name starting with "_" is kept too)
+            ax.legend(dots, [str(p) for p in groups], fontsize=7)
         ax.set_xlabel("PC1")
         ax.set_ylabel("PC2")
         ax.set_title("joint embeddings of all clips (PCA), coloured by video", fontsize=9)
@@ -177,7 +183,8 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
     vcols = ["path", "status", "error", "n_clips", "duration_s", "decoded_duration_s", "has_audio", "fps",
              "width", "height"]
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>socialfeat report: {html.escape(Path(h5_path).name)}</title>
+<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}
+<title>socialfeat report: {html.escape(Path(h5_path).name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table.t{{border-collapse:collapse;font-size:12px}}
 table.t td,table.t th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></head><body>
 <h1>socialfeat report</h1>

@@ -48,6 +48,19 @@ class VideoStatus(str, Enum):
         return self is VideoStatus.OK
 
 
+class Failure(str, Enum):
+    """Why a video's verdict is not ok, as the journal keeps it: decides whether a rerun
+    processes the video again (see extract.worth_retrying)."""
+
+    CONTENT = "content"  # in the file's own bytes (not a media file, damaged): same bytes, same verdict
+    TRANSIENT = "transient"  # reading failed (I/O error, permissions, an unexpected exception): try again
+    CRASH = "crash"  # the video's decoding worker died (out of memory, a crash in a decoder)
+    TIMEOUT = "timeout"  # its decoding made no progress for too long (a stalled file system, a pathological file)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class VideoResult:
     """Everything one video contributes to the output."""
@@ -57,6 +70,8 @@ class VideoResult:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (n_clips, D)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)  # task -> (n_clips, K)
     errors: list[dict[str, Any]] = field(default_factory=list)  # rows of the errors table
+    failure: str = ""  # a Failure value, "" when the video is ok (journal only)
+    strikes: int = 0  # runs in which it crashed or stalled its worker (journal only)
 
 
 def _json_default(o):
@@ -82,6 +97,7 @@ class Journal:
         with atomic_path(self.part_path(result.video["video_id"]), fsync=True) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["fingerprint"] = fingerprint
+                f.attrs["failure"], f.attrs["strikes"] = str(result.failure), int(result.strikes)
                 f.attrs["video"] = json.dumps(result.video, default=_json_default)
                 f.attrs["clips"] = json.dumps(result.clips, default=_json_default)
                 f.attrs["errors"] = json.dumps(result.errors, default=_json_default)
@@ -98,7 +114,8 @@ class Journal:
         try:
             with h5py.File(path, "r") as f:
                 res = VideoResult(video=json.loads(f.attrs["video"]), clips=json.loads(f.attrs["clips"]),
-                                  errors=json.loads(f.attrs["errors"]))
+                                  errors=json.loads(f.attrs["errors"]), failure=str(f.attrs.get("failure", "")),
+                                  strikes=int(f.attrs.get("strikes", 0)))
                 for kind in f.get("embeddings", {}):
                     res.embeddings[kind] = f[f"embeddings/{kind}"][()]
                 for task in f.get("predictions", {}):
@@ -152,12 +169,13 @@ ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
 
 def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
                     embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
-    """Write the final HDF5 (atomically) from per-video results in input order."""
+    """Write the final HDF5 (atomically, on disk before it takes the name) from per-video
+    results in input order."""
     output = Path(output)
     videos = [r.video for r in results]
     clips = [c for r in results for c in r.clips]
     errors = [e for r in results for e in r.errors]
-    with atomic_path(output) as tmp:
+    with atomic_path(output, fsync=True) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
@@ -267,6 +285,15 @@ def computed_embeddings(path: str | Path) -> tuple[str, ...]:
     ``extract --embeddings``; the others are stored as NaN)."""
     settings = json.loads(read_attrs(path).get("settings") or "{}")
     return tuple(k for k in EMBEDDING_KINDS if k in settings.get("embeddings", EMBEDDING_KINDS))
+
+
+def is_features_file(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file that socialfeat wrote (extract or merge)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "socialfeat_version" in f.attrs and "videos" in f and "clips" in f
+    except (OSError, ValueError):
+        return False
 
 
 def prediction_tasks(path: str | Path) -> list[str]:

@@ -1,5 +1,14 @@
 """Finding the videos to process: directories walked recursively, single files,
-and file lists, with include/exclude globs, in a stable order."""
+and file lists, with include/exclude globs, in a stable order.
+
+Every file keeps its own identity: its ``relpath`` (the ``path`` column of every
+table) and the ``video_id`` hashed from it are unique within a run. One input root
+gives paths relative to it, as before; several roots (``site1/ site2/``, files from
+several folders) prefix each path with its root's folder name, as many trailing
+components of it as tell the roots apart, so that ``site1/cam.mp4`` and
+``site2/cam.mp4`` stay two videos. The same inputs give the same ids on every
+rerun and in every shard.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VideoRef:
     path: Path  # absolute path
-    relpath: str  # path relative to the input root it came from (POSIX separators)
+    relpath: str  # path relative to the input root it came from (POSIX separators), unique within a run
 
     @property
     def video_id(self) -> str:
@@ -54,51 +63,85 @@ def read_file_list(path: str | Path) -> list[Path]:
     return [p if p.is_absolute() else base / p for p in map(Path, entries)]
 
 
+def root_labels(roots: list[Path]) -> dict[Path, str]:
+    """For each root, the fewest trailing path components that no other root ends with
+    (``/data/a/site`` and ``/data/b/site`` -> ``a/site`` and ``b/site``)."""
+    labels = {}
+    parts = {r: r.parts[1:] if r.is_absolute() else r.parts for r in roots}
+    for root, mine in parts.items():
+        others = [p for r, p in parts.items() if r != root]
+        n = 1
+        while n < len(mine) and any(p[-n:] == mine[-n:] for p in others):
+            n += 1
+        labels[root] = "/".join(mine[-n:]) or "_"
+    return labels
+
+
+def _unique_relpaths(found: dict[Path, tuple[Path, str]]) -> list[VideoRef]:
+    """VideoRefs whose relpaths are unique: prefixed by their root's label when there are
+    several roots; the absolute path (without its leading '/') if labels still collide."""
+    roots = sorted({root for root, _ in found.values()})
+    labels = root_labels(roots) if len(roots) > 1 else {roots[0]: ""} if roots else {}
+    rel = {ap: f"{labels[root]}/{r}" if labels[root] else r for ap, (root, r) in found.items()}
+    taken: dict[str, int] = {}
+    for r in rel.values():
+        taken[r] = taken.get(r, 0) + 1
+    return [VideoRef(ap, r if taken[r] == 1 else ap.as_posix().lstrip("/")) for ap, r in rel.items()]
+
+
+def _walk_dir(root: Path, include: tuple[str, ...], exclude: tuple[str, ...], extensions: tuple[str, ...],
+              skipped: collections.Counter[str]) -> list[tuple[Path, str]]:
+    """Video files under ``root`` with their relative paths; other files are counted in ``skipped``
+    by extension (hidden files aside)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if not fn.lower().endswith(extensions):
+                if not fn.startswith("."):
+                    skipped[Path(fn).suffix.lower() or "(none)"] += 1
+                continue
+            ap = Path(dirpath) / fn
+            rel = ap.relative_to(root).as_posix()
+            if include and not _matches(rel, include):
+                continue
+            if exclude and _matches(rel, exclude):
+                continue
+            found.append((ap, rel))
+    return found
+
+
 def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[VideoRef]:
     """Videos under the given directories/files, each once, sorted by relative path.
 
     Files named explicitly (arguments or list entries) are taken whatever their
-    extension, so a bad file given on purpose is reported rather than ignored.
+    extension, so a bad file given on purpose is reported rather than ignored; their
+    root is their own folder (or the list's folder for list entries under it).
     """
-    refs: dict[Path, VideoRef] = {}
-    explicit = [Path(p) for p in inputs]
+    found: dict[Path, tuple[Path, str]] = {}  # absolute path -> (root, path relative to it)
     if file_list is not None:
-        listed = read_file_list(file_list)
-        root = Path(file_list).parent.resolve()
-        for p in listed:
+        list_root = Path(file_list).parent.resolve()
+        for p in read_file_list(file_list):
             ap = p.resolve()
             try:
-                rel = ap.relative_to(root).as_posix()
+                found.setdefault(ap, (list_root, ap.relative_to(list_root).as_posix()))
             except ValueError:
-                rel = ap.name
-            refs.setdefault(ap, VideoRef(ap, rel))
+                found.setdefault(ap, (ap.parent, ap.name))
     skipped: collections.Counter[str] = collections.Counter()  # extensions not taken from folders
-    for p in explicit:
+    for p in map(Path, inputs):
         if p.is_dir():
             root = p.resolve()
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    if not fn.lower().endswith(extensions):
-                        if not fn.startswith("."):
-                            skipped[Path(fn).suffix.lower() or "(none)"] += 1
-                        continue
-                    ap = Path(dirpath) / fn
-                    rel = ap.relative_to(root).as_posix()
-                    if include and not _matches(rel, include):
-                        continue
-                    if exclude and _matches(rel, exclude):
-                        continue
-                    refs.setdefault(ap, VideoRef(ap, rel))
+            for ap, rel in _walk_dir(root, include, exclude, extensions, skipped):
+                found.setdefault(ap, (root, rel))
         elif p.exists():
             ap = p.resolve()
-            refs.setdefault(ap, VideoRef(ap, ap.name))
+            found.setdefault(ap, (ap.parent, ap.name))
         else:
             raise InputNotFoundError(f"{p}: no such file or directory")
     if skipped:
         log.warning("%d file(s) in the input folders skipped, not a video extension: %s (name such files "
                     "explicitly, or in --file-list, to read them anyway)", sum(skipped.values()),
                     ", ".join(f"{ext} ({n})" for ext, n in skipped.most_common()))
-    return sorted(refs.values(), key=lambda r: (r.relpath, str(r.path)))
+    return sorted(_unique_relpaths(found), key=lambda r: (r.relpath, str(r.path)))

@@ -40,3 +40,25 @@ def freeze(pid: int) -> None:
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def holding(root: int, path) -> list[int]:
+    """Processes below ``root`` that have the file ``path`` open (e.g. the worker decoding it)."""
+    found = []
+    for pid in descendants(root):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    found.append(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def resume(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)

@@ -14,11 +14,10 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
-from PIL import Image
-
 from annotation_files import write_eaf, write_textgrid
 from conftest import run_cli
+from nbclient import NotebookClient
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -56,8 +55,9 @@ def test_docs_site_builds_in_strict_mode(tmp_path):
                            "-d", str(tmp_path / "site")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     cli_page = (tmp_path / "site" / "cli" / "index.html").read_text()
-    for option in ("--missing-audio", "--tasks", "--resume", "--probe"):  # generated from the click commands
+    for option in ("--missing-audio", "--tasks", "--resume", "--probe", "--retry-failed"):  # from the click commands
         assert option in cli_page
+    assert "retry-failed" in (tmp_path / "site" / "what-happens-when" / "index.html").read_text()
 
 
 def test_notebook_runs_top_to_bottom(analysed, monkeypatch):

@@ -13,8 +13,7 @@ from conftest import run_cli
 import socialfeat
 from socialfeat.encoder import BatchEncoder, resolve_embeddings, resolve_precision
 from socialfeat.errors import UsageError
-from socialfeat.models import create_model, load_model
-from socialfeat.models import fast
+from socialfeat.models import create_model, fast, load_model
 from socialfeat.models.fast import Int8Linear, is_quantized, quantize_linears
 from socialfeat.pipeline import ClipItem
 from socialfeat.store import read_attrs

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
+from conftest import FIXTURES
 from PIL import Image
+from tolerance import fbank_error_ratio
 
 from socialfeat import fbank, frames_tensor
 from socialfeat.preprocess import (
@@ -21,9 +23,6 @@ from socialfeat.preprocess import (
     PreprocessSpec,
     resolve_spec,
 )
-
-from conftest import FIXTURES
-from tolerance import fbank_error_ratio
 
 # Every fixture file of a family (the shared set, and any further set dropped into tests/fixtures).
 SPECS = {"cav": (CAV_MAE_SPEC, "image_tensor"), "social": (SOCIAL_MAE_SPEC, "frame_tensor_from_bgr")}

@@ -9,12 +9,11 @@ import shutil
 import h5py
 import pandas as pd
 import pytest
-
-import socialfeat
 from annotation_files import write_eaf, write_textgrid
+from conftest import run_cli
 from media_factory import speech_at_known_times
 
-from conftest import run_cli
+import socialfeat
 
 DURATION = 14.0
 ORIGIN_MS = 500  # coding_A.eaf's TIME_ORIGIN: annotation time 0 is 0.5 s into session01.mp4

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import run_cli
+
 from socialfeat import __version__
 from socialfeat.models import list_pretrained
-
-from conftest import run_cli
 
 
 def test_version():

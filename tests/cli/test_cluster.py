@@ -7,11 +7,10 @@ import subprocess
 import time
 
 import pytest
-
-import socialfeat
-
 from conftest import SOCIALFEAT, run_cli
 from processes import command_line, descendants, kill
+
+import socialfeat
 from cli.test_extract import assert_same_output
 
 IGNORED = {"merged_from", "shard"}

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SOCIALFEAT, run_cli
+from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
+from processes import freeze, kill
 
 import socialfeat
 from socialfeat.models import load_model
 from socialfeat.preprocess import fbank, frames_tensor, video_input
-
-from conftest import SOCIALFEAT, run_cli
-from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
-from processes import freeze, kill
 
 BROKEN = {"empty.mp4": ("open", "empty file"), "notes.mp4": ("open", "not a readable media file"),
           "truncated_nomoov.mp4": ("open", "not a readable media file"),

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
 
 import socialfeat
 from socialfeat.models import create_model, load_model, save_checkpoint
 from socialfeat.preprocess import fbank, frames_tensor, video_input
-
-from conftest import run_cli
-from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
 
 
 def test_include_exclude_and_file_list(corpus, tiny_ckpt, tmp_path):

@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_cli
+from media_factory import ASTRONAUT, face_video
 from PIL import Image
 
 import socialfeat
-from media_factory import ASTRONAUT, face_video
 from socialfeat.faces import FaceDetector
-
-from conftest import run_cli
 
 FPS = 25
 

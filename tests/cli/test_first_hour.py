@@ -11,11 +11,10 @@ import time
 
 import h5py
 import pytest
-
-import socialfeat
-
 from conftest import SOCIALFEAT, run_cli
 from media_factory import run, speech_wav, talking_video
+
+import socialfeat
 
 OFFLINE = {"SOCIALFEAT_OFFLINE": "1"}
 
@@ -66,7 +65,7 @@ def test_report_and_info_on_the_wrong_file_or_folder(small_run, tmp_path):
     assert "feats.csv.h5" in err
     before = small_run.read_bytes()
     err = one_line_error(run_cli("report", small_run, "-o", small_run, check=False))
-    assert "overwrite" in err and small_run.read_bytes() == before
+    assert "not replacing it" in err and small_run.read_bytes() == before
 
 
 def test_outputs_get_the_users_permissions(small_run):

@@ -4,11 +4,10 @@ videos in every way people write them, times past the end (issue: first hour).""
 from __future__ import annotations
 
 import pytest
-
-import socialfeat
-
 from conftest import run_cli
 from media_factory import talking_video
+
+import socialfeat
 
 
 @pytest.fixture(scope="module")

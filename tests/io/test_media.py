@@ -7,7 +7,7 @@ import pytest
 import torch
 from io_helpers import ffmpeg_frame, ffprobe_frame_times
 
-from socialfeat.media import FrameStream, MediaError, load_audio, probe
+from socialfeat.media import AudioStream, FrameStream, MediaError, load_audio, probe
 
 
 def test_probe_facts(corpus):
@@ -74,6 +74,26 @@ def test_damaged_audio_keeps_its_timeline(corpus):
     # after the gap the damaged file's audio lines up with the intact file's again
     np.testing.assert_allclose(bad.samples[b + 4000:b + 8000], good.samples[b + 4000:b + 8000], atol=1e-4)
     assert bad.valid_fraction(a, b) == 0.0 and good.valid_fraction(0, 16000) == 1.0
+
+
+@pytest.mark.parametrize("name", ["talk", "corrupt"])
+def test_streamed_audio_equals_the_whole_track_and_holds_one_window(corpus, name):
+    """Extraction streams the track: the same samples, gaps and facts, never more than a window held."""
+    info = probe(corpus[name])
+    whole, stream = load_audio(info), AudioStream(info)
+    window, held = 32000, []
+    for i0 in range(0, len(whole.samples), window):
+        np.testing.assert_array_equal(stream.window(i0, i0 + window), whole.window(i0, i0 + window))
+        assert stream.valid_fraction(i0, i0 + window) == whole.valid_fraction(i0, i0 + window)
+        held.append(sum(len(c) for _, c in stream.chunks))
+        stream.release(i0 + window)
+    stream.ensure()
+    gaps = sum(b - a for a, b in whole.gaps)  # (a gap is filled at once when the audio after it arrives)
+    assert max(held) < window + 2 * 1024 + gaps  # a window, plus the audio frame decoded past its end
+    assert (stream.duration, stream.decode_errors, stream.n_samples) == \
+        (whole.duration, whole.decode_errors, len(whole.samples))
+    with pytest.raises(RuntimeError, match="released"):
+        stream.window(0, window)
 
 
 def test_windowed_audio_equals_whole_track(corpus):

@@ -6,13 +6,20 @@ import json
 
 import pytest
 import torch
-
-from socialfeat.models import (CAVMAE, CAVMAEFT, SocialMAE, SocialMAEFT, CheckpointError, create_model,
-                               load_model, save_checkpoint)
-from socialfeat.models.checkpoint import infer_info
-
 from conftest import FIXTURES
 from models.test_parity import weights_from_rule
+
+from socialfeat.models import (
+    CAVMAE,
+    CAVMAEFT,
+    CheckpointError,
+    SocialMAE,
+    SocialMAEFT,
+    create_model,
+    load_model,
+    save_checkpoint,
+)
+from socialfeat.models.checkpoint import infer_info
 
 
 class NotATensor:

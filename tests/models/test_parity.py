@@ -13,11 +13,10 @@ import copy
 
 import pytest
 import torch
-
-from socialfeat.models import CAVMAE, CAVMAEFT, SocialMAE, SocialMAEFT
-
 from conftest import FIXTURES
 from tolerance import MODEL_REL_RMS, assert_model_close, model_error
+
+from socialfeat.models import CAVMAE, CAVMAEFT, SocialMAE, SocialMAEFT
 
 CLASSES = {"cavmae": (CAVMAE, CAVMAEFT), "socialmae": (SocialMAE, SocialMAEFT)}
 FIXTURE_FILES = sorted(p.name for family in CLASSES for p in FIXTURES.glob(f"{family}_*.pt"))

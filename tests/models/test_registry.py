@@ -6,8 +6,13 @@ import dataclasses
 
 import pytest
 
-from socialfeat.models import WeightsUnavailableError, get_pretrained_cfg, list_pretrained, register_pretrained
-from socialfeat.models import registry
+from socialfeat.models import (
+    WeightsUnavailableError,
+    get_pretrained_cfg,
+    list_pretrained,
+    register_pretrained,
+    registry,
+)
 from socialfeat.models.hub import fetch
 
 EXPECTED = {"cav-mae-scale++", "cav-mae-scale+", "cav-mae-base", "social-mae", "social-mae-emotion",

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SOCIALFEAT, run_cli
+from media_factory import make_training_corpus
+from processes import freeze, kill
 
 import socialfeat
-from media_factory import make_training_corpus
 from pretraining.init import load_initial_weights
 from socialfeat.models import SocialMAE, create_model, load_model, save_checkpoint
-
-from conftest import SOCIALFEAT, run_cli
-from processes import freeze, kill
 
 # contrastive weight 1: in a 32-step run the default 0.01 leaves that term too small to move
 TINY = ["--arch", "social-mae-tiny", "--batch-size", "4", "--lr", "1e-3", "--clips-per-video", "8",
