@@ -121,6 +121,7 @@ class _Worker:
     started: bool = False  # the worker has taken up videos[0]
     limit: float = TIMEOUT_BASE_S
     last_heard: float = 0.0
+    broken: bool = False  # a video could not be handed over: it died (found out by _collect)
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -176,10 +177,14 @@ class WorkerPool:
     def _hand_out(self, w: _Worker) -> None:
         if not w.videos:
             w.last_heard, w.limit = time.monotonic(), stall_limit(None, self.timeout)
-        while self.pending and len(w.videos) < VIDEOS_AHEAD:
-            index = self.pending.popleft()
-            w.videos.append(index)
-            w.jobs.send(index)
+        while self.pending and len(w.videos) < VIDEOS_AHEAD and not w.broken:
+            index = self.pending[0]
+            try:
+                w.jobs.send(index)
+            except OSError:  # its end of the pipe is closed: the worker is gone
+                w.broken = True
+                return
+            w.videos.append(self.pending.popleft())
 
     def _shut_down(self, workers: list[_Worker]) -> None:
         for w in workers:
@@ -201,7 +206,7 @@ class WorkerPool:
     # ------------------------------------------------------------ the loop
     def _collect(self, workers: list[_Worker]) -> Iterator[ClipItem | VideoDone]:
         """Wait for the busy workers; pass on what they send; replace any that died or stalled."""
-        busy = [w for w in workers if w.videos]
+        busy = [w for w in workers if w.videos or w.broken]
         if not busy:
             return
         now = time.monotonic()
