@@ -16,8 +16,9 @@ regression predicts the label from each embedding, leave-one-video-out. Printed:
 fast path, and fitted on fp32 but applied to fast-path embeddings.
 
 ``--emulate`` runs every configuration as a CPU without AMX would (on an AMX machine):
-``avx512`` (AVX512-VNNI, e.g. AMD Zen 4, Intel Ice Lake) or ``avx2`` (e.g. AMD Zen 2/3, Intel
-before Ice Lake): AMX permission refused through an LD_PRELOAD shim (noamx.c, compiled here
+``avx512`` (AVX512-VNNI, e.g. AMD Zen 4, Intel Ice Lake), ``avx2-vnni`` (AVX2 with AVX-VNNI,
+Intel laptop and desktop CPUs since Alder Lake) or ``avx2`` (e.g. AMD Zen 2/3, Intel before Ice
+Lake): AMX permission refused through an LD_PRELOAD shim (noamx.c, compiled here
 with cc), and oneDNN / MKL / FBGEMM / ATen held to that instruction set by their environment
 variables.
 
@@ -53,7 +54,9 @@ CONFIGS = {"fp32": ["--precision", "fp32"], "int8": ["--precision", "int8"],
            "fast": ["--precision", "fast"], "fast-joint": ["--precision", "fast", "--embeddings", "joint"]}
 ISA_ENV = {"avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
            "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-                    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}}
+                    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+           "avx2-vnni": {"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                         "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}}
 VOICES = ["en+m1", "en+f1", "en+m3", "en+f3", "en+m4", "en+f4", "en+m2"]
 WORDS = ["The meeting starts at nine and ends before lunch.", "Please tell me about your family and friends.",
          "I walked to the station in the rain yesterday.", "We could try again next week if you like.",
@@ -262,7 +265,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="length of the timed video")
     p.add_argument("--configs", default="fp32,fast,fast-joint", help=f"comma-separated, from {', '.join(CONFIGS)}")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--emulate", choices=["none", "avx512", "avx2"], default="none")
+    p.add_argument("--emulate", choices=["none", *ISA_ENV], default="none")
     p.add_argument("--probe-videos", type=int, default=12, help="0: no probe")
     p.add_argument("--probe-seconds", type=float, default=8.0)
     p.add_argument("--probe-config", default="fast")

@@ -215,11 +215,11 @@ def _describe_model(cfg, state) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "fast"]), default="auto",
               help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. fast: the fastest approximate precision "
                    "of the device: bf16 on CUDA and on CPUs with AMX (2.5x fp32), int8 linear layers on other CPUs "
-                   "(1.5-1.9x fp32); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "
+                   "(1.5-2x fp32); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "
                    "bf16 and int8 force one of them.")
 @click.option("--embeddings", "embedding_kinds", default="all", metavar="all|KINDS",
               help="Embeddings to compute: all, or a comma-separated subset of joint,audio,visual. "
-                   "'joint' alone skips the audio- and visual-only passes (about 8 % faster); "
+                   "'joint' alone skips the audio- and visual-only passes (about 7 % faster); "
                    "the others are NaN in the output.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Clips per forward pass [default: 16 on a GPU, 2 on the CPU, where small batches run faster].")

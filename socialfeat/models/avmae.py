@@ -174,7 +174,7 @@ class AVEncoder(nn.Module):
         Either input may be None (missing modality); the joint embedding and
         logits then stay None as well. ``kinds`` limits the unified passes to the
         embeddings asked for (``("joint",)`` skips the audio- and visual-only passes,
-        about 8 % of the work at the released size); the others stay None.
+        about 7 % of the work at the released size); the others stay None.
         """
         unknown = set(kinds) - set(EMBEDDINGS)
         if unknown:
