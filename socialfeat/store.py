@@ -205,12 +205,9 @@ def check_features_file(path: str | Path) -> None:
     """Raise a one-line UsageError unless ``path`` is a features file written by socialfeat."""
     path = Path(path)
     hint = f"; the HDF5 kept beside a CSV output is {path.name}.h5" if path.suffix.lower() == ".csv" else ""
-    try:
-        with h5py.File(path, "r") as f:
-            ours = "socialfeat_version" in f.attrs and all(g in f for g in ("videos", "clips", "errors"))
-    except OSError:
-        raise UsageError(f"{path}: not an HDF5 file{hint}") from None
-    if not ours:
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"{path}: not an HDF5 file{hint}")
+    if not is_features_file(path):
         raise UsageError(f"{path}: an HDF5 file, but not one written by socialfeat extract or merge")
 
 
@@ -291,7 +288,7 @@ def is_features_file(path: str | Path) -> bool:
     """Whether ``path`` is an HDF5 file that socialfeat wrote (extract or merge)."""
     try:
         with h5py.File(path, "r") as f:
-            return "socialfeat_version" in f.attrs and "videos" in f and "clips" in f
+            return "socialfeat_version" in f.attrs and all(g in f for g in ("videos", "clips", "errors"))
     except (OSError, ValueError):
         return False
 
