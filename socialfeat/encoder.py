@@ -8,6 +8,8 @@ reuses the batch already decoded and preprocessed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -82,6 +84,11 @@ class BatchEncoder:
     ``precision`` 'int8' converts the model and the task models in place (prepare_models).
     ``embeddings``: the kinds to compute; the others are NaN (the unified passes they need
     are skipped unless a task head reads them).
+
+    On a GPU the work overlaps: each clip's tensors are copied to the device as it arrives
+    (on a stream of their own, so the copy does not wait for the model), and a batch's results
+    come back while the next batch is gathered. ``add`` and ``flush`` therefore return the
+    results of earlier batches; every clip's result comes back once, by the final ``flush``.
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32",
@@ -92,7 +99,9 @@ class BatchEncoder:
         self.embeddings = resolve_embeddings(embeddings)
         self.kinds = self._kinds_to_compute()
         prepare_models([model] + [t.model for t in tasks], precision)
-        self.buffer: list[ClipItem] = []
+        self.buffer: list[ClipItem] = []  # the batch being gathered, tensors already where the model runs
+        self.in_flight: _Launched | None = None  # the batch the device is computing
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _kinds_to_compute(self) -> tuple[str, ...]:
         """The embeddings asked for, plus those the task heads read (the model's own head reads joint)."""
@@ -105,25 +114,55 @@ class BatchEncoder:
         return tuple(k for k in EMBEDDING_KINDS if k in needed)
 
     def add(self, item: ClipItem) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
-        self.buffer.append(item)
-        return self.flush() if len(self.buffer) >= self.batch_size else []
-
-    def _to(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True)
+        """Take ``item``; on a GPU its tensors are copied there now (they may be views of a worker's
+        shared slot, written again once the next item is asked for: WorkerPool's lend_tensors).
+        Returns the clips finished so far."""
+        self.buffer.append(self._take(item))
+        return self._launch() if len(self.buffer) >= self.batch_size else []
 
     def flush(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
-        """Encode what is buffered (a last, partial batch)."""
-        items, self.buffer = self.buffer, []
-        return self.encode(items)
+        """Encode what is buffered (a last, partial batch) and return every clip not yet returned."""
+        done = self._launch() if self.buffer else []
+        return done + self._collect_in_flight()
 
     def encode(self, items: list[ClipItem]) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
-        """Embeddings and predictions of ``items`` (NaN where a clip has no audio or is skipped)."""
+        """Embeddings and predictions of ``items`` (NaN where a clip has no audio or is skipped), at once."""
+        return self._launch_batch([self._take(it) for it in items]).collect()
+
+    # ------------------------------------------------------------ internals
+    def _take(self, item: ClipItem) -> ClipItem:
+        """The item with its tensors on the device (copies, on a GPU)."""
+        def copy(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(self.device, non_blocking=True)
+        if self.copy_stream is None:  # CPU: the item's own tensors
+            return item
+        with torch.cuda.stream(self.copy_stream):  # (from pageable memory: returns once the bytes are read)
+            return replace(item, audio=copy(item.audio), video=copy(item.video))
+
+    def _launch(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
+        """Start the gathered batch; return the results of the one before it."""
+        items, self.buffer = self.buffer, []
+        launched = self._launch_batch(items)
+        done = self._collect_in_flight()
+        self.in_flight = launched
+        return done
+
+    def _collect_in_flight(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
+        launched, self.in_flight = self.in_flight, None
+        return launched.collect() if launched is not None else []
+
+    def _launch_batch(self, items: list[ClipItem]) -> _Launched:
+        """Queue the model on ``items`` (tensors on the device); results are copied back without waiting."""
+        launched = _Launched(items)
         if not items:
-            return []
-        dim = self.model.norm.normalized_shape[0]
-        out = {k: np.full((len(items), dim), np.nan, np.float32) for k in EMBEDDING_KINDS}
-        for task in self.tasks:
-            out[task.name] = np.full((len(items), len(task.label_names)), np.nan, np.float32)
+            return launched
+        if self.copy_stream is not None:  # the model's stream waits for the copies, and their memory
+            compute = torch.cuda.current_stream(self.device)  # is not reused before it is done with it
+            compute.wait_stream(self.copy_stream)
+            for it in items:
+                for x in (it.audio, it.video):
+                    if x is not None:
+                        x.record_stream(compute)
         with_audio = [i for i, it in enumerate(items) if it.audio is not None and not it.skip]
         without = [i for i, it in enumerate(items) if it.audio is None and not it.skip]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -133,19 +172,18 @@ class BatchEncoder:
                     continue
                 # inputs are finished in fp32 (frames resized here, see model_video), outside autocast
                 video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
-                audio = self._to(torch.stack([items[i].audio for i in idx])) if use_audio else None
+                audio = torch.stack([items[i].audio for i in idx]) if use_audio else None
                 with autocast:
                     enc = self.model.encode(audio, video, kinds=self.kinds)
                 for kind in self.embeddings:
-                    val = getattr(enc, kind)
-                    if val is not None:
-                        out[kind][idx] = val.float().cpu().numpy()
+                    launched.add(kind, idx, getattr(enc, kind))
                 for task in self.tasks:
                     with autocast:
-                        values = self._predict(task, enc, audio, video)
-                    if values is not None:
-                        out[task.name][idx] = values.float().cpu().numpy()
-        return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(items)]
+                        launched.add(task.name, idx, self._predict(task, enc, audio, video))
+        launched.dims = {k: self.model.norm.normalized_shape[0] for k in EMBEDDING_KINDS}
+        launched.dims.update({t.name: len(t.label_names) for t in self.tasks})
+        launched.copied_back(self.device)
+        return launched
 
     def _predict(self, task: Task, enc, audio: torch.Tensor | None, video: torch.Tensor) -> torch.Tensor | None:
         """A task's values; the extraction model's own head reuses the logits of the pass
@@ -153,6 +191,35 @@ class BatchEncoder:
         if task.head is None and task.model is self.model:
             return None if enc.logits is None else outputs_to_values(enc.logits, task.task_type)
         return task.predict(enc, audio, video)
+
+
+class _Launched:
+    """A batch queued on the device: its outputs on their way back to the CPU."""
+
+    def __init__(self, items: list[ClipItem]):
+        self.items = items
+        self.parts: list[tuple[str, list[int], torch.Tensor]] = []
+        self.dims: dict[str, int] = {}
+        self.event = None
+
+    def add(self, name: str, idx: list[int], values: torch.Tensor | None) -> None:
+        if values is not None:  # (to the CPU without waiting: into pinned memory when it comes from a GPU)
+            self.parts.append((name, idx, values.float().to("cpu", non_blocking=True)))
+
+    def copied_back(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(device))
+
+    def collect(self) -> list[tuple[ClipItem, dict[str, np.ndarray]]]:
+        """Wait for the device; each clip with its vectors (NaN where a clip has none)."""
+        if self.event is not None:
+            self.event.synchronize()
+        out = {k: np.full((len(self.items), d), np.nan, np.float32) for k, d in self.dims.items()}
+        for name, idx, values in self.parts:
+            out[name][idx] = values.numpy()
+        stripped = [replace(it, audio=None, video=None) for it in self.items]  # the device memory can go
+        return [(it, {k: v[i] for k, v in out.items()}) for i, it in enumerate(stripped)]
 
 
 def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:

@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,9 +261,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
             from socialfeat.models.hub import fetch
             weights = fetch(model)
         bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), _Recorder(bar=bar, **record_kw) as record:
             run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
-                    _Recorder(bar=bar, **record_kw), [p.name for p in predictors], video_timeout)
+                    record, [p.name for p in predictors], video_timeout)
         bar.close()
     elif jobs:
         with logging_redirect_tqdm():
@@ -415,27 +416,57 @@ def summarise(ordered: list[VideoResult], output: Path, n_reused: int) -> Extrac
 
 
 class _Recorder:
-    """Writes each finished video to the journal (the durable path shared by all engines)."""
+    """Writes each finished video to the journal (the durable path shared by all engines).
+
+    The writes (an HDF5 file and an fsync each) happen on a thread of their own, in order, so
+    that the loop feeding the model does not wait on the disk; use as a context manager: on
+    leaving, every write handed over is finished (also on Ctrl-C), and a failed write raises.
+    """
 
     def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult],
                  strikes: dict[int, int], bar):
         self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
         self.strikes = strikes
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="socialfeat-journal")
+        self.writes: list[Future] = []
 
     def __call__(self, pos: int, res: VideoResult) -> None:
         prior = self.strikes.get(pos, 0)
         res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
-        self.journal.write(res, self.fingerprints[pos])
         self.results[pos] = res
         for e in res.errors:
             log.warning("%s: %s: %s", e["path"], e["stage"], e["message"])
+        self._raise_failed()
+        self.writes.append(self.writer.submit(self._write, res, self.fingerprints[pos]))
+
+    def _write(self, res: VideoResult, fingerprint: str) -> None:
+        self.journal.write(res, fingerprint)
         self.bar.update(1)
 
+    def _raise_failed(self) -> None:
+        """A write that failed (a full disk) stops the run at once; the finished ones are kept."""
+        pending = []
+        for write in self.writes:
+            if write.done():
+                write.result()
+            else:
+                pending.append(write)
+        self.writes = pending
 
-def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None):
-    """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here."""
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.shutdown(wait=True)
+        if exc[0] is None:
+            self._raise_failed()
+
+
+def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None, dev):
+    """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
+    For a GPU, clips come as views of shared slots (the encoder copies them to the device at once)."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout)
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda")
     return in_process_items(jobs, spec, plan)
 
 
@@ -460,16 +491,17 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
             write(pos)
 
-    for item in decoded_items(jobs, spec, plan, workers, video_timeout):
-        if isinstance(item, ClipItem):
-            open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
-            collect(encoder.add(item))
-        else:
-            finished[item.video_pos] = item
-            if open_clips.get(item.video_pos, 0) == 0:
-                write(item.video_pos)
-    collect(encoder.flush())
-    for pos in list(finished):
-        write(pos)
+    with record:  # journal writes off the model's path, all finished on leaving
+        for item in decoded_items(jobs, spec, plan, workers, video_timeout, dev):
+            if isinstance(item, ClipItem):
+                open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
+                collect(encoder.add(item))
+            else:
+                finished[item.video_pos] = item
+                if open_clips.get(item.video_pos, 0) == 0:
+                    write(item.video_pos)
+        collect(encoder.flush())
+        for pos in list(finished):
+            write(pos)
     bar_c.close()
     bar_v.close()

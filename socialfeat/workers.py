@@ -7,8 +7,8 @@ takes nothing else with it: the video it was decoding becomes an error row, a
 fresh worker takes its place, and the run goes on. Each video is also timed: one
 whose worker delivers nothing for longer than its limit (a stalled network file
 system, a pathological file) has its worker killed and is recorded as a timeout.
-torch.multiprocessing moves the clips' tensors through shared memory, as the
-DataLoader this replaces did.
+A clip's tensors travel through slots of a shared region mapped before the
+workers start (``handover.py``); only a small record goes through the pipe.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ import torch
 import torch.multiprocessing as tmp
 
 from socialfeat.errors import SocialfeatError
+from socialfeat.handover import SharedSlots, in_slot, pack, slot_bytes, unpack
 from socialfeat.media import available_cores, use_decoder_threads
 from socialfeat.pipeline import (
+    RAW_FRAMES_MAX_PIXELS,
     ClipItem,
     PlanSettings,
     VideoDone,
@@ -83,19 +86,25 @@ def _die_with_parent() -> None:
 
 
 def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: PlanSettings,
-           decoder_threads: int, parent: int) -> None:
+           decoder_threads: int, parent: int, slots: SharedSlots | None, owner: int) -> None:
     """A worker's life: take a video (its index in ``all_jobs``: a few bytes through the pipe,
-    which never fills), send its clips and its record, take the next."""
+    which never fills), send its clips and its record, take the next. Message ``n`` uses slot
+    ``n % PREFETCH``: its credit means the message PREFETCH before it has been taken."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     use_decoder_threads(decoder_threads)
+    sent = 0
 
     def send(item) -> None:
+        nonlocal sent
         while not credits.acquire(timeout=5.0):  # the model's process has enough on its plate
             if os.getppid() != parent:
                 os._exit(0)
+        if slots is not None and isinstance(item, ClipItem):
+            item = pack(item, slots, slots.slot_offset(owner, sent))
         out.send(item)
+        sent += 1
 
     while True:
         while not jobs.poll(5.0):
@@ -113,6 +122,7 @@ def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: 
 # ---------------------------------------------------------------- parent side
 @dataclass(eq=False)
 class _Worker:
+    owner: int  # its place in the pool: which shared slots it writes
     proc: Any
     jobs: Any  # Connection: videos to the worker
     out: Any  # Connection: items from the worker
@@ -136,20 +146,29 @@ def _death_cause(exitcode: int | None) -> str:
 
 class WorkerPool:
     """Decodes ``jobs`` in ``n_workers`` processes; iterating yields ClipItem and VideoDone
-    records in the order they arrive (every video ends with exactly one VideoDone)."""
+    records in the order they arrive (every video ends with exactly one VideoDone).
+
+    ``lend_tensors``: clips' tensors travel through shared slots (handover.py) and come out as
+    views of them, which their worker writes again once the next item is asked for: for a
+    consumer that copies them at once anyway (to a GPU: BatchEncoder.add). Otherwise each
+    tensor travels in shared memory of its own, which the consumer may keep."""
 
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
-                 video_timeout: float | None = None):
+                 video_timeout: float | None = None, lend_tensors: bool = False):
         self.jobs = jobs
         self.pending: deque[int] = deque(range(len(jobs)))  # indices into jobs
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
         self.n_workers = max(1, min(n_workers, len(jobs)))
-        self.ctx = tmp.get_context()
+        # fork: the workers inherit the shared slots (and need no pickled copy of the jobs)
+        fork = sys.platform == "linux"
+        self.ctx = tmp.get_context("fork" if fork else None)
+        self.slots = SharedSlots(self.n_workers, PREFETCH, slot_bytes(spec, RAW_FRAMES_MAX_PIXELS)) \
+            if lend_tensors and fork and jobs else None
         self.decoder_threads = max(1, available_cores() // self.n_workers)
         self.unexplained_deaths = 0
 
     def __iter__(self) -> Iterator[ClipItem | VideoDone]:
-        workers = [self._start() for _ in range(self.n_workers)] if self.pending else []
+        workers = [self._start(owner) for owner in range(self.n_workers)] if self.pending else []
         try:
             while self.pending or any(w.videos for w in workers):
                 for w in workers:
@@ -162,17 +181,17 @@ class WorkerPool:
         self._shut_down(workers)
 
     # ------------------------------------------------------------ workers
-    def _start(self) -> _Worker:
+    def _start(self, owner: int) -> _Worker:
         jobs_r, jobs_w = self.ctx.Pipe(duplex=False)
         out_r, out_w = self.ctx.Pipe(duplex=False)
         credits = self.ctx.Semaphore(PREFETCH)
         proc = self.ctx.Process(target=_serve, daemon=True, name="socialfeat-decoder",
                                 args=(self.jobs, jobs_r, out_w, credits, self.spec, self.plan,
-                                      self.decoder_threads, os.getpid()))
+                                      self.decoder_threads, os.getpid(), self.slots, owner))
         proc.start()
         jobs_r.close()  # the worker's ends: its death then reads as the end of its pipe
         out_w.close()
-        return _Worker(proc, jobs_w, out_r, credits, last_heard=time.monotonic())
+        return _Worker(owner, proc, jobs_w, out_r, credits, last_heard=time.monotonic())
 
     def _hand_out(self, w: _Worker) -> None:
         if not w.videos:
@@ -219,9 +238,12 @@ class WorkerPool:
                     for _ in range(PREFETCH + 2):  # what it has sent so far; then the others' turn
                         if not w.out.poll():
                             break
-                        item = self._received(w, w.out.recv())
+                        message = w.out.recv()
+                        item = self._received(w, message)
                         if item is not None:
                             yield item
+                        if item is not message:  # its tensors were views of its slot, taken by now:
+                            w.credits.release()  # the worker may write the slot again
                 except (EOFError, OSError):  # the end of its pipe: the worker is gone
                     dead = True
                 except Exception as e:  # a message that cannot be read back: the worker is lost too
@@ -239,9 +261,13 @@ class WorkerPool:
                                          "decoding: a network file system or a pathological file); stopped")
 
     def _received(self, w: _Worker, item) -> ClipItem | VideoDone | None:
-        """Book-keeping for one message; the item to pass on, if any."""
-        w.credits.release()
+        """Book-keeping for one message; the item to pass on, if any. A clip whose tensors lie in
+        a slot comes out as a new item with views of them; its credit goes back (in _collect) once
+        the consumer has taken it, that is, when the next item is asked for."""
         w.last_heard = time.monotonic()
+        if self.slots is not None and isinstance(item, ClipItem) and in_slot(item):
+            return unpack(item, self.slots)
+        w.credits.release()
         if isinstance(item, VideoStarted):
             w.started = True
             if item.duration is not None:
@@ -266,7 +292,7 @@ class WorkerPool:
                 raise WorkerError(f"decoding workers keep dying before they start a video ({message})")
         index = next(i for i, x in enumerate(workers) if x is w)
         if self.pending:
-            workers[index] = self._start()
+            workers[index] = self._start(w.owner)
         else:
             del workers[index]
         if not blamed:
