@@ -12,6 +12,7 @@ videos that failed for a reason outside their own bytes (see ``worth_retrying``)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -240,9 +242,10 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     if shard is not None:  # after matching annotations, which may name any video of the corpus
         refs = [r for r in refs if in_shard(r, *shard)]
     fetch_released_weights(model, weights, list(tasks), progress)
-    net = load_model(weights if weights is not None else model).to(dev).eval()
+    # on the CPU until the decoding workers have started (see _run_jobs)
+    net = load_model(weights if weights is not None else model).eval()
     spec = net.info.preprocess
-    predictors = build_predictors(net, tasks, dev)
+    predictors = build_predictors(net, tasks, torch.device("cpu"))
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
                         hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
@@ -466,19 +469,30 @@ def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: f
     """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
     For a GPU, clips come as views of shared slots (the encoder copies them to the device at once)."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda")
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda").start()
     return in_process_items(jobs, spec, plan)
 
 
 def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout):
-    encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings)
-    task_names = [t.name for t in tasks]
+    items = decoded_items(jobs, spec, plan, workers, video_timeout, dev)  # workers fork before the GPU is set up
+    with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
+        net.to(dev)
+        for task in tasks:
+            task.to(dev)
+        encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings)
+        bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
+        bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
+        with _Recorder(bar=bar_v, **record_kw) as record:  # journal writes off the model's path
+            _encode_all(items, encoder, record, [t.name for t in tasks], bar_c)
+    bar_c.close()
+    bar_v.close()
+
+
+def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: list[str], bar_c) -> None:
+    """Clips into the encoder as they come; each video to the journal once its record and all its clips are back."""
     encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
     finished: dict[int, VideoDone] = {}
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
-    bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
-    bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
-    record = _Recorder(bar=bar_v, **record_kw)
 
     def write(pos: int) -> None:
         record(pos, video_result(finished.pop(pos), encoded.pop(pos, []), task_names))
@@ -491,17 +505,14 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
             write(pos)
 
-    with record:  # journal writes off the model's path, all finished on leaving
-        for item in decoded_items(jobs, spec, plan, workers, video_timeout, dev):
-            if isinstance(item, ClipItem):
-                open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
-                collect(encoder.add(item))
-            else:
-                finished[item.video_pos] = item
-                if open_clips.get(item.video_pos, 0) == 0:
-                    write(item.video_pos)
-        collect(encoder.flush())
-        for pos in list(finished):
-            write(pos)
-    bar_c.close()
-    bar_v.close()
+    for item in items:
+        if isinstance(item, ClipItem):
+            open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
+            collect(encoder.add(item))
+        else:
+            finished[item.video_pos] = item
+            if open_clips.get(item.video_pos, 0) == 0:
+                write(item.video_pos)
+    collect(encoder.flush())
+    for pos in list(finished):
+        write(pos)

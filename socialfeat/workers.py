@@ -166,9 +166,22 @@ class WorkerPool:
             if lend_tensors and fork and jobs else None
         self.decoder_threads = max(1, available_cores() // self.n_workers)
         self.unexplained_deaths = 0
+        self.workers: list[_Worker] | None = None
+
+    def start(self) -> WorkerPool:
+        """Fork the workers now (iterating does it otherwise): before the model's process holds a
+        GPU context and the model's memory, forking is cheaper, and decoding overlaps the set-up."""
+        if self.workers is None:
+            self.workers = [self._start(owner) for owner in range(self.n_workers)] if self.pending else []
+        return self
+
+    def close(self) -> None:
+        """Stop the workers (a run that ends before iterating, e.g. the model failed to load)."""
+        for w in self.workers or []:
+            self._stop(w)
 
     def __iter__(self) -> Iterator[ClipItem | VideoDone]:
-        workers = [self._start(owner) for owner in range(self.n_workers)] if self.pending else []
+        workers = self.start().workers
         try:
             while self.pending or any(w.videos for w in workers):
                 for w in workers:

@@ -19,6 +19,19 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SOCIALFEAT = Path(sys.executable).parent / "socialfeat"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """socialfeat's cache (digests of checkpoints, downloads) in the test session's own folder,
+    for this process and the CLI processes it starts; tests that need another set their own."""
+    previous = os.environ.get("SOCIALFEAT_HOME")
+    os.environ["SOCIALFEAT_HOME"] = str(tmp_path_factory.mktemp("socialfeat-home"))
+    yield
+    if previous is None:
+        os.environ.pop("SOCIALFEAT_HOME", None)
+    else:
+        os.environ["SOCIALFEAT_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """Real media files (good, odd, broken) in a nested folder tree."""

@@ -56,7 +56,35 @@ def write_record(path: str | Path, digest: str, stat_of: str | Path | None = Non
         Path(tmp).write_text(json.dumps(rec, indent=1) + "\n")
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of ``path``: its fresh record's if it has one, else computed."""
+def file_digest(path: str | Path, records: Path | None = None) -> str:
+    """SHA-256 of ``path``: its fresh record's if it has one, else computed.
+
+    ``records``: a folder (in socialfeat's cache) where digests of other files (a user's own
+    checkpoints) are kept, keyed by their resolved path, with their size, inode and change
+    time: a file replaced under the same name, even with its mtime preserved (``cp -p``), has
+    a new change time and is hashed again. Best effort: an unwritable folder only costs a hash.
+    """
     rec = read_record(path)
-    return rec["sha256"] if is_fresh(path, rec) else sha256_file(path)
+    if is_fresh(path, rec):
+        return rec["sha256"]
+    if records is None:
+        return sha256_file(path)
+    resolved = str(Path(path).resolve())
+    kept = records / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
+    st = os.stat(path)
+    facts = {"path": resolved, "size": st.st_size, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns,
+             "mtime_ns": st.st_mtime_ns}
+    try:
+        known = json.loads(kept.read_text())
+        if isinstance(known, dict) and {k: known.get(k) for k in facts} == facts:
+            return str(known["sha256"])
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_file(path)
+    try:
+        records.mkdir(parents=True, exist_ok=True)
+        with atomic_path(kept) as tmp:
+            Path(tmp).write_text(json.dumps(dict(facts, sha256=digest), indent=1) + "\n")
+    except OSError:
+        pass
+    return digest

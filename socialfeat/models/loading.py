@@ -26,7 +26,7 @@ from socialfeat.models.checkpoint import (
     unwrap_state_dict,
 )
 from socialfeat.models.digest import file_digest
-from socialfeat.models.hub import fetch
+from socialfeat.models.hub import cache_dir, fetch
 from socialfeat.models.registry import (
     PretrainedCfg,
     get_pretrained_cfg,
@@ -54,7 +54,8 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
         state_dict = unwrap_state_dict(obj)
         info = _describe_bare(state_dict, path, registry_cfg, config)
     model = build_loaded(info, state_dict, str(path))
-    info.sha256 = file_digest(path)  # a cached file's recorded digest; other files are hashed
+    # a cached download's recorded digest; other files are hashed once, then their digest is kept
+    info.sha256 = file_digest(path, records=cache_dir(cache) / "digests")
     info.source = str(path)
     return model.to(device).eval()
 

@@ -8,10 +8,13 @@ import pytest
 
 from socialfeat.models import (
     WeightsUnavailableError,
+    create_model,
     get_pretrained_cfg,
     list_pretrained,
     register_pretrained,
+    load_model,
     registry,
+    save_checkpoint,
 )
 from socialfeat.models.hub import fetch
 
@@ -59,3 +62,23 @@ def test_register_pretrained_refuses_a_silent_replacement(monkeypatch):
         register_pretrained(dataclasses.replace(cfg, url="https://example.org/other.pth"))
     with pytest.raises(registry.UnknownModelError, match="unknown architecture"):
         register_pretrained(dataclasses.replace(cfg, name="x", arch="nope"))
+
+
+def test_a_local_checkpoint_is_hashed_once_and_again_when_replaced(tmp_path, monkeypatch):
+    """Start-up does not rehash a checkpoint already seen; a file replaced under the same name
+    (mtime preserved, as cp -p does) is hashed again."""
+    import os
+
+    from socialfeat.models import digest
+
+    ckpt = save_checkpoint(create_model("social-mae-tiny"), tmp_path / "model.pt")
+    hashed = []
+    real = digest.sha256_file
+    monkeypatch.setattr(digest, "sha256_file", lambda p, *a: hashed.append(p) or real(p, *a))
+    first = load_model(ckpt).info.sha256
+    assert load_model(ckpt).info.sha256 == first and len(hashed) == 1
+    st = ckpt.stat()
+    other = save_checkpoint(create_model("social-mae-tiny"), tmp_path / "other.pt")
+    os.replace(other, ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_model(ckpt).info.sha256 == real(ckpt) != first and len(hashed) == 2
