@@ -23,3 +23,14 @@ def encoded_video(path: Path, seconds: float, size: str = "640x480", fps: int = 
     from socialfeat.demo import synthetic_video
 
     return synthetic_video(path, seconds, size=size, fps=fps, seed=seed)
+
+
+def decode_all_streams(path: str) -> None:
+    """Decode every stream of a file with PyAV, one thread: the decode limit per core."""
+    import av
+
+    with av.open(path) as c:
+        for stream in c.streams:
+            stream.thread_count = 1
+        for _ in c.decode(*c.streams):
+            pass

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretraining.objective import PretrainObjective  # noqa: E402
+from socialfeat.encoder import BatchEncoder  # noqa: E402
 from socialfeat.media import available_cores  # noqa: E402
 from socialfeat.models import create_model, save_checkpoint  # noqa: E402
 
@@ -64,24 +65,18 @@ def reset_peak(dev: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
 
 
-def pyav_decode(path: str) -> None:
-    import av
-
-    with av.open(path) as c:
-        for stream in c.streams:
-            stream.thread_count = 1
-        for _ in c.decode(*c.streams):
-            pass
-
-
 class Report:
     def __init__(self, target: Path, **head):
         self.target, self.data = target, dict(head)
 
     def __setitem__(self, key, value) -> None:
+        self.store(key, value)
+        print(json.dumps({key: value}), flush=True)
+
+    def store(self, key, value) -> None:
+        """Write without printing (a section that prints its rows as they come)."""
         self.data[key] = value
         self.target.write_text(json.dumps(self.data, indent=1))
-        print(json.dumps({key: value}), flush=True)
 
 
 def main() -> None:
@@ -90,9 +85,11 @@ def main() -> None:
     p.add_argument("--arch", default="social-mae")
     p.add_argument("--seconds", type=float, default=2.0, help="timing window per encode figure")
     p.add_argument("--skip-compile", action="store_true")
-    p.add_argument("--e2e-videos", type=int, default=32)
+    p.add_argument("--e2e-videos", type=int, default=24, help="videos at the first size (half, at least one per "
+                   "core, at the others)")
     p.add_argument("--e2e-seconds", type=float, default=120.0)
-    p.add_argument("--e2e-size", default="640x480")
+    p.add_argument("--e2e-sizes", default="640x480,1280x720")
+    p.add_argument("--sweep-videos", type=int, default=8, help="videos of the worker sweep (1/4/8/default workers)")
     p.add_argument("--workers", type=int, default=0, help="extract workers [default: cores - 1]")
     args = p.parse_args()
     dev = torch.device(args.device)
@@ -196,45 +193,94 @@ def measure_pretrain(arch: str, a64: torch.Tensor, v64: torch.Tensor, dev: torch
 
 
 def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
-    """Section 5: ``extract`` against the decode limit, frames resized on the device and in the workers."""
-    # 5. end to end against the decode limit
-    from _media import encoded_video
+    """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
+    size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
+    it (a shared-memory descriptor per tensor), and a no-op encoder (the pipeline alone)."""
+    import socialfeat.extract as extract_module
+    from _media import decode_all_streams, encoded_video
+    from pipeline_bench import NoOpEncoder, cpu_seconds
 
-    from socialfeat.extract import extract
+    from socialfeat.workers import WorkerPool
 
-    workers = args.workers or max(1, available_cores() - 1)  # extract's own default with a GPU
+    cores = available_cores()
+    default_workers = max(1, cores - 1)  # extract's own default with a GPU
+    clip_s = model.info.preprocess.clip_seconds
+    results = {"cores": cores, "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
-        with ProcessPoolExecutor(available_cores()) as pool:
-            files = list(pool.map(encoded_video, [tmp / "videos" / f"v{i:03d}.mp4" for i in range(args.e2e_videos)],
-                                  [args.e2e_seconds] * args.e2e_videos, [args.e2e_size] * args.e2e_videos,
-                                  [30] * args.e2e_videos, range(args.e2e_videos)))
-        made_s = time.perf_counter() - t0
-        clip_s = model.info.preprocess.clip_seconds
-        n_clips = args.e2e_videos * int(args.e2e_seconds // clip_s)
-        t0 = time.perf_counter()
-        with ProcessPoolExecutor(available_cores()) as pool:
-            list(pool.map(pyav_decode, [str(f) for f in files]))
-        decode_rate = n_clips / (time.perf_counter() - t0)
         ckpt = save_checkpoint(model.cpu(), tmp / "model.pt")
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        rows = []
-        for batch, on_device in ((64, True), (64, False)):
+
+        def run(name: str, folder: Path, n_clips_expected: int, decode_rate: float, **kw) -> dict:
             reset_peak(dev)
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            summary = extract_module.extract([folder], tmp / f"out_{name}_{len(results['sizes'])}.h5", weights=ckpt,
+                                             device=args.device, progress=False, **kw)
+            sec, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            row = {"run": name, "workers": kw.get("workers", default_workers), "clips": summary.n_clips,
+                   "clips_expected": n_clips_expected, "seconds": round(sec, 2),
+                   "clips_per_s": round(summary.n_clips / sec, 2),
+                   "vs_decode_limit": round(summary.n_clips / sec / decode_rate, 3),
+                   "main_process_cpu_ms_per_clip": round(1000 * cpu / max(1, summary.n_clips), 2),
+                   "peak_gib": peak_gib(dev)}
+            print(row, flush=True)
+            return row
+
+        for i, size in enumerate(args.e2e_sizes.split(",")):
+            n = args.e2e_videos if i == 0 else max(cores, args.e2e_videos // 2)
+            folder = tmp / f"videos{size}"
             t0 = time.perf_counter()
-            summary = extract([tmp / "videos"], tmp / f"out{batch}{on_device}.h5", weights=ckpt, batch_size=batch,
-                              workers=workers, device=args.device, progress=False, frames_on_device=on_device)
-            sec = time.perf_counter() - t0
-            rows.append({"batch": batch, "frames_resized_on_device": on_device, "workers": workers,
-                         "clips": summary.n_clips,
-                         "clips_per_s": round(summary.n_clips / sec, 2),
-                         "vs_decode_limit": round(summary.n_clips / sec / decode_rate, 3), "peak_gib": peak_gib(dev)})
-            print(rows[-1], flush=True)
-        report["end_to_end"] = {"videos": args.e2e_videos, "seconds_each": args.e2e_seconds, "size": args.e2e_size,
-                                "media_generation_s": round(made_s, 1),
-                                "decode_limit_clips_per_s": round(decode_rate, 2), "runs": rows}
+            with ProcessPoolExecutor(cores) as pool:
+                files = list(pool.map(encoded_video, [folder / f"v{j:03d}.mp4" for j in range(n)],
+                                      [args.e2e_seconds] * n, [size] * n, [30] * n, range(n)))
+            made_s = time.perf_counter() - t0
+            n_clips = n * int(args.e2e_seconds // clip_s)
+            t0 = time.perf_counter()
+            with ProcessPoolExecutor(cores) as pool:
+                list(pool.map(decode_all_streams, [str(f) for f in files]))
+            decode_rate = n_clips / (time.perf_counter() - t0)
+            entry = {"size": size, "videos": n, "seconds_each": args.e2e_seconds, "media_generation_s": round(made_s, 1),
+                     "decode_limit_clips_per_s": round(decode_rate, 2), "runs": []}
+            results["sizes"].append(entry)
+            if i == 0:  # first use of the GPU, libraries and caches in this process: not measured
+                warm = tmp / "warm-up"
+                warm.mkdir()
+                os.link(files[0], warm / files[0].name)
+                extract_module.extract([warm], tmp / "warm-up.h5", weights=ckpt, device=args.device, progress=False)
+            entry["runs"].append(run("defaults", folder, n_clips, decode_rate))
+            report.store("end_to_end", results)
+            if i > 0:
+                continue
+            # the hand-over before issue #16: each tensor in shared memory of its own, passed as a descriptor
+            original = extract_module.decoded_items
+            extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout, dev: WorkerPool(
+                jobs, spec, plan, workers, timeout, lend_tensors=False).start()
+            try:
+                entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
+            finally:
+                extract_module.decoded_items = original
+            extract_module.BatchEncoder = NoOpEncoder
+            try:
+                entry["runs"].append(run("noop_encoder", folder, n_clips, decode_rate))
+            finally:
+                extract_module.BatchEncoder = BatchEncoder
+            report.store("end_to_end", results)
+            # worker sweep on a subset (one worker would take minutes on all files), against its own decode limit
+            subset = tmp / "subset"
+            subset.mkdir()
+            for f in files[:args.sweep_videos]:
+                os.link(f, subset / f.name)
+            t0 = time.perf_counter()
+            with ProcessPoolExecutor(cores) as pool:
+                list(pool.map(decode_all_streams, [str(f) for f in files[:args.sweep_videos]]))
+            sub_clips = args.sweep_videos * int(args.e2e_seconds // clip_s)
+            sub_rate = sub_clips / (time.perf_counter() - t0)
+            entry["sweep"] = {"videos": args.sweep_videos, "decode_limit_clips_per_s": round(sub_rate, 2), "runs": []}
+            for workers in (1, 4, 8, default_workers):
+                entry["sweep"]["runs"].append(run(f"sweep{workers}", subset, sub_clips, sub_rate, workers=workers))
+                report.store("end_to_end", results)
+    report["end_to_end"] = results
 
 
 if __name__ == "__main__":

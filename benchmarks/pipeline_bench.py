@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _media import encoded_video
+from _media import decode_all_streams, encoded_video
 
 import socialfeat.extract as extract_module
 from socialfeat.encoder import BatchEncoder
@@ -37,16 +37,6 @@ from socialfeat.pipeline import ClipItem, PlanSettings
 from socialfeat.store import EMBEDDING_KINDS
 from socialfeat.walk import find_videos
 from socialfeat.workers import WorkerPool
-
-
-def pyav_decode(path: str) -> None:
-    import av
-
-    with av.open(path) as c:
-        for stream in c.streams:
-            stream.thread_count = 1
-        for _ in c.decode(*c.streams):
-            pass
 
 
 class NoOpEncoder(BatchEncoder):
@@ -114,7 +104,7 @@ def run(args) -> dict:
         for repeat in range(args.repeats):  # interleaved: each repeat measures all three
             t = time.perf_counter()
             with ProcessPoolExecutor(args.workers) as pool:
-                list(pool.map(pyav_decode, [str(f) for f in files]))
+                list(pool.map(decode_all_streams, [str(f) for f in files]))
             decode = n_clips / (time.perf_counter() - t)
 
             refs = find_videos([tmp / "videos"])
