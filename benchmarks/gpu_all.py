@@ -1,27 +1,31 @@
-"""Every GPU measurement of issue #8 in one short run (a lent GPU machine has no network).
+"""Every GPU measurement of issues #8 and #16 in one short run (a lent GPU machine has no network).
 
 Writes ``$OUT/gpu_figures.json`` (or ./gpu_figures.json) after every section, so a run cut
 short still returns what it measured:
 
-1. encode clips/s, eager: fp32, bf16 autocast, bf16 weights; batch 1/16/64; peak memory;
-2. embedding cosine of bf16 (autocast and weights) against fp32;
-3. encode clips/s with torch.compile (bf16 weights, batch 64): default mode and
-   'reduce-overhead' (CUDA graphs), with the compile time;
+1-3. encode clips/s through extract's own model call (socialfeat/model_call.py), batch 64 (and
+   extract's default 16 for bf16 weights): fp32, bf16 autocast, bf16 weights (extract's bf16 on
+   CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
+   ``--compile`` (bf16 weights + torch.compile, with PyTorch's kernel choice and with the fastest
+   forced kernel): peak memory and embedding cosine to fp32 per kind for each, compile time and
+   whether a padded partial batch recompiled;
 4. pretraining step rate (bf16 autocast, batch 16);
-5. end to end: ``socialfeat.extract`` on generated H.264 files against the decode limit
-   (the same files decoded by PyAV, one process per core, one thread each), with the sampled
-   frames resized on the GPU (default there) and in the workers.
+5. end to end: ``socialfeat.extract`` with the defaults on generated H.264 files (640x480 and
+   1280x720) against the decode limit (the same files decoded by PyAV, one process per core,
+   one thread each); at 640x480 also the hand-over before #16 (a descriptor per tensor), a
+   no-op encoder (the pipeline alone) and the worker sweep 1/4/8/default on a subset.
 
 On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_all.py
-A quick check of the script on a CPU:
-  python benchmarks/gpu_all.py --device cpu --arch social-mae-tiny --seconds 0.2 --e2e-videos 2 --e2e-seconds 6
+A quick check of the script on a CPU (``--skip-compile`` saves 1-3 minutes of compiling; ``--sections``
+runs some of the sections):
+  python benchmarks/gpu_all.py --device cpu --arch social-mae-tiny --seconds 0.2 --e2e-videos 2 --e2e-seconds 8 \
+      --sweep-videos 1 --e2e-sizes 320x240 --skip-compile
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -85,12 +89,13 @@ def main() -> None:
     p.add_argument("--arch", default="social-mae")
     p.add_argument("--seconds", type=float, default=2.0, help="timing window per encode figure")
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--sections", default="encode,pretrain,e2e",
+                   help="comma-separated subset of encode, pretrain, e2e (a quick check of one of them)")
     p.add_argument("--e2e-videos", type=int, default=24, help="videos at the first size (half, at least one per "
                    "core, at the others)")
     p.add_argument("--e2e-seconds", type=float, default=120.0)
     p.add_argument("--e2e-sizes", default="640x480,1280x720")
     p.add_argument("--sweep-videos", type=int, default=8, help="videos of the worker sweep (1/4/8/default workers)")
-    p.add_argument("--workers", type=int, default=0, help="extract workers [default: cores - 1]")
     args = p.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -105,68 +110,94 @@ def main() -> None:
     a64 = torch.randn(64, kw["audio_length"], 128, generator=g).to(dev)
     v64 = torch.randn(64, *vshape, generator=g).to(dev)
 
-    measure_encode(model, a64, v64, dev, args, report)
-    measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)
-    measure_end_to_end(model, dev, args, report)
+    sections = set(args.sections.split(","))
+    if "encode" in sections:
+        measure_encode(model, a64, v64, dev, args, report)
+    if "pretrain" in sections:
+        measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)
+    if "e2e" in sections:
+        measure_end_to_end(model, dev, args, report)
+
+
+ENCODE_VARIANTS = (  # name, ModelCall keywords; "bf16_weights" is what extract runs on CUDA, "+compile" with --compile
+    ("fp32", dict(precision="fp32")),
+    ("bf16_autocast", dict(precision="bf16", bf16_weights=False)),
+    ("bf16_weights", dict(precision="bf16", bf16_weights=True)),
+    ("bf16_weights sdpa=cudnn", dict(precision="bf16", bf16_weights=True, attention="cudnn")),
+    ("bf16_weights sdpa=flash", dict(precision="bf16", bf16_weights=True, attention="flash")),
+    ("bf16_weights sdpa=efficient", dict(precision="bf16", bf16_weights=True, attention="efficient")),
+)
 
 
 def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device, args, report: Report) -> None:
-    """Sections 1-3: eager encode, bf16 agreement, torch.compile."""
-    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    """Sections 1-3: ``encode`` through extract's own model call (socialfeat.model_call.ModelCall), batch 64:
+    precisions, forced attention kernels, torch.compile; clips/s, peak memory, embedding cosine to fp32."""
+    from socialfeat.model_call import ModelCall
 
-    def variant(kind: str, net=None):
-        net = net or (model_bf16 if kind == "bf16_weights" else model)
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=kind == "bf16_autocast")
-        cast = (lambda x: x.to(torch.bfloat16)) if kind == "bf16_weights" else (lambda x: x)
+    bs = a64.shape[0]
+    reference = ModelCall(model, dev, "fp32", bs)(a64, v64)
 
-        def run(bs: int, fn=None):
-            with torch.inference_mode(), amp:
-                return (fn or net.encode)(cast(a64[:bs]), cast(v64[:bs]))
-        return run
+    def row(name: str, call: ModelCall, batch: int = bs) -> dict:
+        reset_peak(dev)
+        sec = timed(lambda: call(a64[:batch], v64[:batch]), args.seconds, dev)
+        out = call(a64, v64)
+        cos = {k: round(float(F.cosine_similarity(getattr(reference, k), getattr(out, k), dim=-1).min()), 6)
+               for k in ("joint", "audio", "visual")}
+        return {"variant": name, "batch": batch, "clips_per_s": round(batch / sec, 2), "peak_gib": peak_gib(dev),
+                "cosine_min_to_fp32": cos}
 
-    # 1. eager encode
     rows = []
-    for kind in ("fp32", "bf16_autocast", "bf16_weights"):
-        run = variant(kind)
-        for bs in (1, 16, 64):
-            reset_peak(dev)
-            sec = timed(lambda: run(bs), args.seconds, dev)
-            rows.append({"kind": kind, "batch": bs, "clips_per_s": round(bs / sec, 2), "peak_gib": peak_gib(dev)})
-            print(rows[-1], flush=True)
-    report["encode_eager"] = rows
+    for name, kw in ENCODE_VARIANTS + (("bf16_weights", dict(precision="bf16", bf16_weights=True, batch=16)),):
+        kw = dict(kw)
+        batch = kw.pop("batch", bs)
+        try:
+            rows.append(row(name, ModelCall(model, dev, batch_size=batch, **kw), batch))
+        except Exception as e:  # a kernel this GPU or build lacks: report, keep measuring
+            rows.append({"variant": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]})
+        print(rows[-1], flush=True)
+        report.store("encode", rows)
+    if args.skip_compile:
+        report["encode"] = rows
+        return
+    # PyTorch's own kernel choice (extract's default), then the fastest forced kernel (a second compile)
+    eager = {r["variant"]: r["clips_per_s"] for r in rows if r["batch"] == bs and "clips_per_s" in r}
+    best = max((v for v in eager if "sdpa=" in v), key=eager.get, default=None)
+    attentions = [None] + ([best.split("=")[1]] if best else [])
+    for attention in attentions:
+        name = "bf16_weights +compile" + (f" sdpa={attention}" if attention else "")
+        try:
+            rows.append(measure_compiled(name, model, a64, v64, dev, attention, row))
+        except Exception as e:
+            rows.append({"variant": name, "batch": bs, "error": f"{type(e).__name__}: {e}"[:300]})
+        print(rows[-1], flush=True)
+        report.store("encode", rows)
+        torch._dynamo.reset()
+    report["encode"] = rows
 
-    # 2. bf16 agreement with fp32
-    with torch.inference_mode():
-        full = variant("fp32")(16)
-        cos = {}
-        for kind in ("bf16_autocast", "bf16_weights"):
-            half = variant(kind)(16)
-            cos[kind] = {k: float(F.cosine_similarity(getattr(full, k), getattr(half, k).float(), dim=-1).min())
-                         for k in ("joint", "audio", "visual")}
-    report["bf16_cosine_min"] = cos
 
-    # 3. torch.compile
-    if not args.skip_compile:
-        rows = []
-        for mode in ("default", "reduce-overhead"):
-            try:
-                compiled = torch.compile(model_bf16.encode, mode=mode, dynamic=False)
-                run = variant("bf16_weights")
-                t0 = time.perf_counter()
-                run(64, compiled)
-                run(64, compiled)
-                sync(dev)
-                compile_s = time.perf_counter() - t0
-                reset_peak(dev)
-                sec = timed(lambda: run(64, compiled), args.seconds, dev)
-                rows.append({"mode": mode, "batch": 64, "clips_per_s": round(64 / sec, 2), "compile_s": round(compile_s, 1),
-                             "peak_gib": peak_gib(dev)})
-            except Exception as e:  # report, keep measuring
-                rows.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:300]})
-            print(rows[-1], flush=True)
-            torch._dynamo.reset()
-        report["encode_compiled_bf16_weights"] = rows
+def measure_compiled(name: str, model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device,
+                     attention: str | None, row) -> dict:
+    """extract --compile: compile time, then a partial batch (padded, must reuse the graph), then clips/s."""
+    from torch._dynamo.utils import counters
 
+    from socialfeat.model_call import ModelCall
+
+    bs = a64.shape[0]
+    counters.clear()
+    call = ModelCall(model, dev, "bf16", bs, compile=True, attention=attention)
+    t0 = time.perf_counter()
+    call(a64, v64)
+    sync(dev)
+    compile_s = time.perf_counter() - t0
+    graphs = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    call(a64[:bs // 2 + 5], v64[:bs // 2 + 5])
+    sync(dev)
+    partial_s = time.perf_counter() - t0
+    if not call.compiled:
+        raise RuntimeError("torch.compile failed; the call fell back to eager (see the warning above)")
+    return dict(row(name, call), compile_s=round(compile_s, 1), partial_batch_s=round(partial_s, 3),
+                partial_batch_recompiled=counters["stats"]["unique_graphs"] != graphs)
 
 
 def measure_pretrain(arch: str, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device, seconds: float,

@@ -55,8 +55,8 @@ def synthetic_video(path: str | Path, seconds: float, size: str = "320x240", fps
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wave = synthetic_speech(seconds, pitch, rate, seed)
-    step = SAMPLE_RATE // fps  # audio samples per frame (the frame rate need not divide the sample rate)
-    loudness = np.abs(wave[: wave.size // step * step]).reshape(-1, step)[: int(seconds * fps)].mean(1)
+    edges = np.arange(int(seconds * fps) + 1) * SAMPLE_RATE // fps  # each frame's samples (any fps)
+    loudness = np.array([np.abs(wave[a:b]).mean() for a, b in zip(edges[:-1], edges[1:])])
     loudness = loudness / max(loudness.max(), 1e-6)
     rng = np.random.default_rng(seed)
     texture = (rng.integers(-12, 12, (h // 8, w // 8, 1)).repeat(8, 0).repeat(8, 1)[:h, :w]

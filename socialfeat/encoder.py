@@ -15,6 +15,7 @@ import torch
 
 from socialfeat.errors import DeviceError, UsageError
 from socialfeat.heads import Task, load_task, outputs_to_values
+from socialfeat.model_call import ModelCall
 from socialfeat.model_inputs import model_video
 from socialfeat.models.fast import fast_precision, is_quantized, quantize_linears
 from socialfeat.pipeline import ClipItem, VideoDone
@@ -83,7 +84,7 @@ class BatchEncoder:
 
     ``precision`` 'int8' converts the model and the task models in place (prepare_models).
     ``embeddings``: the kinds to compute; the others are NaN (the unified passes they need
-    are skipped unless a task head reads them).
+    are skipped unless a task head reads them). ``compile``: torch.compile the model (ModelCall).
 
     On a GPU the work overlaps: each clip's tensors are copied to the device as it arrives
     (on a stream of their own, so the copy does not wait for the model), and a batch's results
@@ -92,13 +93,14 @@ class BatchEncoder:
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32",
-                 embeddings: tuple[str, ...] = EMBEDDING_KINDS):
+                 embeddings: tuple[str, ...] = EMBEDDING_KINDS, compile: bool = False):
         self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
         self.spec = model.info.preprocess
         self.bf16 = precision == "bf16"
         self.embeddings = resolve_embeddings(embeddings)
         self.kinds = self._kinds_to_compute()
         prepare_models([model] + [t.model for t in tasks], precision)
+        self.call = ModelCall(model, device, precision, batch_size, self.kinds, compile=compile)
         self.buffer: list[ClipItem] = []  # the batch being gathered, tensors already where the model runs
         self.in_flight: _Launched | None = None  # the batch the device is computing
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -173,8 +175,7 @@ class BatchEncoder:
                 # inputs are finished in fp32 (frames resized here, see model_video), outside autocast
                 video = torch.stack([model_video(items[i].video, self.spec, self.device) for i in idx])
                 audio = torch.stack([items[i].audio for i in idx]) if use_audio else None
-                with autocast:
-                    enc = self.model.encode(audio, video, kinds=self.kinds)
+                enc = self.call(audio, video)  # fp32 embeddings, whatever the precision
                 for kind in self.embeddings:
                     launched.add(kind, idx, getattr(enc, kind))
                 for task in self.tasks:

@@ -22,6 +22,29 @@ from torch import nn
 Modality = Literal["a", "v"] | None
 
 
+def patch_linear(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
+    """``conv(x)`` as tokens (B, L, D) for a conv whose stride equals its kernel (no padding):
+    cut ``x`` into non-overlapping patches and multiply by the flattened kernel.
+
+    The same numbers as the conv (same weights, same parameter names), but one matrix
+    product: CUDA has no fast kernel for such a Conv3d (the released Social-MAE's
+    tubelets took 4.7 ms per call in ``implicit_convolveNd_sgemm``, 6.7 % of eager
+    ``encode`` on an H100). Tokens come out in the conv's output order (row-major over
+    the spatial axes); trailing pixels that fill no whole patch are dropped, as by the conv.
+    """
+    kernel, n = conv.kernel_size, len(conv.kernel_size)
+    b, c = x.shape[:2]
+    grid = [size // k for size, k in zip(x.shape[2:], kernel)]
+    x = x[(..., *(slice(0, g * k) for g, k in zip(grid, kernel)))]
+    shape = [b, c]
+    for g, k in zip(grid, kernel):
+        shape += [g, k]
+    # (B, C, g1, k1, g2, k2, ...) -> (B, g1, g2, ..., C, k1, k2, ...)
+    order = [0] + [2 + 2 * i for i in range(n)] + [1] + [3 + 2 * i for i in range(n)]
+    patches = x.reshape(shape).permute(order).reshape(b, -1, conv.weight[0].numel())
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
+
 class PatchEmbed(nn.Module):
     """2-D patches: (B, C, H, W) -> (B, H/p * W/p, D), row-major over (h, w)."""
 
@@ -33,7 +56,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return patch_linear(x, self.proj)
 
 
 class PatchEmbed3D(nn.Module):
@@ -54,7 +77,7 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return patch_linear(x, self.proj)
 
 
 class Attention(nn.Module):
