@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -126,15 +125,12 @@ def test_batch_encoder_goes_through_the_model_call(tiny_ft_ckpt):
         np.testing.assert_allclose(vecs[name], probs[i].detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [
-    "eager",  # dynamo's graph capture and guards without code generation: seconds
-    pytest.param("inductor", marks=pytest.mark.skipif(
-        not os.environ.get("SOCIALFEAT_TEST_INDUCTOR"),
-        reason="inductor compiles for 25 s (90 s with a cold cache) on 2 cores; SOCIALFEAT_TEST_INDUCTOR=1 runs it")),
-])
-def test_compiled_call_matches_eager_and_the_last_batch_does_not_recompile(backend, monkeypatch):
+def test_compiled_call_matches_eager_and_the_last_batch_does_not_recompile(monkeypatch):
     """Recompiling is decided by dynamo's guards, whatever the backend; a partial batch
-    padded to the batch size must pass them (shape, dtype, and being an inference tensor)."""
+    padded to the batch size must pass them (shape, dtype, and being an inference tensor).
+    Dynamo's 'eager' backend captures and guards without generating code (seconds; inductor
+    takes 25-90 s on 2 cores, too long for the suite: the GPU benchmark compiles with it)."""
+    backend = "eager"
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
