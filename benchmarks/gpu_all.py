@@ -223,6 +223,20 @@ def measure_pretrain(arch: str, a64: torch.Tensor, v64: torch.Tensor, dev: torch
 
 
 
+def same_numbers(a: Path, b: Path) -> dict:
+    """How far two outputs of the same files and model are apart (the hand-overs must carry the same bytes)."""
+    import numpy as np
+
+    from socialfeat import load_features
+
+    x, y = load_features(a, embeddings="all"), load_features(b, embeddings="all")
+    cols = [c for c in x.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    same_rows = list(zip(x.path, x.clip_index)) == list(zip(y.path, y.clip_index))
+    diff = np.nanmax(np.abs(x[cols].to_numpy() - y[cols].to_numpy())) if same_rows else None
+    return {"same_rows": same_rows, "max_abs_diff": None if diff is None else float(diff),
+            "max_abs_value": float(np.nanmax(np.abs(x[cols].to_numpy())))}
+
+
 def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
     """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
     size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
@@ -291,6 +305,8 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
                 entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
             finally:
                 extract_module.decoded_items = original
+            entry["same_numbers_both_handovers"] = same_numbers(tmp / "out_defaults_1.h5",
+                                                                tmp / "out_descriptor_handover_1.h5")
             extract_module.BatchEncoder = NoOpEncoder
             try:
                 entry["runs"].append(run("noop_encoder", folder, n_clips, decode_rate))
