@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -111,12 +112,16 @@ def main() -> None:
     v64 = torch.randn(64, *vshape, generator=g).to(dev)
 
     sections = set(args.sections.split(","))
-    if "encode" in sections:
-        measure_encode(model, a64, v64, dev, args, report)
-    if "pretrain" in sections:
-        measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)
-    if "e2e" in sections:
-        measure_end_to_end(model, dev, args, report)
+    steps = (("encode", lambda: measure_encode(model, a64, v64, dev, args, report)),
+             ("e2e", lambda: measure_end_to_end(model, dev, args, report)),  # (the model moves to the CPU)
+             ("pretrain", lambda: measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)))
+    for name, step in steps:  # one failing section does not cost the others' figures (a GPU slot is short)
+        if name in sections:
+            try:
+                step()
+            except Exception as e:
+                traceback.print_exc()
+                report[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
 
 
 ENCODE_VARIANTS = (  # name, ModelCall keywords; "bf16_weights" is what extract runs on CUDA, "+compile" with --compile
