@@ -14,6 +14,7 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -27,6 +28,9 @@ import numpy as np
 TRUNCATION_TOLERANCE_S = 0.5
 # Audio frames whose timestamps are off by less than this (samples) are treated as contiguous.
 AUDIO_JITTER_SAMPLES = 32
+# Decoders whose frame skipping (AVCodecContext.skip_frame) FrameStream uses; see NonrefSkipper.
+SKIP_NONREF_CODECS = ("h264",)
+skip_nonref = True  # module switch: benchmarks and tests turn it off to compare with decoding everything
 
 
 class MediaError(Exception):
@@ -315,6 +319,55 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class NonrefSkipper:
+    """Tells the decoder to skip non-reference frames that can never be handed out.
+
+    FrameStream hands out, for each requested time t, the last frame whose pts <= t. A
+    packet with pts p may be skipped only if a frame q with p < q <= t is sure to come out
+    (t: the earliest request still open, so every later request has it too): then p is never
+    the last frame before any request, nor the last frame of the video (``last_time``). q is
+    sure when its packet went to the decoder in the default mode and was accepted: with one
+    decoder thread errors are reported when a packet is sent. Only non-reference frames are
+    skipped by libavcodec (nothing is predicted from them), so every other frame decodes to
+    the same pixels. With B-frames the anchor following them is sent first, so they go;
+    without B-frames every packet is the latest so far and nothing is skipped.
+
+    The one fact that can change: a skipped packet whose slice header is damaged is not
+    reported (libavcodec returns success for a packet that started no picture while it skips),
+    so once any packet fails to decode, nothing more is skipped in that video.
+    """
+
+    def __init__(self, stream, video_start: float):
+        self.ctx, self.video_start = stream.codec_context, video_start
+        self.seconds = float(stream.time_base)  # per pts unit
+        self.sure_pts: int | None = None  # latest pts of a packet decoded in the default mode
+        self.sure_time = math.inf  # its time (s, video clock)
+        self.skipping = False
+        self.damaged = False  # a packet failed: decode everything from here on
+        self.packets_skippable = 0  # packets sent while non-reference frames were skipped
+
+    def before(self, packet, wanted: float) -> None:
+        """Set the mode for ``packet``, given the earliest open request (s, video clock)."""
+        pts, sure = packet.pts, self.sure_pts
+        # (at_times takes a frame up to 1e-6 s after t as shown at t: without that margin here,
+        # rounding in sure_time cannot turn a frame that is not shown into one that is)
+        skip = not self.damaged and pts is not None and sure is not None and pts < sure and self.sure_time <= wanted
+        if skip != self.skipping:
+            self.ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+            self.skipping = skip
+        self.packets_skippable += skip
+
+    def failed(self) -> None:
+        """A packet failed to decode (a damaged file): report every later damaged packet too."""
+        self.damaged = True
+
+    def accepted(self, packet) -> None:
+        """``packet`` was decoded without error."""
+        pts = packet.pts
+        if not self.skipping and pts is not None and (self.sure_pts is None or pts > self.sure_pts):
+            self.sure_pts, self.sure_time = pts, pts * self.seconds - self.video_start
+
+
 class FrameStream:
     """Decode a video once, front to back, and hand out the frame shown at each
     requested time (the last frame whose pts <= t). Only the frames asked for
@@ -333,6 +386,13 @@ class FrameStream:
         self.last_time: float | None = None  # time of the last decoded frame
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
         self._threads = _decoder_threads if threads is None else threads
+        self._wanted = math.inf  # earliest time (s) still to be handed out; set by at_times
+        self.skipper: NonrefSkipper | None = None
+
+    def _can_skip(self, stream) -> bool:
+        """Skipping needs errors reported as packets are sent: one decoder thread (frame
+        threads report them packets later), and a decoder whose skipping is tested."""
+        return skip_nonref and self._threads == 1 and stream.codec_context.name in SKIP_NONREF_CODECS
 
     def _frames(self) -> Iterator[av.VideoFrame]:
         with _open(Path(self.info.path)) as c:
@@ -343,6 +403,7 @@ class FrameStream:
             if self._seek_to:
                 c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream,
                        backward=True)
+            skipper = self.skipper = NonrefSkipper(stream, self.info.video_start) if self._can_skip(stream) else None
             packets = c.demux(stream)
             while True:
                 try:
@@ -353,11 +414,17 @@ class FrameStream:
                     self.decode_errors += 1  # demuxer hit damaged or missing data: stop here
                     self.io_error = isinstance(e, OSError)
                     break
+                if skipper is not None:
+                    skipper.before(packet, self._wanted)
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
                     self.decode_errors += 1
+                    if skipper is not None:
+                        skipper.failed()
                     continue
+                if skipper is not None:
+                    skipper.accepted(packet)
                 yield from frames
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
@@ -366,6 +433,12 @@ class FrameStream:
             rgb = np.ascontiguousarray(np.rot90(rgb, k=self.info.rotation // 90))
         return rgb
 
+    def _next_wanted(self, times: Iterator[float]) -> float | None:
+        """The next requested time, also told to the decoding loop (frames before it may be skipped)."""
+        t = next(times, None)
+        self._wanted = math.inf if t is None else t
+        return t
+
     def at_times(self, times: Iterator[float]) -> Iterator[tuple[float, DecodedFrame | None]]:
         """For each time of a non-decreasing sequence, yield (time, frame shown then).
 
@@ -373,7 +446,7 @@ class FrameStream:
         frame interval after the last decoded frame get None.
         """
         times = iter(times)
-        t = next(times, None)
+        t = self._next_wanted(times)
         shown = None  # (time, undecoded-to-RGB frame) of the latest frame with pts <= t
         cached: DecodedFrame | None = None
 
@@ -390,11 +463,11 @@ class FrameStream:
             self.last_time = ft if self.last_time is None else max(self.last_time, ft)
             while t is not None and ft > t + 1e-6:
                 yield t, convert(shown if shown is not None else (ft, frame))
-                t = next(times, None)
+                t = self._next_wanted(times)
             if t is None:
                 continue  # keep decoding (no conversion) so last_time tells the decodable extent
             shown = (ft, frame)
         while t is not None:  # end of stream: the last frame stays on screen one interval
             ok = shown is not None and t <= shown[0] + self.frame_interval + 1e-6
             yield t, convert(shown) if ok else None
-            t = next(times, None)
+            t = self._next_wanted(times)
