@@ -14,6 +14,7 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import deque
@@ -332,9 +333,10 @@ class NonrefSkipper:
     the same pixels. With B-frames the anchor following them is sent first, so they go;
     without B-frames every packet is the latest so far and nothing is skipped.
 
-    The one fact that can change: a skipped packet whose slice header is damaged is not
-    reported (libavcodec returns success for a packet that started no picture while it skips),
-    so once any packet fails to decode, nothing more is skipped in that video.
+    Damage: a packet that fails makes FrameStream decode again without skipping (see
+    _frames). The one fact that can still change: a skipped packet whose slice header is damaged
+    is not reported (libavcodec returns success for a packet that started no picture while it
+    skips) unless another packet of the video fails.
     """
 
     def __init__(self, stream, video_start: float):
@@ -343,7 +345,6 @@ class NonrefSkipper:
         self.sure_pts: int | None = None  # latest pts of a packet decoded in the default mode
         self.sure_time = math.inf  # its time (s, video clock)
         self.skipping = False
-        self.damaged = False  # a packet failed: decode everything from here on
         self.packets_skippable = 0  # packets sent while non-reference frames were skipped
 
     def before(self, packet, wanted: float) -> None:
@@ -351,15 +352,11 @@ class NonrefSkipper:
         pts, sure = packet.pts, self.sure_pts
         # (at_times takes a frame up to 1e-6 s after t as shown at t: without that margin here,
         # rounding in sure_time cannot turn a frame that is not shown into one that is)
-        skip = not self.damaged and pts is not None and sure is not None and pts < sure and self.sure_time <= wanted
+        skip = pts is not None and sure is not None and pts < sure and self.sure_time <= wanted
         if skip != self.skipping:
             self.ctx.skip_frame = "NONREF" if skip else "DEFAULT"
             self.skipping = skip
         self.packets_skippable += skip
-
-    def failed(self) -> None:
-        """A packet failed to decode (a damaged file): report every later damaged packet too."""
-        self.damaged = True
 
     def accepted(self, packet) -> None:
         """``packet`` was decoded without error."""
@@ -372,7 +369,9 @@ class FrameStream:
     """Decode a video once, front to back, and hand out the frame shown at each
     requested time (the last frame whose pts <= t). Only the frames asked for
     are converted to RGB; nothing else is kept, so memory does not grow with
-    the length of the video. Damaged packets are skipped and counted.
+    the length of the video. Damaged packets are skipped and counted. With one
+    decoder thread, H.264 frames that can never be handed out are not decoded
+    (NonrefSkipper): a worker asks for a few frames per second.
     """
 
     def __init__(self, info: MediaInfo, threads: int | None = None, seek_to: float | None = None):
@@ -395,37 +394,63 @@ class FrameStream:
         return skip_nonref and self._threads == 1 and stream.codec_context.name in SKIP_NONREF_CODECS
 
     def _frames(self) -> Iterator[av.VideoFrame]:
+        """Decoded frames in presentation order. When a packet fails (or the demuxer gives up)
+        after frames were skipped, decoding starts over without skipping and goes on from that
+        packet: how a damaged picture is concealed may depend on pictures skipped before it,
+        so from the damage on the frames must be those of decoding everything."""
+        failed_at = yield from self._decode(skip=True)
+        if failed_at is not None:
+            yield from self._decode(skip=False, resume=failed_at)
+
+    def _open_video(self, c):
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self._threads:
+            stream.codec_context.thread_count = self._threads
+        if self._seek_to:
+            c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream, backward=True)
+        return stream
+
+    def _decode(self, skip: bool, resume: tuple[int, float] | None = None):
+        """Decode front to back, skipping frames when allowed (NonrefSkipper). Returns (index of
+        the packet that failed, time of the last frame handed on) when it stopped on damage after
+        skipping, else None. ``resume``: such a point; the frames a decode of everything gives
+        before it were handed on already (or skipped safely) and are held back."""
         with _open(Path(self.info.path)) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            if self._threads:
-                stream.codec_context.thread_count = self._threads
-            if self._seek_to:
-                c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream,
-                       backward=True)
-            skipper = self.skipper = NonrefSkipper(stream, self.info.video_start) if self._can_skip(stream) else None
+            stream = self._open_video(c)
+            skipper = self.skipper = NonrefSkipper(stream, self.info.video_start) \
+                if skip and self._can_skip(stream) else None
             packets = c.demux(stream)
-            while True:
+            done_at, done_until = resume if resume is not None else (0, -math.inf)
+            last = -math.inf  # time of the last frame handed on
+            for i in itertools.count():
                 try:
                     packet = next(packets)
                 except StopIteration:
-                    break
+                    return None
                 except av.error.FFmpegError as e:
+                    if skipper is not None and skipper.packets_skippable:
+                        return i, last
                     self.decode_errors += 1  # demuxer hit damaged or missing data: stop here
                     self.io_error = isinstance(e, OSError)
-                    break
+                    return None
                 if skipper is not None:
                     skipper.before(packet, self._wanted)
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
+                    if skipper is not None and skipper.packets_skippable:
+                        return i, last
+                    skipper = None  # nothing skipped yet: go on decoding everything
                     self.decode_errors += 1
-                    if skipper is not None:
-                        skipper.failed()
                     continue
                 if skipper is not None:
                     skipper.accepted(packet)
-                yield from frames
+                for frame in frames:
+                    if i >= done_at or (frame.time is not None and frame.time > done_until):
+                        last = max(last, frame.time) if frame.time is not None else last
+                        yield frame
+        return None
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         rgb = frame.to_ndarray(format="rgb24")

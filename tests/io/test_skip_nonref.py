@@ -37,8 +37,8 @@ def videos(tmp_path_factory) -> dict:
     run("ffmpeg", "-v", "error", "-y", "-i", str(files["bframes"]), "-vf", "select='lt(mod(n,10),6)'",
         "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "veryfast", "-an", str(files["vfr"]))
     files.update(damaged(files["bframes"], root))
-    data = files["bframes"].read_bytes()
-    files["corrupt_mid"] = root / "corrupt_mid.mp4"  # as in the test corpus: a run of 0xff mid-file
+    data = talking_video(root / "talk.mp4").read_bytes()  # the test corpus's talk.mp4 and corrupt_mid.mp4
+    files["corrupt_mid"] = root / "corrupt_mid.mp4"  # a run of 0xff mid-file: damage after skipped frames
     files["corrupt_mid"].write_bytes(data[:30000] + b"\xff" * 8000 + data[38000:])
     files["truncated"] = root / "truncated.mp4"
     files["truncated"].write_bytes(data[: len(data) // 2])
@@ -99,21 +99,28 @@ def damaged(path, root) -> dict:
     return out
 
 
-def request_times(duration: float) -> list[float]:
-    """Frames of 4-s clips every second (overlapping windows) and times at, just before and just
-    after frame boundaries, in order (as a worker asks for them)."""
+def request_times(duration: float, dense: bool = True) -> list[float]:
+    """The frames of 4-s clips one after the other (as a worker asks for them by default); with
+    ``dense``, of 4-s clips every second (overlapping windows) and times at, just before and just
+    after frame boundaries, in order."""
     spec = SOCIAL_MAE_SPEC
-    clips = [spec.frame_times(s, 4.0) for s in np.arange(0.0, duration, 1.0)]
+    clips = [spec.frame_times(s, 4.0) for s in np.arange(0.0, duration, 1.0 if dense else 4.0)]
     edges = np.arange(0.0, duration, 0.52)
-    return sorted(np.concatenate(clips + [edges, edges - 1e-7, edges + 0.04 - 1e-9, [duration + 0.2]]).tolist())
+    extra = [edges, edges - 1e-7, edges + 0.04 - 1e-9, [duration + 0.2]] if dense else []
+    return sorted(np.concatenate(clips + extra).tolist())
 
 
-def decode(path, skip: bool, threads: int = 1) -> tuple[list, FrameStream]:
+def taken(stream: FrameStream, times: list[float]) -> list:
+    """(time, (frame time, pixels) or None) for each requested time."""
+    return [(t, None if f is None else (f.time, f.rgb.copy())) for t, f in stream.at_times(times)]
+
+
+def decode(path, skip: bool, threads: int = 1, dense: bool = True) -> tuple[list, FrameStream]:
     info = probe(path)
     media.skip_nonref, saved = skip, media.skip_nonref
     try:
         stream = FrameStream(info, threads=threads)
-        got = [(t, None if f is None else (f.time, f.rgb.copy())) for t, f in stream.at_times(request_times(info.duration))]
+        got = taken(stream, request_times(info.duration, dense))
     finally:
         media.skip_nonref = saved
     return got, stream
@@ -127,9 +134,9 @@ def assert_same_frames(full: list, fast: list) -> None:
             assert a[0] == b[0] and np.array_equal(a[1], b[1]), t
 
 
-def assert_same(path, threads: int = 1) -> FrameStream:
-    full, plain = decode(path, skip=False, threads=threads)
-    fast, skipping = decode(path, skip=True, threads=threads)
+def assert_same(path, threads: int = 1, dense: bool = True) -> FrameStream:
+    full, plain = decode(path, skip=False, threads=threads, dense=dense)
+    fast, skipping = decode(path, skip=True, threads=threads, dense=dense)
     assert_same_frames(full, fast)
     assert (skipping.decode_errors, skipping.last_time, skipping.io_error) == \
            (plain.decode_errors, plain.last_time, plain.io_error)
@@ -147,16 +154,33 @@ def test_without_b_frames_nothing_is_skipped(videos):
     assert stream.skipper.packets_skippable == 0
 
 
-@pytest.mark.parametrize("name", ["damaged_nonref", "damaged_header", "damaged_ref", "damaged_both",
-                                  "corrupt_mid", "truncated"])
-def test_damaged_files_give_the_same_frames_and_facts(videos, name, monkeypatch):
+@pytest.mark.parametrize("name", ["damaged_header", "corrupt_mid", "truncated"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_reported_damage_gives_the_same_frames_and_facts(videos, name, dense):
+    """Damage the decoder reports: after the first error, decoding starts over without skipping
+    (without that, corrupt_mid's concealed frames differ)."""
+    stream = assert_same(videos[name], dense=dense)
+    assert stream.decode_errors > 0 or (name == "truncated" and stream.last_time < 6.0)
+
+
+@pytest.mark.parametrize("name", ["damaged_nonref", "damaged_ref", "damaged_both"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_silent_damage_changes_only_concealed_pictures(videos, name, dense, monkeypatch):
+    """Damaged picture data that the decoder conceals without an error: the facts are the same,
+    and so is every frame except concealed ones (which differ from the intact file's): how
+    libavcodec conceals them depends on the pictures decoded before, skipped ones included."""
     monkeypatch.setattr(media, "NonrefSkipper", RecordingSkipper)
     RecordingSkipper.sent = []
-    stream = assert_same(videos[name])
-    if name in ("damaged_nonref", "damaged_both"):  # some damaged packets went while skipping
+    full, plain = decode(videos[name], skip=False, dense=dense)
+    fast, skipping = decode(videos[name], skip=True, dense=dense)
+    intact, _ = decode(videos["bframes"], skip=False, dense=dense)
+    assert (skipping.decode_errors, skipping.last_time, skipping.io_error) == (0, plain.last_time, False)
+    assert [(t, a is None) for t, a in fast] == [(t, a is None) for t, a in full]
+    for (t, a), (_, b), (_, c) in zip(full, fast, intact):
+        if a is not None and not (a[0] == b[0] and np.array_equal(a[1], b[1])):
+            assert a[0] == b[0] == c[0] and not np.array_equal(a[1], c[1]), t
+    if name != "damaged_ref":  # some damaged packets went while skipping
         assert {pts for pts, skipping in RecordingSkipper.sent if skipping} & videos[name + "_pts"]
-    if name == "damaged_header":
-        assert stream.decode_errors > 0  # the first one is reported: no skipping after it
 
 
 def test_a_damaged_header_inside_a_skipped_frame_goes_unreported(videos, monkeypatch):
@@ -202,3 +226,21 @@ def test_a_worker_hands_over_the_same_clips(videos, monkeypatch):
     for a, b in clips:
         assert a.clip == b.clip and torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
     assert full[-1] == fast[-1]  # VideoDone: the video's row (decoded extent, errors) and error rows
+
+
+@pytest.mark.parametrize("name", ["bframes", "open_gop"])
+def test_a_seeking_reader_gets_the_same_frames(videos, name):
+    """read_clip's way in (pretraining): seek to a window, take its frames."""
+    info = probe(videos[name])
+    for start in (1.3, 3.0):
+        times = SOCIAL_MAE_SPEC.frame_times(start, 2.0).tolist()
+        got = {}
+        for skip in (False, True):
+            media.skip_nonref, saved = skip, media.skip_nonref
+            try:
+                stream = FrameStream(info, threads=1, seek_to=start)
+                got[skip] = taken(stream, times)
+            finally:
+                media.skip_nonref = saved
+        assert_same_frames(got[False], got[True])
+        assert stream.skipper.packets_skippable > 0
