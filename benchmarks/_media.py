@@ -8,12 +8,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media_factory import require_tools, speech_wav, talking_video  # noqa: E402
 
+X264 = ("-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", "50")  # the tests' encoding
+# x264 as it comes (3 B-frames, B-pyramid), and without B-frames (as phones mostly record)
+ENCODINGS = {"bframes": X264, "ippp": X264 + ("-bf", "0")}
 
-def make_videos(folder: Path, n: int, seconds: float, size: str = "640x480") -> list[Path]:
+
+def make_videos(folder: Path, n: int, seconds: float, size: str = "640x480", fps: int = 25,
+                encoding: str = "bframes") -> list[Path]:
     require_tools()
     folder.mkdir(parents=True, exist_ok=True)
     speech = speech_wav(folder / "speech.wav", seconds)
-    return [talking_video(folder / f"bench_{i}.mp4", seconds=seconds, size=size, audio=speech) for i in range(n)]
+    return [talking_video(folder / f"bench_{i}.mp4", seconds=seconds, size=size, fps=fps, audio=speech,
+                          vcodec=ENCODINGS[encoding]) for i in range(n)]
 
 
 def encoded_video(path: Path, seconds: float, size: str = "640x480", fps: int = 30, seed: int = 0) -> Path:

@@ -14,6 +14,8 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -27,6 +29,9 @@ import numpy as np
 TRUNCATION_TOLERANCE_S = 0.5
 # Audio frames whose timestamps are off by less than this (samples) are treated as contiguous.
 AUDIO_JITTER_SAMPLES = 32
+# Decoders whose frame skipping (AVCodecContext.skip_frame) FrameStream uses; see NonrefSkipper.
+SKIP_NONREF_CODECS = ("h264",)
+skip_nonref = True  # module switch: benchmarks and tests turn it off to compare with decoding everything
 
 
 class MediaError(Exception):
@@ -315,11 +320,58 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class NonrefSkipper:
+    """Tells the decoder to skip non-reference frames that can never be handed out.
+
+    FrameStream hands out, for each requested time t, the last frame whose pts <= t. A
+    packet with pts p may be skipped only if a frame q with p < q <= t is sure to come out
+    (t: the earliest request still open, so every later request has it too): then p is never
+    the last frame before any request, nor the last frame of the video (``last_time``). q is
+    sure when its packet went to the decoder in the default mode and was accepted: with one
+    decoder thread errors are reported when a packet is sent. Only non-reference frames are
+    skipped by libavcodec (nothing is predicted from them), so every other frame decodes to
+    the same pixels. With B-frames the anchor following them is sent first, so they go;
+    without B-frames every packet is the latest so far and nothing is skipped.
+
+    Damage: a packet that fails makes FrameStream decode again without skipping (see
+    _frames). The one fact that can still change: a skipped packet whose slice header is damaged
+    is not reported (libavcodec returns success for a packet that started no picture while it
+    skips) unless another packet of the video fails.
+    """
+
+    def __init__(self, stream, video_start: float):
+        self.ctx, self.video_start = stream.codec_context, video_start
+        self.seconds = float(stream.time_base)  # per pts unit
+        self.sure_pts: int | None = None  # latest pts of a packet decoded in the default mode
+        self.sure_time = math.inf  # its time (s, video clock)
+        self.skipping = False
+        self.packets_skippable = 0  # packets sent while non-reference frames were skipped
+
+    def before(self, packet, wanted: float) -> None:
+        """Set the mode for ``packet``, given the earliest open request (s, video clock)."""
+        pts, sure = packet.pts, self.sure_pts
+        # (at_times takes a frame up to 1e-6 s after t as shown at t: without that margin here,
+        # rounding in sure_time cannot turn a frame that is not shown into one that is)
+        skip = pts is not None and sure is not None and pts < sure and self.sure_time <= wanted
+        if skip != self.skipping:
+            self.ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+            self.skipping = skip
+        self.packets_skippable += skip
+
+    def accepted(self, packet) -> None:
+        """``packet`` was decoded without error."""
+        pts = packet.pts
+        if not self.skipping and pts is not None and (self.sure_pts is None or pts > self.sure_pts):
+            self.sure_pts, self.sure_time = pts, pts * self.seconds - self.video_start
+
+
 class FrameStream:
     """Decode a video once, front to back, and hand out the frame shown at each
     requested time (the last frame whose pts <= t). Only the frames asked for
     are converted to RGB; nothing else is kept, so memory does not grow with
-    the length of the video. Damaged packets are skipped and counted.
+    the length of the video. Damaged packets are skipped and counted. With one
+    decoder thread, H.264 frames that can never be handed out are not decoded
+    (NonrefSkipper): a worker asks for a few frames per second.
     """
 
     def __init__(self, info: MediaInfo, threads: int | None = None, seek_to: float | None = None):
@@ -333,38 +385,84 @@ class FrameStream:
         self.last_time: float | None = None  # time of the last decoded frame
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
         self._threads = _decoder_threads if threads is None else threads
+        self._wanted = math.inf  # earliest time (s) still to be handed out; set by at_times
+        self.skipper: NonrefSkipper | None = None
+
+    def _can_skip(self, stream) -> bool:
+        """Skipping needs errors reported as packets are sent: one decoder thread (frame
+        threads report them packets later), and a decoder whose skipping is tested."""
+        return skip_nonref and self._threads == 1 and stream.codec_context.name in SKIP_NONREF_CODECS
 
     def _frames(self) -> Iterator[av.VideoFrame]:
+        """Decoded frames in presentation order. When a packet fails (or the demuxer gives up)
+        after frames were skipped, decoding starts over without skipping and goes on from that
+        packet: how a damaged picture is concealed may depend on pictures skipped before it,
+        so from the damage on the frames must be those of decoding everything."""
+        failed_at = yield from self._decode(skip=True)
+        if failed_at is not None:
+            yield from self._decode(skip=False, resume=failed_at)
+
+    def _open_video(self, c):
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self._threads:
+            stream.codec_context.thread_count = self._threads
+        if self._seek_to:
+            c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream, backward=True)
+        return stream
+
+    def _decode(self, skip: bool, resume: tuple[int, float] | None = None):
+        """Decode front to back, skipping frames when allowed (NonrefSkipper). Returns (index of
+        the packet that failed, time of the last frame handed on) when it stopped on damage after
+        skipping, else None. ``resume``: such a point; the frames a decode of everything gives
+        before it were handed on already (or skipped safely) and are held back."""
         with _open(Path(self.info.path)) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            if self._threads:
-                stream.codec_context.thread_count = self._threads
-            if self._seek_to:
-                c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream,
-                       backward=True)
+            stream = self._open_video(c)
+            skipper = self.skipper = NonrefSkipper(stream, self.info.video_start) \
+                if skip and self._can_skip(stream) else None
             packets = c.demux(stream)
-            while True:
+            done_at, done_until = resume if resume is not None else (0, -math.inf)
+            last = -math.inf  # time of the last frame handed on
+            for i in itertools.count():
                 try:
                     packet = next(packets)
                 except StopIteration:
-                    break
+                    return None
                 except av.error.FFmpegError as e:
+                    if skipper is not None and skipper.packets_skippable:
+                        return i, last
                     self.decode_errors += 1  # demuxer hit damaged or missing data: stop here
                     self.io_error = isinstance(e, OSError)
-                    break
+                    return None
+                if skipper is not None:
+                    skipper.before(packet, self._wanted)
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
+                    if skipper is not None and skipper.packets_skippable:
+                        return i, last
+                    skipper = None  # nothing skipped yet: go on decoding everything
                     self.decode_errors += 1
                     continue
-                yield from frames
+                if skipper is not None:
+                    skipper.accepted(packet)
+                for frame in frames:
+                    if i >= done_at or (frame.time is not None and frame.time > done_until):
+                        last = max(last, frame.time) if frame.time is not None else last
+                        yield frame
+        return None
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         rgb = frame.to_ndarray(format="rgb24")
         if self.info.rotation:
             rgb = np.ascontiguousarray(np.rot90(rgb, k=self.info.rotation // 90))
         return rgb
+
+    def _next_wanted(self, times: Iterator[float]) -> float | None:
+        """The next requested time, also told to the decoding loop (frames before it may be skipped)."""
+        t = next(times, None)
+        self._wanted = math.inf if t is None else t
+        return t
 
     def at_times(self, times: Iterator[float]) -> Iterator[tuple[float, DecodedFrame | None]]:
         """For each time of a non-decreasing sequence, yield (time, frame shown then).
@@ -373,7 +471,7 @@ class FrameStream:
         frame interval after the last decoded frame get None.
         """
         times = iter(times)
-        t = next(times, None)
+        t = self._next_wanted(times)
         shown = None  # (time, undecoded-to-RGB frame) of the latest frame with pts <= t
         cached: DecodedFrame | None = None
 
@@ -390,11 +488,11 @@ class FrameStream:
             self.last_time = ft if self.last_time is None else max(self.last_time, ft)
             while t is not None and ft > t + 1e-6:
                 yield t, convert(shown if shown is not None else (ft, frame))
-                t = next(times, None)
+                t = self._next_wanted(times)
             if t is None:
                 continue  # keep decoding (no conversion) so last_time tells the decodable extent
             shown = (ft, frame)
         while t is not None:  # end of stream: the last frame stays on screen one interval
             ok = shown is not None and t <= shown[0] + self.frame_interval + 1e-6
             yield t, convert(shown) if ok else None
-            t = next(times, None)
+            t = self._next_wanted(times)
