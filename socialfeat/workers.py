@@ -70,6 +70,19 @@ def stall_limit(duration: float | None, fixed: float | None = None) -> float:
     return TIMEOUT_BASE_S + TIMEOUT_PER_RECORDED_S * min(duration or 0.0, TIMEOUT_DURATION_CAP_S)
 
 
+def largest_first(jobs: list[Job]) -> list[int]:
+    """Job indices, largest file first: a long recording started last would finish alone while
+    the other workers idle (longest-first scheduling; the size stands for the duration, and a
+    file that cannot be read comes first and fails fast). Results keep the input's order."""
+    def size(job: Job) -> int:
+        try:
+            return job[1].path.stat().st_size
+        except OSError:
+            return -1
+    sizes = [size(job) for job in jobs]
+    return sorted(range(len(jobs)), key=lambda i: (sizes[i] >= 0, -sizes[i]))  # (stable: ties keep their order)
+
+
 def in_process_items(jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings) -> Iterator[ClipItem | VideoDone]:
     """The videos decoded in this process (``--workers 0``): no isolation, no time limit."""
     for pos, ref, segs in jobs:
@@ -156,7 +169,7 @@ class WorkerPool:
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
                  video_timeout: float | None = None, lend_tensors: bool = False):
         self.jobs = jobs
-        self.pending: deque[int] = deque(range(len(jobs)))  # indices into jobs
+        self.pending: deque[int] = deque(largest_first(jobs))  # indices into jobs
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
         self.n_workers = max(1, min(n_workers, len(jobs)))
         # fork: the workers inherit the shared slots (and need no pickled copy of the jobs)
@@ -251,11 +264,10 @@ class WorkerPool:
                     for _ in range(PREFETCH + 2):  # what it has sent so far; then the others' turn
                         if not w.out.poll():
                             break
-                        message = w.out.recv()
-                        item = self._received(w, message)
+                        item, lent = self._received(w, w.out.recv())
                         if item is not None:
                             yield item
-                        if item is not message:  # its tensors were views of its slot, taken by now:
+                        if lent:  # its tensors were views of its slot, taken by now:
                             w.credits.release()  # the worker may write the slot again
                 except (EOFError, OSError):  # the end of its pipe: the worker is gone
                     dead = True
@@ -273,23 +285,23 @@ class WorkerPool:
                 yield from self._replace(w, workers, Failure.TIMEOUT, f"no progress for {w.limit:.0f} s (stalled "
                                          "decoding: a network file system or a pathological file); stopped")
 
-    def _received(self, w: _Worker, item) -> ClipItem | VideoDone | None:
-        """Book-keeping for one message; the item to pass on, if any. A clip whose tensors lie in
-        a slot comes out as a new item with views of them; its credit goes back (in _collect) once
-        the consumer has taken it, that is, when the next item is asked for."""
+    def _received(self, w: _Worker, item) -> tuple[ClipItem | VideoDone | None, bool]:
+        """Book-keeping for one message: the item to pass on, if any, and whether it is lent (a
+        clip whose tensors are views of its slot: its credit goes back, in _collect, once the
+        consumer has taken it, that is, when the next item is asked for)."""
         w.last_heard = time.monotonic()
         if self.slots is not None and isinstance(item, ClipItem) and in_slot(item):
-            return unpack(item, self.slots)
+            return unpack(item, self.slots), True
         w.credits.release()
         if isinstance(item, VideoStarted):
             w.started = True
             if item.duration is not None:
                 w.limit = stall_limit(item.duration, self.timeout)
-            return None
+            return None, False
         if isinstance(item, VideoDone):
             w.videos.popleft()
             w.started, w.limit = False, stall_limit(None, self.timeout)
-        return item
+        return item, False
 
     def _replace(self, w: _Worker, workers: list[_Worker], failure: Failure, message: str) -> Iterator[VideoDone]:
         """Stop ``w``, record its video as failed (when it had taken it up), start a fresh worker."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from socialfeat.handover import SharedSlots, slot_bytes
@@ -16,6 +18,8 @@ def _clips(items, copy: bool) -> dict[tuple[str, int], tuple]:
     clips, done = {}, {}
     for item in items:
         if isinstance(item, ClipItem):
+            if copy:  # a consumer slower than the workers: a slot given back too early would be overwritten
+                time.sleep(0.01)
             take = (lambda x: None if x is None else x.clone()) if copy else (lambda x: x)
             clips[item.clip["path"], item.clip["clip_index"]] = (take(item.audio), take(item.video))
         else:
@@ -53,3 +57,16 @@ def test_a_slot_holds_the_largest_clip_that_is_handed_over_raw(tiny_ckpt):
     assert placed is not None
     assert torch.equal(slots.view(placed[0]), audio) and torch.equal(slots.view(placed[1]), video)
     assert slots.put([torch.zeros(slots.size + 1, dtype=torch.uint8)], 0) is None  # too large: travels as it is
+
+
+def test_the_longest_recordings_are_decoded_first(tmp_path):
+    """A long recording started last would finish alone while the other workers idle."""
+    from socialfeat.walk import VideoRef
+    from socialfeat.workers import largest_first
+
+    sizes = {"a.mp4": 10, "b.mp4": 300, "c.mp4": 20, "d.mp4": 300}
+    for name, n in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * n)
+    names = list(sizes) + ["gone.mp4"]
+    jobs = [(i, VideoRef(tmp_path / n, n), None) for i, n in enumerate(names)]
+    assert [names[i] for i in largest_first(jobs)] == ["gone.mp4", "b.mp4", "d.mp4", "c.mp4", "a.mp4"]
