@@ -112,7 +112,9 @@ def test_ctrl_c_says_the_run_resumes(corpus, tiny_ckpt, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list(parts.glob("*.h5")):  # an event: a first video is journalled
         time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)  # frozen at once, so the run cannot finish before Ctrl-C lands
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "run the same command again to resume" in stderr
