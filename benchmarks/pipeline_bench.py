@@ -145,7 +145,8 @@ def run(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="social-mae-tiny", help="the model only sets the preprocessing here")
+    p.add_argument("--arch", default="social-mae", help="sets the preprocessing (the tiny test model samples twice the "
+                   "frames per second) and the checkpoint read at the start")
     p.add_argument("--videos", type=int, default=6)
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--size", default="640x480")
