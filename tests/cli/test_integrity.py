@@ -284,3 +284,27 @@ def test_the_output_is_on_disk_before_it_takes_its_name(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
     out = assemble_output([], tmp_path / "f.h5", {"socialfeat_version": "x"}, 4, {})
     assert len(synced) == 1 and Path(synced[0]).name.startswith(".f.h5.") and out.is_file()
+
+
+def test_a_failed_journal_write_stops_the_run_and_keeps_what_was_written(corpus, tiny_ckpt, tmp_path, monkeypatch):
+    """Journal writes run on a thread of their own; a disk that fills up still stops the run, and
+    the videos written before stay for the rerun."""
+    from socialfeat import store
+    from socialfeat.extract import extract
+
+    real, written = store.Journal.write, []
+
+    def write(self, result, fingerprint):
+        if written:
+            raise OSError(28, "No space left on device")
+        real(self, result, fingerprint)
+        written.append(result.video["path"])
+
+    monkeypatch.setattr(store.Journal, "write", write)
+    out = tmp_path / "full.h5"
+    with pytest.raises(OSError, match="No space left"):
+        extract([corpus["root"]], out, weights=tiny_ckpt, workers=1, progress=False)
+    assert not out.exists() and len(written) == 1
+    monkeypatch.setattr(store.Journal, "write", real)
+    summary = extract([corpus["root"]], out, weights=tiny_ckpt, workers=1, progress=False)
+    assert summary.n_reused == 1 and summary.n_videos == 13
