@@ -103,11 +103,18 @@ def test_audio_ending_before_the_picture_is_a_qc_fact_not_damage(tiny_ckpt, tmp_
     assert len(socialfeat.load_errors(out)) == 0
 
 
+def _terminal_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_says_the_run_resumes(corpus, tiny_ckpt, tmp_path):
     out = tmp_path / "interrupted.h5"
     args = [str(SOCIALFEAT), "extract", str(corpus["root"]), "-o", str(out), "--weights", str(tiny_ckpt),
-            "--workers", "0", "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            "--workers", "0", "--batch-size", "1", "--hop-seconds", "0.5", "--no-progress"]  # much left after
+    # the first video; started as from a terminal (Ctrl-C's default disposition, not blocked)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_signals)
     parts = tmp_path / "interrupted.h5.parts"
     deadline = time.time() + 120
     while time.time() < deadline and not list(parts.glob("*.h5")):  # an event: a first video is journalled
@@ -119,7 +126,8 @@ def test_ctrl_c_says_the_run_resumes(corpus, tiny_ckpt, tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr and not out.exists()
-    resumed = run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ckpt, "--no-progress")
+    resumed = run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ckpt, "--hop-seconds", "0.5",
+                      "--no-progress")
     assert "reused" in resumed.stderr
     with h5py.File(out) as f:
         assert len(f["videos/path"]) == 13
