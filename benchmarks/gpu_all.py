@@ -96,7 +96,7 @@ def main() -> None:
                    "core, at the others)")
     p.add_argument("--e2e-seconds", type=float, default=120.0)
     p.add_argument("--e2e-sizes", default="640x480,1280x720")
-    p.add_argument("--sweep-videos", type=int, default=8, help="videos of the worker sweep (1/4/8/default workers)")
+    p.add_argument("--sweep-videos", type=int, default=16, help="videos of the worker sweep (1/4/8/default workers)")
     args = p.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -265,7 +265,7 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         def run(name: str, folder: Path, n_clips_expected: int, decode_rate: float, **kw) -> dict:
             reset_peak(dev)
             cpu0, t0 = cpu_seconds(), time.perf_counter()
-            summary = extract_module.extract([folder], tmp / f"out_{name}_{len(results['sizes'])}.h5", weights=ckpt,
+            summary = extract_module.extract([folder], tmp / f"out_{name}_{folder.name}.h5", weights=ckpt,
                                              device=args.device, progress=False, **kw)
             sec, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
             row = {"run": name, "workers": kw.get("workers", default_workers), "clips": summary.n_clips,
@@ -277,6 +277,14 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
             print(row, flush=True)
             return row
 
+        def decode_limit(files: list[Path]) -> float:
+            t0 = time.perf_counter()
+            with ProcessPoolExecutor(cores) as pool:
+                list(pool.map(decode_all_streams, [str(f) for f in files]))
+            return len(files) * int(args.e2e_seconds // clip_s) / (time.perf_counter() - t0)
+
+        # 1. every size with the defaults first (a GPU slot may end before the extras)
+        made = []
         for i, size in enumerate(args.e2e_sizes.split(",")):
             n = args.e2e_videos if i == 0 else max(cores, args.e2e_videos // 2)
             folder = tmp / f"videos{size}"
@@ -286,10 +294,7 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
                                       [args.e2e_seconds] * n, [size] * n, [30] * n, range(n)))
             made_s = time.perf_counter() - t0
             n_clips = n * int(args.e2e_seconds // clip_s)
-            t0 = time.perf_counter()
-            with ProcessPoolExecutor(cores) as pool:
-                list(pool.map(decode_all_streams, [str(f) for f in files]))
-            decode_rate = n_clips / (time.perf_counter() - t0)
+            decode_rate = decode_limit(files)
             entry = {"size": size, "videos": n, "seconds_each": args.e2e_seconds, "media_generation_s": round(made_s, 1),
                      "decode_limit_clips_per_s": round(decode_rate, 2), "runs": []}
             results["sizes"].append(entry)
@@ -300,38 +305,37 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
                 extract_module.extract([warm], tmp / "warm-up.h5", weights=ckpt, device=args.device, progress=False)
             entry["runs"].append(run("defaults", folder, n_clips, decode_rate))
             report.store("end_to_end", results)
-            if i > 0:
-                continue
-            # the hand-over before issue #16: each tensor in shared memory of its own, passed as a descriptor
-            original = extract_module.decoded_items
-            extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout, dev: WorkerPool(
-                jobs, spec, plan, workers, timeout, lend_tensors=False).start()
-            try:
-                entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
-            finally:
-                extract_module.decoded_items = original
-            entry["same_numbers_both_handovers"] = same_numbers(tmp / "out_defaults_1.h5",
-                                                                tmp / "out_descriptor_handover_1.h5")
-            extract_module.BatchEncoder = NoOpEncoder
-            try:
-                entry["runs"].append(run("noop_encoder", folder, n_clips, decode_rate))
-            finally:
-                extract_module.BatchEncoder = BatchEncoder
+            made.append((entry, folder, files, n_clips, decode_rate))
+
+        # 2. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
+        # passed as a descriptor), a no-op encoder, the worker sweep
+        entry, folder, files, n_clips, decode_rate = made[0]
+        original = extract_module.decoded_items
+        extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout, dev: WorkerPool(
+            jobs, spec, plan, workers, timeout, lend_tensors=False).start()
+        try:
+            entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
+        finally:
+            extract_module.decoded_items = original
+        entry["same_numbers_both_handovers"] = same_numbers(tmp / f"out_defaults_{folder.name}.h5",
+                                                            tmp / f"out_descriptor_handover_{folder.name}.h5")
+        extract_module.BatchEncoder = NoOpEncoder
+        try:
+            entry["runs"].append(run("noop_encoder", folder, n_clips, decode_rate))
+        finally:
+            extract_module.BatchEncoder = BatchEncoder
+        report.store("end_to_end", results)
+        # worker sweep on a subset (one worker would take minutes on all files), against its own decode limit
+        subset = tmp / "subset"
+        subset.mkdir()
+        for f in files[:args.sweep_videos]:
+            os.link(f, subset / f.name)
+        sub_rate = decode_limit(files[:args.sweep_videos])
+        sub_clips = len(files[:args.sweep_videos]) * int(args.e2e_seconds // clip_s)
+        entry["sweep"] = {"videos": args.sweep_videos, "decode_limit_clips_per_s": round(sub_rate, 2), "runs": []}
+        for workers in (1, 4, 8, default_workers):
+            entry["sweep"]["runs"].append(run(f"sweep{workers}", subset, sub_clips, sub_rate, workers=workers))
             report.store("end_to_end", results)
-            # worker sweep on a subset (one worker would take minutes on all files), against its own decode limit
-            subset = tmp / "subset"
-            subset.mkdir()
-            for f in files[:args.sweep_videos]:
-                os.link(f, subset / f.name)
-            t0 = time.perf_counter()
-            with ProcessPoolExecutor(cores) as pool:
-                list(pool.map(decode_all_streams, [str(f) for f in files[:args.sweep_videos]]))
-            sub_clips = args.sweep_videos * int(args.e2e_seconds // clip_s)
-            sub_rate = sub_clips / (time.perf_counter() - t0)
-            entry["sweep"] = {"videos": args.sweep_videos, "decode_limit_clips_per_s": round(sub_rate, 2), "runs": []}
-            for workers in (1, 4, 8, default_workers):
-                entry["sweep"]["runs"].append(run(f"sweep{workers}", subset, sub_clips, sub_rate, workers=workers))
-                report.store("end_to_end", results)
     report["end_to_end"] = results
 
 
