@@ -25,8 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-from socialfeat.models import create_model
-from socialfeat.models import layers
+from socialfeat.models import create_model, layers
 
 
 def explicit_attention(self: layers.Attention, x: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import time
 
+import _media  # noqa: F401  (puts tests/ on the import path for media_factory)
 import numpy as np
+from media_factory import ASTRONAUT
 from PIL import Image
 
-import _media  # noqa: F401  (puts tests/ on the import path for media_factory)
-from media_factory import ASTRONAUT
 from socialfeat.faces import FaceDetector
 
 

@@ -30,8 +30,8 @@ import json
 import os
 import sys
 import tempfile
-import traceback
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -246,10 +246,10 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
     """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
     size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
     it (a shared-memory descriptor per tensor), and a no-op encoder (the pipeline alone)."""
-    import socialfeat.extract as extract_module
     from _media import decode_all_streams, encoded_video
     from pipeline_bench import NoOpEncoder, cpu_seconds
 
+    import socialfeat.extract as extract_module
     from socialfeat.workers import WorkerPool
 
     cores = available_cores()

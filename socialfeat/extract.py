@@ -288,6 +288,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                 "annotation_map": str(annotation_map or ""),
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
                 "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
+                "compile": bool(compile_model and dev.type == "cuda" and engine == "local"),  # (asked and applicable)
                 "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 
 import numpy as np
@@ -18,6 +19,7 @@ from socialfeat.model_call import ModelCall
 from socialfeat.models import create_model
 from socialfeat.models.layers import PatchEmbed, PatchEmbed3D
 from socialfeat.pipeline import ClipItem
+from socialfeat.store import read_attrs
 
 CPU = torch.device("cpu")
 KINDS = ("joint", "audio", "visual")
@@ -179,3 +181,4 @@ def test_extract_compile_is_ignored_on_the_cpu_with_a_warning(corpus, tiny_ckpt,
                           progress=False, compile_model=True)
     assert summary.n_clips > 0
     assert any("--compile: ignored" in r.message for r in caplog.records)
+    assert json.loads(read_attrs(tmp_path / "out.h5")["settings"])["compile"] is False  # provenance says so

@@ -11,8 +11,8 @@ from socialfeat.models import (
     create_model,
     get_pretrained_cfg,
     list_pretrained,
-    register_pretrained,
     load_model,
+    register_pretrained,
     registry,
     save_checkpoint,
 )
