@@ -258,7 +258,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     # compile_model stays out of the fingerprint, like batch_size: it changes which kernels run
     # (fused, reordered float operations), not what is computed; results differ at rounding level
     run_key = run_fingerprint(net.info, plan, predictors, dev.type)
-    if compile_model and (dev.type != "cuda" or engine != "local"):
+    compiling = compile_model and dev.type == "cuda" and engine == "local"
+    if compile_model and not compiling:
         log.warning("--compile: ignored (it compiles the model on CUDA with the local engine only)")
     results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run_key, retry_failed)
     record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes)
@@ -277,7 +278,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     elif jobs:
         with logging_redirect_tqdm():
             _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors,
-                      video_timeout, compile_model and dev.type == "cuda")
+                      video_timeout, compiling)
 
     ordered = [results[p] for p in range(len(refs))]
     for r in ordered:
@@ -288,7 +289,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                 "annotation_map": str(annotation_map or ""),
                 "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
                 "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
-                "compile": bool(compile_model and dev.type == "cuda" and engine == "local"),  # (asked and applicable)
+                "compile": compiling,
                 "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
     write_output(ordered, output, net, predictors, settings, shard, command_line, started)
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))
@@ -372,11 +373,12 @@ def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> N
 
 def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: str, retry_failed: bool = False
                    ) -> tuple[dict[int, VideoResult], list, dict[int, str], dict[int, int]]:
-    """Results an earlier run journalled with the same fingerprint, the jobs left to do, each
-    video's fingerprint, and how often each job crashed or stalled a worker before."""
+    """Results an earlier run journalled with the same fingerprint, the jobs left to do (largest
+    file first), each video's fingerprint, and how often each job crashed or stalled a worker before."""
     results: dict[int, VideoResult] = {}
     fingerprints: dict[int, str] = {}
     strikes: dict[int, int] = {}
+    sizes: dict[int, int] = {}
     jobs = []
     for pos, ref in enumerate(refs):
         segs = segments_for(ref, seg_table)
@@ -392,6 +394,7 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: s
         else:
             strikes[pos] = done[0].strikes if done is not None and done[1] == fingerprints[pos] else 0
             jobs.append((pos, ref, segs))
+            sizes[pos] = size
     if results:
         log.info("resuming: %d of %d videos already done", len(results), len(refs))
     kept = sum(not VideoStatus(r.video["status"]).clean for r in results.values())
@@ -399,7 +402,15 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: s
         log.warning("%d video(s) with problems kept from an earlier run (unchanged files whose own bytes "
                     "fail, or that crashed or stalled a worker %d times); --retry-failed processes them again",
                     kept, MAX_STRIKES)
-    return results, jobs, fingerprints, strikes
+    return results, largest_first(jobs, sizes), fingerprints, strikes
+
+
+def largest_first(jobs: list, sizes: dict[int, int]) -> list:
+    """``jobs`` (pos, ref, segments), largest file first (``sizes`` by pos, -1: unreadable): a long
+    recording started last would finish alone while the other workers idle (longest-first
+    scheduling, the size standing for the duration); a file that cannot be read comes first
+    and fails fast. Results keep the input's order (they are placed by pos)."""
+    return sorted(jobs, key=lambda job: (sizes[job[0]] >= 0, -sizes[job[0]]))  # (stable: ties keep their order)
 
 
 def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],

@@ -3,8 +3,8 @@
 Each worker owns a few fixed slots in one shared memory region that the model's
 process maps before it starts the workers (inherited across fork). A worker writes
 a clip's audio and frames into its next slot and sends only a small record (the
-clip's row and where its tensors lie); the model's process copies them out and
-gives the slot back. Nothing per clip then goes through the file-descriptor
+clip's row and where its tensors lie); the model's process reads them in place,
+copies them to the GPU and gives the slot back when it asks for the next item. Nothing per clip then goes through the file-descriptor
 passing that torch.multiprocessing otherwise uses for tensors: on a GPU server,
 that hand-over (a socket connection to the busy worker and two descriptors per
 clip) was the serial stage that held extraction at a third of the decode limit.

@@ -70,19 +70,6 @@ def stall_limit(duration: float | None, fixed: float | None = None) -> float:
     return TIMEOUT_BASE_S + TIMEOUT_PER_RECORDED_S * min(duration or 0.0, TIMEOUT_DURATION_CAP_S)
 
 
-def largest_first(jobs: list[Job]) -> list[int]:
-    """Job indices, largest file first: a long recording started last would finish alone while
-    the other workers idle (longest-first scheduling; the size stands for the duration, and a
-    file that cannot be read comes first and fails fast). Results keep the input's order."""
-    def size(job: Job) -> int:
-        try:
-            return job[1].path.stat().st_size
-        except OSError:
-            return -1
-    sizes = [size(job) for job in jobs]
-    return sorted(range(len(jobs)), key=lambda i: (sizes[i] >= 0, -sizes[i]))  # (stable: ties keep their order)
-
-
 def in_process_items(jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings) -> Iterator[ClipItem | VideoDone]:
     """The videos decoded in this process (``--workers 0``): no isolation, no time limit."""
     for pos, ref, segs in jobs:
@@ -169,7 +156,7 @@ class WorkerPool:
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
                  video_timeout: float | None = None, lend_tensors: bool = False):
         self.jobs = jobs
-        self.pending: deque[int] = deque(largest_first(jobs))  # indices into jobs
+        self.pending: deque[int] = deque(range(len(jobs)))  # indices into jobs, handed out in order
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
         self.n_workers = max(1, min(n_workers, len(jobs)))
         # fork: the workers inherit the shared slots (and need no pickled copy of the jobs)

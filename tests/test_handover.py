@@ -61,12 +61,14 @@ def test_a_slot_holds_the_largest_clip_that_is_handed_over_raw(tiny_ckpt):
 
 def test_the_longest_recordings_are_decoded_first(tmp_path):
     """A long recording started last would finish alone while the other workers idle."""
+    from socialfeat.extract import reuse_finished
+    from socialfeat.store import Journal
     from socialfeat.walk import VideoRef
-    from socialfeat.workers import largest_first
 
     sizes = {"a.mp4": 10, "b.mp4": 300, "c.mp4": 20, "d.mp4": 300}
     for name, n in sizes.items():
         (tmp_path / name).write_bytes(b"x" * n)
     names = list(sizes) + ["gone.mp4"]
-    jobs = [(i, VideoRef(tmp_path / n, n), None) for i, n in enumerate(names)]
-    assert [names[i] for i in largest_first(jobs)] == ["gone.mp4", "b.mp4", "d.mp4", "c.mp4", "a.mp4"]
+    refs = [VideoRef(tmp_path / n, n) for n in names]
+    _, jobs, _, _ = reuse_finished(refs, None, Journal(tmp_path / "out.h5"), "run")
+    assert [ref.relpath for _, ref, _ in jobs] == ["gone.mp4", "b.mp4", "d.mp4", "c.mp4", "a.mp4"]
