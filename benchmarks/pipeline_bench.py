@@ -112,7 +112,7 @@ def run(args) -> dict:
                                 precision="bf16", raw_frames=True)
             t = time.perf_counter()
             got = sum(isinstance(item, ClipItem) for item in
-                      WorkerPool([(i, r, None) for i, r in enumerate(refs)], spec, plan, args.workers))
+                      WorkerPool([(i, r, None) for i, r in enumerate(refs)], spec, plan, args.workers, lend_tensors=True))
             workers_only = got / (time.perf_counter() - t)
 
             load, spent, original = timed_torch_load()

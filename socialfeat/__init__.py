@@ -4,7 +4,7 @@
 >>> df = socialfeat.load_features("feats.h5")  # doctest: +SKIP
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from socialfeat.preprocess import fbank, frames_tensor  # noqa: E402
 from socialfeat.store import load_errors, load_features, load_videos  # noqa: E402

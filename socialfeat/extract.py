@@ -485,9 +485,10 @@ class _Recorder:
 
 def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None, dev):
     """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
-    For a GPU, clips come as views of shared slots (the encoder copies them to the device at once)."""
+    Clips from workers come as views of shared slots (the encoder copies them at once: to the GPU, or on
+    the CPU, a copy of a few MB beside a model that takes a second per clip there)."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda").start()
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=True).start()
     return in_process_items(jobs, spec, plan)
 
 
@@ -498,7 +499,8 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
         net.to(dev)
         for task in tasks:
             task.to(dev)
-        encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings, compile=compile_model)
+        encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings, compile=compile_model,
+                               lent_items=getattr(items, "slots", None) is not None)
         bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
         bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
         with _Recorder(bar=bar_v, **record_kw) as record:  # journal writes off the model's path

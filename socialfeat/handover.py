@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from socialfeat.model_inputs import FrameList
 from socialfeat.preprocess import PreprocessSpec
 
 ALIGN = 4096
@@ -62,20 +63,24 @@ class SharedSlots:
         """The start of the slot an owner uses for its ``sequence``-th message."""
         return (owner * self.per_owner + sequence % self.per_owner) * self.size
 
-    def put(self, tensors: list[torch.Tensor | None], offset: int) -> list[SlotTensor | None] | None:
-        """Write ``tensors`` into the slot at ``offset``; None when they do not fit (they then
-        travel as they are)."""
-        needed = sum(_aligned(t.numel() * t.element_size()) for t in tensors if t is not None)
-        if needed > self.size:
+    def put(self, tensors: list[torch.Tensor | FrameList | None], offset: int) -> list[SlotTensor | None] | None:
+        """Write ``tensors`` into the slot at ``offset`` (a FrameList as the stack of its frames);
+        None when they do not fit (they then travel as they are)."""
+        placed: list[SlotTensor | None] = [None if t is None else SlotTensor(0, tuple(t.shape), t.dtype)
+                                           for t in tensors]
+        if sum(_aligned(_nbytes(w)) for w in placed if w is not None) > self.size:
             return None
-        placed: list[SlotTensor | None] = []
-        for t in tensors:
+        for i, t in enumerate(tensors):
             if t is None:
-                placed.append(None)
                 continue
-            placed.append(SlotTensor(offset, tuple(t.shape), t.dtype))
-            self.view(placed[-1]).copy_(t)
-            offset += _aligned(t.numel() * t.element_size())
+            placed[i] = replace(placed[i], offset=offset)
+            view = self.view(placed[i])
+            if isinstance(t, FrameList):
+                for k, frame in enumerate(t.frames):
+                    view[k].copy_(frame)
+            else:
+                view.copy_(t)
+            offset += _aligned(_nbytes(placed[i]))
         return placed
 
     def view(self, where: SlotTensor | None) -> torch.Tensor | None:
@@ -94,8 +99,13 @@ def pack(item, slots: SharedSlots, offset: int):
     itself when they do not fit."""
     placed = slots.put([item.audio, item.video], offset)
     if placed is None:
-        return item
+        return stacked(item)
     return replace(item, audio=placed[0], video=placed[1])
+
+
+def stacked(item):
+    """The item with its frames as one tensor (a FrameList that travels as it is)."""
+    return replace(item, video=item.video.stacked()) if isinstance(item.video, FrameList) else item
 
 
 def in_slot(item) -> bool:

@@ -20,7 +20,7 @@ import os
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -32,6 +32,13 @@ AUDIO_JITTER_SAMPLES = 32
 # Decoders whose frame skipping (AVCodecContext.skip_frame) FrameStream uses; see NonrefSkipper.
 SKIP_NONREF_CODECS = ("h264",)
 skip_nonref = True  # module switch: benchmarks and tests turn it off to compare with decoding everything
+
+
+SEEK_MARGIN_S = 1.0  # FrameStream seeks this much before the first frame it needs (see _open_video)
+
+
+class _LandedLate(Exception):
+    """A seek landed after the first frame wanted (FrameStream._frames starts over)."""
 
 
 class MediaError(Exception):
@@ -117,6 +124,21 @@ def probe(path: str | Path) -> MediaInfo:
                          audio_channels=a.codec_context.channels if a is not None else 0)
 
 
+def keyframe_gap(info: MediaInfo, at: float) -> float | None:
+    """How far before ``at`` (s, video clock) a seek for it lands: the distance to the keyframe a
+    decode starting there begins with (None when the file cannot be read there)."""
+    try:
+        with _open(Path(info.path)) as c:
+            stream = c.streams.video[0]
+            c.seek(int((at + info.video_start) / stream.time_base), stream=stream, backward=True)
+            for packet in c.demux(stream):
+                if packet.pts is not None:
+                    return max(0.0, at - (float(packet.pts * stream.time_base) - info.video_start))
+    except (MediaError, av.error.FFmpegError):
+        return None
+    return None
+
+
 @dataclass
 class AudioTrack:
     """Decoded audio on the video clock: ``samples[k]`` is timeline sample ``start_sample + k``
@@ -160,69 +182,141 @@ class AudioStream:
     """
 
     def __init__(self, info: MediaInfo, sample_rate: int = 16000, start: float | None = None,
-                 end: float | None = None):
+                 end: float | None = None, chunk_seconds: float | None = None):
+        """``start``/``end``: a window of the track (s), reached by seeking. ``chunk_seconds``: decode
+        the track in independent chunks on that grid of the video clock (each started by a seek a
+        little before its start, its decoder's state fresh), so that the samples of a chunk do not
+        depend on where decoding began: a recording decoded in parts (pipeline.SPAN_SECONDS) gives the
+        same numbers as decoding it whole. ``start`` must then lie on the grid."""
         self.info, self.sample_rate = info, sample_rate
         self.start_sample = 0 if start is None else max(0, int(round(start * sample_rate)))
         self.end_limit = None if end is None else int(round(end * sample_rate))
+        self.chunk_seconds = chunk_seconds
+        self.chunk_samples = int(round(chunk_seconds * sample_rate)) if chunk_seconds else None
         self.cursor = self.start_sample  # timeline sample after the last one placed
         self.held_from = self.start_sample  # samples before this were released
         self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (timeline start, samples)
         self.gaps: list[tuple[int, int]] = []  # [start, end) timeline samples with no decoded audio (zeros)
         self.gap_samples = 0  # in all gaps, released ones included
+        self.decoded_in_chunk: dict[int, int] = {}  # grid chunk (0 without a grid) -> samples really decoded
         self.decode_errors = 0
-        self.failure: Exception | None = None  # the demuxer gave up: the track ends here
+        self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
+        self.failure_at: float | None = None  # ... at this time (s, video clock)
         self.finished = False
-        self._container = _open(Path(info.path))
+        self._container = None
+        self._decoder_end: int | None = None  # timeline sample where the current decoder stops (grid)
+        if self.chunk_samples and self.start_sample % self.chunk_samples:
+            raise ValueError(f"audio decoded in chunks of {chunk_seconds} s must start on that grid, not at {start}")
+        self._open_decoder(start if start else None)
+
+    def _open_decoder(self, at: float | None) -> None:
+        """A fresh decoder from ``at`` (s; None: the beginning), stopping at the next grid point.
+
+        For AAC (what nearly every recording carries) the next chunk's decoder is a new codec
+        context on the container already open, which decodes exactly as a container opened anew
+        (tested) without parsing its index again: tens of milliseconds for an hour-long MP4,
+        several per cent of decoding its 30-s chunk. Other codecs open the container again."""
+        fresh_context = self._container is not None and self._container.streams.audio[0].codec_context.name == "aac"
+        if not fresh_context:
+            if self._container is not None:
+                self._container.close()
+            self._container = _open(Path(self.info.path))
         stream = self._container.streams.audio[0]
-        if start:
+        self._decode = stream.decode
+        if fresh_context:
+            ctx = av.CodecContext.create(stream.codec_context.name, "r")
+            ctx.extradata = stream.codec_context.extradata
+            ctx.sample_rate, ctx.layout = stream.codec_context.sample_rate, stream.codec_context.layout
+            self._decode = ctx.decode
+        if at:
             margin = 0.5  # seek lands on an earlier packet; decode a little before the window
-            self._container.seek(int(max(0.0, start + info.video_start - margin) / stream.time_base),
+            self._container.seek(int(max(0.0, at + self.info.video_start - margin) / stream.time_base),
                                  stream=stream, backward=True)
         self._resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
-                                            rate=sample_rate)
+                                            rate=self.sample_rate)
+        self._time_base: tuple[int, int] | None = None
         self._packets = self._container.demux(stream)
+        if self.chunk_samples:
+            self._decoder_end = (self.cursor // self.chunk_samples + 1) * self.chunk_samples
+
+    def _limit(self) -> int | None:
+        """Where placing stops: the window's end or the current chunk's, whichever comes first."""
+        ends = [x for x in (self.end_limit, self._decoder_end) if x is not None]
+        return min(ends) if ends else None
 
     # ------------------------------------------------------------ decoding
     def _place(self, t: float | None, data: np.ndarray) -> None:
         pos = self.cursor if t is None else int(round((t - self.info.video_start) * self.sample_rate))
         if abs(pos - self.cursor) <= AUDIO_JITTER_SAMPLES:
             pos = self.cursor
+        limit = self._limit()
+        if limit is not None:
+            pos = min(pos, max(limit, self.cursor)) if pos > self.cursor else pos
         if pos > self.cursor:  # samples lost: keep the timeline, fill with silence
-            self.chunks.append((self.cursor, np.zeros(pos - self.cursor, np.float32)))
-            self.gaps.append((self.cursor, pos))
-            self.gap_samples += pos - self.cursor
-            self.cursor = pos
+            self._gap(pos)
         elif pos < self.cursor:  # overlap or before the window: keep what is already placed
             data = data[self.cursor - pos:]
-        if self.end_limit is not None:
-            data = data[: max(0, self.end_limit - self.cursor)]
+        if limit is not None:
+            data = data[: max(0, limit - self.cursor)]
         if len(data):
             self.chunks.append((self.cursor, data))
+            key = self.cursor // self.chunk_samples if self.chunk_samples else 0
+            self.decoded_in_chunk[key] = self.decoded_in_chunk.get(key, 0) + len(data)
             self.cursor += len(data)
+
+    def _gap(self, to: int) -> None:
+        self.chunks.append((self.cursor, np.zeros(to - self.cursor, np.float32)))
+        self.gaps.append((self.cursor, to))
+        self.gap_samples += to - self.cursor
+        self.cursor = to
 
     def _take(self, frames) -> None:
         for out in frames:
-            t = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
+            if self._time_base is None:  # the resampler's, the same for all its frames (read once: a Fraction
+                tb = out.time_base  # per frame costs more than placing it)
+                self._time_base = (tb.numerator, tb.denominator) if tb else (0, 1)
+            num, den = self._time_base
+            # pts * num / den: integer division correctly rounded, as float(pts * time_base)
+            t = out.pts * num / den if out.pts is not None and num else None
             # the first channel only (as the reference reads it), copied out of the frame
             self._place(t, np.frombuffer(out.planes[0], np.float32, count=out.samples).copy())
 
     def _pull(self) -> None:
-        """Decode the next packet; at the end (or the window's end), flush and close."""
+        """Decode the next packet; at the end (or the window's end), flush and close; at a grid
+        point, go on with a fresh decoder. A demuxer that gives up ends the chunk, not the track
+        (a part of the recording decoded on its own would go on after it too)."""
+        if self._at_chunk_end():
+            self._next_chunk()
+            return
         try:
             packet = None if self._reached_end() else next(self._packets, None)
         except av.error.FFmpegError as e:
-            self.failure, packet = e, None
+            if self.failure is None:
+                self.failure, self.failure_at = e, self.cursor / self.sample_rate
+            if self._decoder_end is not None and (self.end_limit is None or self._decoder_end < self.end_limit):
+                if self._decoder_end > self.cursor:
+                    self._gap(self._decoder_end)
+                self._next_chunk()
+                return
+            packet = None
         if packet is None:
             self._take(self._resampler.resample(None))
             self.close()
             return
         try:
-            frames = packet.decode()
+            frames = self._decode(packet)
         except av.error.FFmpegError:
             self.decode_errors += 1
             return
         for frame in frames:
             self._take(self._resampler.resample(frame))
+
+    def _at_chunk_end(self) -> bool:
+        return (self._decoder_end is not None and self.cursor >= self._decoder_end
+                and (self.end_limit is None or self.cursor < self.end_limit))
+
+    def _next_chunk(self) -> None:
+        self._open_decoder(self.cursor // self.chunk_samples * self.chunk_seconds)
 
     def _reached_end(self) -> bool:
         return self.end_limit is not None and self.cursor >= self.end_limit
@@ -267,6 +361,10 @@ class AudioStream:
     def n_samples(self) -> int:
         """Timeline samples placed so far (decoded audio and gaps), released ones included."""
         return self.cursor - self.start_sample
+
+    def decoded_samples(self, first_chunk: int = 0, end_chunk: int | None = None) -> int:
+        """Samples really decoded in grid chunks [first_chunk, end_chunk) (all of them by default)."""
+        return sum(n for k, n in self.decoded_in_chunk.items() if k >= first_chunk and (end_chunk is None or k < end_chunk))
 
     @property
     def duration(self) -> float:
@@ -376,8 +474,11 @@ class FrameStream:
 
     def __init__(self, info: MediaInfo, threads: int | None = None, seek_to: float | None = None):
         """``threads``: decoder threads (default: the process setting, see
-        use_decoder_threads). ``seek_to``: start decoding at the keyframe before
-        this time (s) instead of the beginning, for reading a window of a long recording."""
+        use_decoder_threads). ``seek_to``: start decoding at a keyframe before this
+        time (s) instead of the beginning, for reading a window or a part of a long
+        recording: the frames handed out from ``seek_to`` on are those of decoding
+        everything (a demuxer that lands after it makes decoding start over from the
+        beginning)."""
         self.info = info
         self._seek_to = seek_to
         self.decode_errors = 0
@@ -398,7 +499,11 @@ class FrameStream:
         after frames were skipped, decoding starts over without skipping and goes on from that
         packet: how a damaged picture is concealed may depend on pictures skipped before it,
         so from the damage on the frames must be those of decoding everything."""
-        failed_at = yield from self._decode(skip=True)
+        try:
+            failed_at = yield from self._decode(skip=True)
+        except _LandedLate:  # (rare) the seek went past the first frame wanted: decode from the start
+            self._seek_to, self.decode_errors, self.io_error, self.last_time = None, 0, False, None
+            failed_at = yield from self._decode(skip=True)
         if failed_at is not None:
             yield from self._decode(skip=False, resume=failed_at)
 
@@ -408,7 +513,9 @@ class FrameStream:
         if self._threads:
             stream.codec_context.thread_count = self._threads
         if self._seek_to:
-            c.seek(int((self._seek_to + self.info.video_start) / stream.time_base), stream=stream, backward=True)
+            # the demuxer seeks by decoding time; a keyframe is shown up to a few frames later
+            target = max(0.0, self._seek_to - SEEK_MARGIN_S) + self.info.video_start
+            c.seek(int(target / stream.time_base), stream=stream, backward=True)
         return stream
 
     def _decode(self, skip: bool, resume: tuple[int, float] | None = None):
@@ -423,6 +530,7 @@ class FrameStream:
             packets = c.demux(stream)
             done_at, done_until = resume if resume is not None else (0, -math.inf)
             last = -math.inf  # time of the last frame handed on
+            landing = bool(self._seek_to)  # the first frame after a seek is checked
             for i in itertools.count():
                 try:
                     packet = next(packets)
@@ -447,6 +555,10 @@ class FrameStream:
                 if skipper is not None:
                     skipper.accepted(packet)
                 for frame in frames:
+                    if landing and frame.time is not None:
+                        landing = False
+                        if frame.time - self.info.video_start > self._seek_to + 1e-6:
+                            raise _LandedLate
                     if i >= done_at or (frame.time is not None and frame.time > done_until):
                         last = max(last, frame.time) if frame.time is not None else last
                         yield frame
@@ -464,11 +576,15 @@ class FrameStream:
         self._wanted = math.inf if t is None else t
         return t
 
-    def at_times(self, times: Iterator[float]) -> Iterator[tuple[float, DecodedFrame | None]]:
+    def at_times(self, times: Iterator[float], until: Callable[[], float | None] | None = None
+                 ) -> Iterator[tuple[float, DecodedFrame | None]]:
         """For each time of a non-decreasing sequence, yield (time, frame shown then).
 
         Times before the first frame get the first frame; times later than one
-        frame interval after the last decoded frame get None.
+        frame interval after the last decoded frame get None. Once the times are
+        served, decoding goes on to the end of the video (``last_time`` then tells its
+        decodable extent), or, with ``until``, to the first frame at or after the time
+        it returns (None: the end).
         """
         times = iter(times)
         t = self._next_wanted(times)
@@ -481,7 +597,8 @@ class FrameStream:
                 cached = DecodedFrame(entry[0], self._to_rgb(entry[1]))
             return cached
 
-        for frame in self._frames():
+        frames = self._frames()
+        for frame in frames:
             if frame.time is None:
                 continue
             ft = float(frame.time) - self.info.video_start
@@ -490,6 +607,10 @@ class FrameStream:
                 yield t, convert(shown if shown is not None else (ft, frame))
                 t = self._next_wanted(times)
             if t is None:
+                stop = until() if until is not None else None
+                if stop is not None and ft >= stop - 1e-6:
+                    frames.close()
+                    break
                 continue  # keep decoding (no conversion) so last_time tells the decodable extent
             shown = (ft, frame)
         while t is not None:  # end of stream: the last frame stays on screen one interval

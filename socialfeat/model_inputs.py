@@ -34,9 +34,27 @@ def pad_frames(frames: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], 
 
 
 @dataclass
+class FrameList:
+    """A clip's decoded frames (H, W, 3) uint8, not yet stacked: a decoding worker writes them
+    straight into its shared slot (handover.SharedSlots.put), one copy instead of two."""
+    frames: list[torch.Tensor]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.frames), *self.frames[0].shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.frames[0].dtype
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack(self.frames)
+
+
+@dataclass
 class ClipInputs:
     audio: torch.Tensor | None  # (target_length, 128) fbank, None when the clip has no audio
-    video: torch.Tensor  # model layout
+    video: torch.Tensor | FrameList  # model layout, or decoded frames (see build_clip_inputs)
     end: float  # end of real content (s)
     coverage: float
     n_frames_padded: int
@@ -46,11 +64,12 @@ class ClipInputs:
 
 def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: float,
                       frames: list[tuple[float, float, torch.Tensor]], audio: AudioTrack | None,
-                      missing_audio: str = "nan") -> ClipInputs:
+                      missing_audio: str = "nan", stack: bool = True) -> ClipInputs:
     """Inputs of the clip [start, end) in a window of ``window`` s.
 
     frames: (requested time, frame time, transformed frame (3, S, S)) in order; or
-    decoded frames (H, W, 3) uint8, then ``video`` stays (T, H, W, 3) uint8 (see model_video).
+    decoded frames (H, W, 3) uint8, then ``video`` stays (T, H, W, 3) uint8 (see model_video),
+    or, with ``stack`` False, a FrameList of them.
     """
     coverage = min(1.0, (end - start) / window)
     flags = []
@@ -78,6 +97,8 @@ def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: fl
             n = max(1, int(round((end - start) * spec.sample_rate)))
             a_tensor = fbank(torch.zeros(n), spec.sample_rate, spec)
             flags.append("silence_embedded")
+    if not stack and tensors[0].dtype == torch.uint8:
+        return ClipInputs(a_tensor, FrameList(tensors), end, coverage, n_rep, min(1.0, a_cov), flags)
     stacked = torch.stack(tensors)
     video = stacked if stacked.dtype == torch.uint8 else video_input(stacked, spec)
     return ClipInputs(a_tensor, video, end, coverage, n_rep, min(1.0, a_cov), flags)

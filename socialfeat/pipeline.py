@@ -15,8 +15,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from socialfeat.media import (
     MediaError,
     MediaInfo,
     available_cores,
+    keyframe_gap,
     probe,
     use_decoder_threads,
 )
@@ -48,6 +50,12 @@ from socialfeat.walk import VideoRef
 
 log = logging.getLogger(__name__)
 RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to hold in shared memory) than it saves
+# A recording of fixed windows may be decoded in parts (spans of this grid, whole spans to a part) by
+# several workers, so that a long file does not finish last alone (workers.WorkerPool cuts it only when
+# a worker would idle). Audio is decoded in chunks of the same grid whatever the parts (media.AudioStream),
+# so a recording gives the same numbers decoded whole or in parts.
+SPAN_SECONDS = 30.0
+MAX_SPLIT_KEYFRAME_GAP_S = 10.0  # keyframes further apart: a part would decode too much before its start
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,19 @@ class ClipItem:
 @dataclass
 class VideoStarted:
     """Sent when a video is taken up (``duration`` None) and once its container is read:
-    the engine times each video from these (a stalled decode is stopped)."""
+    the engine times each video from these (a stalled decode is stopped). ``splittable``: its
+    remaining spans may be handed to other workers (see PartCut)."""
     video_pos: int
     duration: float | None = None
+    splittable: bool = False
+
+
+@dataclass
+class PartCut:
+    """The worker asked to share its video keeps spans before ``at``; spans from ``at`` to
+    the end of its part are for another worker."""
+    video_pos: int
+    at: int
 
 
 @dataclass
@@ -98,6 +116,8 @@ class VideoDone:
     errors: list[dict[str, Any]]
     n_clips: int
     failure: str = ""  # a store.Failure value when the verdict is not ok: whether a rerun tries again
+    span: tuple[int, int | None] = (0, None)  # the part of the video this record covers (SPAN_SECONDS grid)
+    audio_samples: int = 0  # audio samples really decoded in that part (merged into audio_duration_s)
 
 
 def error_row(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
@@ -162,10 +182,23 @@ class VideoRun:
     Holds the video's row and error rows as they are learnt. ``items`` runs the steps
     in order and yields each clip as soon as its frames are in (memory stays flat in
     the recording's length), then the VideoDone record.
+
+    ``span``: the part of the recording to decode, spans [first, end) of the SPAN_SECONDS grid
+    (end None: to the end; the clips are those that start in it). ``cut_requested``: asked at each
+    span boundary of a splittable video whether its worker should share the rest; it then keeps
+    the first half of what is left and yields a PartCut.
     """
 
-    def __init__(self, pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings):
+    def __init__(self, pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
+                 span: tuple[int, int | None] = (0, None), cut_requested: Callable[[], bool] | None = None,
+                 stack_frames: bool = True):
         self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
+        self.stack_frames = stack_frames  # False: decoded frames as a FrameList (a worker's slot takes them)
+        self.first, self.end = span
+        self.cut_requested = cut_requested
+        self.span_now = self.first
+        self.splittable = False
+        self.cut_notices: list[int] = []
         self.video = video_row(ref)
         self.errors: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []  # error-table rows that say something, not that anything broke
@@ -183,23 +216,32 @@ class VideoRun:
         if status is not None:
             self.video.update(status=status.value, error=f"{stage}: {message}")
 
+    @property
+    def is_part(self) -> bool:
+        return self.first > 0 or self.end is not None
+
     def done(self) -> VideoDone:
         self.video["n_clips"] = self.n_emitted
         if self.failure != Failure.TRANSIENT and self.video["status"] != VideoStatus.OK:
             self.failure = Failure.CONTENT  # the same bytes give the same verdict
-        return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure)
+        samples = self.audio.decoded_samples(self.first, self.end) if self.audio is not None else 0
+        return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure,
+                         (self.first, self.end), samples)
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
         info = self.probe()
         if info is not None:
-            yield VideoStarted(self.pos, info.duration)
+            self.splittable = self.is_part or self.may_split(info, segments)
+            yield VideoStarted(self.pos, info.duration, self.splittable)
             self.open_audio(info)
             try:
                 segments = self.segments_to_plan(segments, info.duration)
                 if segments is not False:
                     clips = iter_clips(self.ref.video_id, info.duration, self.plan.clip_seconds,
                                        self.plan.hop_seconds, segments)
+                    if self.splittable:
+                        clips = self.own_clips(clips, info.duration)
                     yield from self.clips_in_order(info, ClipPlan(clips, lazy=segments is None))
                 self.finish_audio(info)
                 if segments is not False:
@@ -226,11 +268,50 @@ class VideoRun:
                           width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
         return info
 
+    def may_split(self, info: MediaInfo, segments) -> bool:
+        """Whether other workers may take over spans of this video: fixed windows (no segments,
+        speech or face tracks, whose clips depend on what came before), long enough, and keyframes
+        close enough that a part does not decode much before its start."""
+        if segments is not None or self.plan.speech or self.detector is not None:
+            return False
+        if info.duration < 2 * SPAN_SECONDS:
+            return False
+        gap = keyframe_gap(info, info.duration / 2)
+        return gap is not None and gap <= MAX_SPLIT_KEYFRAME_GAP_S
+
+    def own_clips(self, clips: Iterable[Clip], duration: float) -> Iterator[Clip]:
+        """The clips that start in this part; at each span boundary, a cut if one is asked for."""
+        n_spans = max(1, math.ceil(duration / SPAN_SECONDS - 1e-9))
+        for clip in clips:
+            span = span_of(clip.start)
+            if span < self.first:
+                continue
+            if self.end is not None and span >= self.end:
+                return
+            if span > self.span_now:
+                self.span_now = span
+                self.offer_cut(span, n_spans)
+            yield clip
+
+    def offer_cut(self, span: int, n_spans: int) -> None:
+        """At the start of ``span``: keep half of the spans left if the worker is asked to share."""
+        end = self.end if self.end is not None else n_spans
+        if self.cut_requested is None or end - span < 2 or not self.cut_requested():
+            return
+        self.end = span + (end - span + 1) // 2
+        self.cut_notices.append(self.end)
+
+    def own_end(self) -> float | None:
+        """Where this part's decoding stops (s); None: at the end of the video."""
+        return None if self.end is None else self.end * SPAN_SECONDS
+
     def open_audio(self, info: MediaInfo) -> None:
-        """The audio track, decoded at the model's rate as the clips need it."""
+        """The audio track, decoded at the model's rate as the clips need it, in chunks of the span
+        grid (the same samples whether the video is decoded whole or in parts)."""
         if info.has_audio:
             try:
-                self.audio = AudioStream(info, self.spec.sample_rate)
+                self.audio = AudioStream(info, self.spec.sample_rate, start=self.first * SPAN_SECONDS or None,
+                                         chunk_seconds=SPAN_SECONDS)
             except (MediaError, OSError, ValueError) as e:
                 self.audio_unreadable(e)
 
@@ -244,17 +325,19 @@ class VideoRun:
         the video stays usable."""
         audio = self.audio
         if audio is not None:
-            audio.ensure()
-            if audio.failure is not None and audio.duration == 0:
+            end = self.own_end()
+            audio.ensure(None if end is None else int(round(end * audio.sample_rate)))
+            decoded = audio.decoded_samples(self.first, self.end) / audio.sample_rate
+            if audio.failure is not None and decoded == 0:
                 self.audio_unreadable(audio.failure)
                 self.audio = None
             else:
                 # An audio stream that simply ends before the picture is common and plays fine: a QC
                 # fact (clips past its end carry audio_partial / no_audio), not damage.
-                self.video.update(audio_duration_s=audio.duration,
-                                  audio_gap_s=round(max(0.0, info.duration - audio.duration), 3))
+                self.video.update(audio_duration_s=decoded,
+                                  audio_gap_s=round(max(0.0, info.duration - decoded), 3))
                 if audio.failure is not None:
-                    self.problem("decode-audio", f"audio unreadable after {audio.duration:.2f} s ({audio.failure})")
+                    self.problem("decode-audio", f"audio unreadable from {audio.failure_at:.2f} s ({audio.failure})")
                     if isinstance(audio.failure, OSError):
                         self.failure = Failure.TRANSIENT
                 elif audio.decode_errors:
@@ -314,13 +397,14 @@ class VideoRun:
         then the clips cut short by the end of what could be decoded."""
         requests, times = itertools.tee(plan.requests(self.spec))
         got: dict[int, dict[int, tuple[float, float, Any]]] = {}
-        stream = FrameStream(info)
+        stream = FrameStream(info, seek_to=self.first * SPAN_SECONDS or None)
         raw = (self.plan.raw_frames and self.detector is None and self.spec.frame_transform == "squash-bgr"
                and info.width * info.height <= RAW_FRAMES_MAX_PIXELS)
         next_clip = 0
-        frames = stream.at_times(r[0] for r in times)
+        frames = stream.at_times((r[0] for r in times), until=self.own_end)
         try:
             for (t, ci, k), (_, frame) in zip(requests, frames):
+                yield from self.cuts_made()
                 if frame is None:  # past the end of the decodable video: plan no further
                     break
                 got.setdefault(ci, {})[k] = (t, frame.time, self.pixels(frame.rgb, raw))
@@ -329,10 +413,11 @@ class VideoRun:
                     next_clip += 1
                     self.release_audio(plan.bound(next_clip))
             else:
-                for _ in frames:  # decode the tail too, so the decodable extent is known
+                for _ in frames:  # decode the tail too (or to the part's end), so the decodable extent is known
                     pass
         except (MediaError, OSError) as e:
             self.problem("decode-video", str(e))
+        yield from self.cuts_made()
         if stream.io_error:
             self.failure = Failure.TRANSIENT
         decoded_end = (stream.last_time or 0.0) + stream.frame_interval
@@ -343,6 +428,10 @@ class VideoRun:
             clip = plan.clips[ci]
             if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or ci == 0:
                 yield from self.finish(clip, got.pop(ci, {}), decoded_end)
+
+    def cuts_made(self) -> Iterator[PartCut]:
+        while self.cut_notices:
+            yield PartCut(self.pos, self.cut_notices.pop(0))
 
     def release_audio(self, before_s: float) -> None:
         """No clip still to come starts before ``before_s``: its audio is no longer needed."""
@@ -391,7 +480,8 @@ class VideoRun:
     def clip_item(self, clip: Clip, end: float, frames: list, extra: dict[str, Any], skip: bool = False) -> ClipItem:
         """The model inputs of one clip and its row of the clips table."""
         spec, plan = self.spec, self.plan
-        x = build_clip_inputs(spec, clip.start, clip.window, end, frames, self.audio, plan.missing_audio)
+        x = build_clip_inputs(spec, clip.start, clip.window, end, frames, self.audio, plan.missing_audio,
+                              stack=self.stack_frames)
         flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
         row = {"video_id": clip.video_id, "path": self.ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
@@ -403,17 +493,22 @@ class VideoRun:
         clip_audio, clip_video = x.audio, x.video
         if plan.precision == "bf16":
             clip_audio = clip_audio.to(torch.bfloat16) if clip_audio is not None else None
-            if clip_video.is_floating_point():  # (decoded uint8 frames are transformed later)
+            if clip_video.dtype.is_floating_point:  # (decoded uint8 frames are transformed later)
                 clip_video = clip_video.to(torch.bfloat16)
         return ClipItem(self.pos, row, clip_audio, clip_video, skip)
 
     def settle_status(self, info: MediaInfo) -> None:
         """The verdict from how far decoding got and what went wrong on the way."""
         decoded_end = self.video["decoded_duration_s"]
-        if not self.decoded_any:
+        target = info.duration if self.end is None else min(info.duration, self.end * SPAN_SECONDS)
+        if not self.decoded_any and self.first > 0:  # a part past where the data ends (see merge_parts)
+            self.video["decoded_duration_s"] = 0.0
+            self.problem("decode-video", f"no decodable video frames after {self.first * SPAN_SECONDS:.2f} s "
+                         f"of {info.duration:.2f} s (truncated or damaged file)", VideoStatus.TRUNCATED)
+        elif not self.decoded_any:
             self.problem("decode-video", "no decodable video frames", VideoStatus.ERROR)
-        elif decoded_end < info.duration - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
-            self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {info.duration:.2f} s "
+        elif decoded_end < target - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+            self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {target:.2f} s "
                          "(truncated or damaged file)", VideoStatus.TRUNCATED)
         elif self.video["decode_errors"]:
             self.problem("decode-video", f"{self.video['decode_errors']} damaged video packet(s) skipped",
@@ -421,27 +516,84 @@ class VideoRun:
         if self.video["status"] == VideoStatus.OK and self.errors:  # damaged audio, or a decoder error mid-stream
             self.video.update(status=VideoStatus.DAMAGED.value,
                               error=self.errors[0]["stage"] + ": " + self.errors[0]["message"])
-        if self.n_emitted == 0 and self.video["status"] in (VideoStatus.OK, VideoStatus.DAMAGED):
+        if self.n_emitted == 0 and self.video["status"] in (VideoStatus.OK, VideoStatus.DAMAGED) and not self.is_part:
             self.video.update(status=VideoStatus.NO_CLIPS.value, error="plan: no clip could be formed")
             self.errors.append(error_row(self.ref, "plan", "no clip could be formed (video too short or undecodable)"))
 
 
 def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
-                segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
-    """Clips of one video, then its VideoDone record (see VideoRun for the steps)."""
-    return VideoRun(pos, ref, spec, plan).items(segments)
+                segments: list[dict[str, Any]] | None, span: tuple[int, int | None] = (0, None),
+                cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True
+                ) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
+    """Clips of one video (or part of it), then its VideoDone record (see VideoRun for the steps)."""
+    return VideoRun(pos, ref, spec, plan, span, cut_requested, stack_frames).items(segments)
 
 
 def guarded_video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
-                        segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
+                        segments: list[dict[str, Any]] | None, span: tuple[int, int | None] = (0, None),
+                        cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True
+                        ) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
     """video_items, with an unexpected exception turned into the video's error record:
     one file never stops the batch."""
     try:
-        yield from video_items(pos, ref, spec, plan, segments)
+        yield from video_items(pos, ref, spec, plan, segments, span, cut_requested, stack_frames)
     except Exception as e:
         log.exception("unexpected failure on %s", ref.path)
         video = video_row(ref, VideoStatus.ERROR, f"internal: {type(e).__name__}: {e}")
-        yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1, Failure.TRANSIENT)
+        yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1, Failure.TRANSIENT,
+                        span)
+
+
+def span_of(t: float) -> int:
+    """The span of the SPAN_SECONDS grid that time ``t`` (s) lies in."""
+    return int(math.floor(t / SPAN_SECONDS + 1e-9))
+
+
+FAILURE_ORDER = (Failure.CRASH, Failure.TIMEOUT, Failure.TRANSIENT, Failure.CONTENT)
+
+
+def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
+    """One video's record from the records of the parts that several workers decoded.
+
+    Facts add up (clips, damaged packets, decoded audio); the decoded extent is the furthest
+    any part reached; the verdict is the worst: an error in any part is the video's (its
+    clips are then dropped, as for a video that failed whole), a part whose decoding stopped
+    before its end makes the video damaged (the parts after it went on), the last part's
+    truncation makes it truncated."""
+    if len(parts) == 1:
+        return parts[0]
+    parts = sorted(parts, key=lambda d: d.span[0])
+    video = dict(parts[0].video)
+    n_clips = sum(max(0, d.n_clips) for d in parts)
+    decoded = [d.video["decoded_duration_s"] for d in parts if d.video.get("decoded_duration_s") is not None]
+    video.update(n_clips=n_clips, decoded_duration_s=max(decoded) if decoded else None,
+                 decode_errors=sum(d.video.get("decode_errors") or 0 for d in parts),
+                 has_audio=any(d.video.get("has_audio") for d in parts))
+    if "audio_duration_s" in video or any("audio_duration_s" in d.video for d in parts):
+        audio_s = sum(d.audio_samples for d in parts) / sample_rate
+        video.update(audio_duration_s=audio_s,
+                     audio_gap_s=round(max(0.0, (video.get("duration_s") or 0.0) - audio_s), 3))
+    verdict = None
+    for rank in (VideoStatus.ERROR, VideoStatus.TRUNCATED, VideoStatus.DAMAGED):
+        for d in parts:
+            status = VideoStatus(d.video["status"])
+            if status is VideoStatus.TRUNCATED and d is not parts[-1]:
+                status = VideoStatus.DAMAGED  # the parts after it were decoded
+            if status is rank:
+                verdict = (rank, d.video.get("error", ""))
+                break
+        if verdict:
+            break
+    errors = [e for d in parts for e in d.errors]
+    if verdict is None and n_clips == 0:
+        verdict = (VideoStatus.NO_CLIPS, "plan: no clip could be formed")
+        errors.append({"video_id": video["video_id"], "path": video["path"], "stage": "plan",
+                       "message": "no clip could be formed (video too short or undecodable)"})
+    status, error = verdict or (VideoStatus.OK, "")
+    video.update(status=status.value, error=error)
+    failures = {d.failure for d in parts}
+    failure = "" if status is VideoStatus.OK else next((f for f in FAILURE_ORDER if f in failures), Failure.CONTENT)
+    return VideoDone(parts[0].video_pos, video, errors, n_clips, failure)
 
 
 def worker_init(_: int) -> None:

@@ -7,6 +7,10 @@ takes nothing else with it: the video it was decoding becomes an error row, a
 fresh worker takes its place, and the run goes on. Each video is also timed: one
 whose worker delivers nothing for longer than its limit (a stalled network file
 system, a pathological file) has its worker killed and is recorded as a timeout.
+When no video is left to hand out and a worker idles, a worker busy with a long
+recording is asked to share it: at its next span boundary it keeps half of what
+is left and the rest becomes a part for the idle worker (pipeline.SPAN_SECONDS);
+the parts' records are merged into the video's one (pipeline.merge_parts).
 A clip's tensors travel through slots of a shared region mapped before the
 workers start (``handover.py``); only a small record goes through the pipe.
 """
@@ -33,12 +37,16 @@ from socialfeat.handover import SharedSlots, in_slot, pack, slot_bytes, unpack
 from socialfeat.media import available_cores, use_decoder_threads
 from socialfeat.pipeline import (
     RAW_FRAMES_MAX_PIXELS,
+    SPAN_SECONDS,
     ClipItem,
+    PartCut,
     PlanSettings,
     VideoDone,
     VideoStarted,
     error_row,
     guarded_video_items,
+    merge_parts,
+    span_of,
     video_row,
 )
 from socialfeat.preprocess import PreprocessSpec
@@ -61,6 +69,21 @@ Job = tuple[int, Any, Any]  # (position, VideoRef, segments)
 
 class WorkerError(SocialfeatError, RuntimeError):
     """Decoding workers that cannot be started or keep dying before they take up a video."""
+
+
+@dataclass
+class _Part:
+    """What a worker is handed: job ``index``, spans [first, end) of it (end None: to the video's end)."""
+    index: int
+    first: int = 0
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class CutRequest:
+    """Parent to worker: share the part (index, first) you are decoding (see VideoRun.offer_cut)."""
+    index: int
+    first: int
 
 
 def stall_limit(duration: float | None, fixed: float | None = None) -> float:
@@ -87,9 +110,10 @@ def _die_with_parent() -> None:
 
 def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: PlanSettings,
            decoder_threads: int, parent: int, slots: SharedSlots | None, owner: int) -> None:
-    """A worker's life: take a video (its index in ``all_jobs``: a few bytes through the pipe,
-    which never fills), send its clips and its record, take the next. Message ``n`` uses slot
-    ``n % PREFETCH``: its credit means the message PREFETCH before it has been taken."""
+    """A worker's life: take a video or part of one ((index in ``all_jobs``, first span, end span):
+    a few bytes through the pipe, which never fills), send its clips and its record, take the
+    next. Message ``n`` uses slot ``n % PREFETCH``: its credit means the message PREFETCH before
+    it has been taken. Requests to share the current part are read at its span boundaries."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
@@ -106,16 +130,40 @@ def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: 
         out.send(item)
         sent += 1
 
+    inbox: deque = deque()  # parts (or the end, None) read from the pipe, not yet begun
+    asked: set[tuple[int, int]] = set()  # cut requests received: (index, first) of the part
+
+    def take(message) -> None:
+        if isinstance(message, CutRequest):
+            asked.add((message.index, message.first))
+        else:
+            inbox.append(message)
+
     while True:
-        while not jobs.poll(5.0):
-            if os.getppid() != parent:
+        while not inbox:
+            if jobs.poll(5.0):
+                take(jobs.recv())
+            elif os.getppid() != parent:
                 return
-        index = jobs.recv()
-        if index is None:
+        part = inbox.popleft()
+        if part is None:
             return
+        index, first, end = part
+        asked.clear()  # requests for parts that are finished
+
+        def cut_requested(key=(index, first)) -> bool:
+            while jobs.poll():
+                take(jobs.recv())
+            if key in asked:
+                asked.discard(key)
+                return True
+            return False
+
         pos, ref, segs = all_jobs[index]
         send(VideoStarted(pos))
-        for item in guarded_video_items(pos, ref, spec, plan, segs):
+        # (with slots, decoded frames go straight into them: see model_inputs.FrameList)
+        for item in guarded_video_items(pos, ref, spec, plan, segs, (first, end), cut_requested,
+                                        stack_frames=slots is None):
             send(item)
 
 
@@ -127,8 +175,12 @@ class _Worker:
     jobs: Any  # Connection: videos to the worker
     out: Any  # Connection: items from the worker
     credits: Any  # Semaphore: items the worker may still send
-    videos: deque = field(default_factory=deque)  # job indices handed over, in order; videos[0] is being decoded
+    videos: deque = field(default_factory=deque)  # _Parts handed over, in order; videos[0] is being decoded
     started: bool = False  # the worker has taken up videos[0]
+    duration: float = 0.0  # of videos[0]'s video, once read
+    splittable: bool = False  # videos[0] may be shared (VideoStarted.splittable)
+    progress_s: float = 0.0  # start of the last clip received from videos[0]
+    cut_asked: bool = False  # a CutRequest for videos[0] is unanswered
     limit: float = TIMEOUT_BASE_S
     last_heard: float = 0.0
     broken: bool = False  # a video could not be handed over: it died (found out by _collect)
@@ -156,9 +208,12 @@ class WorkerPool:
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
                  video_timeout: float | None = None, lend_tensors: bool = False):
         self.jobs = jobs
-        self.pending: deque[int] = deque(range(len(jobs)))  # indices into jobs, handed out in order
+        self.pending: deque[_Part] = deque(_Part(i) for i in range(len(jobs)))  # handed out in order
+        self.open_parts = {i: 1 for i in range(len(jobs))}  # per job: parts handed out or pending, not done
+        self.part_records: dict[int, list[VideoDone]] = {}  # per job: records of its finished parts
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
-        self.n_workers = max(1, min(n_workers, len(jobs)))
+        # (more workers than videos: a long recording is shared among them)
+        self.n_workers = max(1, n_workers)
         # fork: the workers inherit the shared slots (and need no pickled copy of the jobs)
         fork = sys.platform == "linux"
         self.ctx = tmp.get_context("fork" if fork else None)
@@ -184,8 +239,10 @@ class WorkerPool:
         workers = self.start().workers
         try:
             while self.pending or any(w.videos for w in workers):
-                for w in workers:
-                    self._hand_out(w)
+                for depth in range(1, VIDEOS_AHEAD + 1):  # one each first: no worker waits while another has two
+                    for w in workers:
+                        self._hand_out(w, depth)
+                self._share_work(workers)
                 yield from self._collect(workers)
         except BaseException:  # an error in the model's process, Ctrl-C: stop at once
             for w in workers:
@@ -206,17 +263,56 @@ class WorkerPool:
         out_w.close()
         return _Worker(owner, proc, jobs_w, out_r, credits, last_heard=time.monotonic())
 
-    def _hand_out(self, w: _Worker) -> None:
+    def _hand_out(self, w: _Worker, depth: int = VIDEOS_AHEAD) -> None:
+        """Give ``w`` parts until it holds ``depth``."""
         if not w.videos:
             w.last_heard, w.limit = time.monotonic(), stall_limit(None, self.timeout)
-        while self.pending and len(w.videos) < VIDEOS_AHEAD and not w.broken:
-            index = self.pending[0]
+        while self.pending and len(w.videos) < depth and not w.broken:
+            part = self.pending[0]
             try:
-                w.jobs.send(index)
+                w.jobs.send((part.index, part.first, part.end))
             except OSError:  # its end of the pipe is closed: the worker is gone
                 w.broken = True
                 return
             w.videos.append(self.pending.popleft())
+
+    def _share_work(self, workers: list[_Worker]) -> None:
+        """Nothing left to hand out and workers idle: ask the workers with the most of a long
+        recording still ahead of them to share it (one request per idle worker)."""
+        if self.pending:
+            return
+        wanted = sum(not w.videos and not w.broken for w in workers) - sum(w.cut_asked for w in workers)
+        if wanted <= 0:
+            return
+        ahead = sorted(((self._spans_ahead(w), i) for i, w in enumerate(workers)), reverse=True)
+        for spans, i in ahead[:wanted]:
+            if spans < 3:  # (the worker keeps the span it is in and half of the rest)
+                break
+            w = workers[i]
+            part = w.videos[0]
+            try:
+                w.jobs.send(CutRequest(part.index, part.first))
+            except OSError:
+                w.broken = True
+                continue
+            w.cut_asked = True
+
+    @staticmethod
+    def _spans_ahead(w: _Worker) -> int:
+        """Spans of the SPAN_SECONDS grid left in the part a worker decodes (0: not to be shared)."""
+        if not (w.started and w.splittable and not w.cut_asked and len(w.videos) == 1 and not w.broken):
+            return 0
+        part = w.videos[0]
+        end = part.end if part.end is not None else span_of(max(0.0, w.duration - 1e-6)) + 1
+        return end - max(part.first, span_of(w.progress_s))
+
+    def _part_done(self, index: int, done: VideoDone) -> VideoDone | None:
+        """A part's record; the video's (merged) once its last part is done."""
+        self.part_records.setdefault(index, []).append(done)
+        self.open_parts[index] -= 1
+        if self.open_parts[index]:
+            return None
+        return merge_parts(self.part_records.pop(index), self.spec.sample_rate)
 
     def _shut_down(self, workers: list[_Worker]) -> None:
         for w in workers:
@@ -277,25 +373,38 @@ class WorkerPool:
         clip whose tensors are views of its slot: its credit goes back, in _collect, once the
         consumer has taken it, that is, when the next item is asked for)."""
         w.last_heard = time.monotonic()
-        if self.slots is not None and isinstance(item, ClipItem) and in_slot(item):
-            return unpack(item, self.slots), True
+        if isinstance(item, ClipItem):
+            w.progress_s = item.clip["start_s"]
+            if self.slots is not None and in_slot(item):
+                return unpack(item, self.slots), True
         w.credits.release()
         if isinstance(item, VideoStarted):
             w.started = True
             if item.duration is not None:
                 w.limit = stall_limit(item.duration, self.timeout)
+                w.duration, w.splittable = item.duration, item.splittable
+            return None, False
+        if isinstance(item, PartCut):  # the rest of its part is for another worker
+            part = w.videos[0]
+            log.debug("%s: spans %d-%s go to another worker", self.jobs[part.index][1].relpath, item.at,
+                      "end" if part.end is None else part.end - 1)
+            self.pending.appendleft(_Part(part.index, item.at, part.end))
+            self.open_parts[part.index] += 1
+            part.end, w.cut_asked = item.at, False
             return None, False
         if isinstance(item, VideoDone):
-            w.videos.popleft()
+            part = w.videos.popleft()
             w.started, w.limit = False, stall_limit(None, self.timeout)
+            w.splittable, w.cut_asked, w.progress_s = False, False, 0.0
+            return self._part_done(part.index, item), False
         return item, False
 
     def _replace(self, w: _Worker, workers: list[_Worker], failure: Failure, message: str) -> Iterator[VideoDone]:
         """Stop ``w``, record its video as failed (when it had taken it up), start a fresh worker."""
         self._stop(w)
         head = w.videos.popleft() if w.videos else None
-        for index in reversed(w.videos):  # videos it had not begun go back to the queue, in order
-            self.pending.appendleft(index)
+        for part in reversed(w.videos):  # parts it had not begun go back to the queue, in order
+            self.pending.appendleft(part)
         blamed = head is not None and (w.started or failure is not Failure.CRASH)
         if head is not None and not blamed:  # died before taking the video up: not the video's fault
             self.pending.appendleft(head)
@@ -309,8 +418,13 @@ class WorkerPool:
             del workers[index]
         if not blamed:
             return
-        pos, ref, _ = self.jobs[head]
+        pos, ref, _ = self.jobs[head.index]
         stage = "worker" if failure is Failure.CRASH else "timeout"
+        if head.first or head.end is not None:
+            message += f" (the part from {head.first * SPAN_SECONDS:g} s)"
         log.debug("%s: %s: %s", ref.path, stage, message)
         video = video_row(ref, VideoStatus.ERROR, f"{stage}: {message}")
-        yield VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure)
+        merged = self._part_done(head.index, VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure,
+                                                       (head.first, head.end)))
+        if merged is not None:
+            yield merged

@@ -1,0 +1,113 @@
+"""A long recording shared among workers (parts on the span grid) gives the numbers of decoding it whole."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+
+import numpy as np
+import pytest
+from media_factory import speech_wav, talking_video
+
+import socialfeat.pipeline as pipeline
+from socialfeat.demo import synthetic_video
+from socialfeat.extract import extract
+from socialfeat.media import AudioStream, probe
+from socialfeat.pipeline import VideoDone, merge_parts
+from socialfeat.store import VideoStatus, load_errors, load_features, load_videos
+
+SPAN = 4.0  # s: the tests' grid (30 s in use), so that short test media have many spans
+
+
+def _audio_at(video, rate: int, out):
+    """``video`` with its audio track re-encoded at ``rate`` Hz (decoded and resampled to 16 kHz)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-c:v", "copy", "-c:a", "aac", "-ac", "2",
+                    "-ar", str(rate), str(out)], check=True)
+    video.unlink()
+    return out
+
+
+@pytest.fixture(scope="module")
+def long_and_short(tmp_path_factory):
+    """A 40-s recording whose AAC track uses noise substitution (FFmpeg's encoder, as PyAV writes it: a
+    decoder started at a part's first chunk draws other noise there than one that decoded everything
+    before it; with audio chunks on the span grid both start anew at each chunk) and a short one."""
+    folder = tmp_path_factory.mktemp("parts") / "videos"
+    folder.mkdir()
+    synthetic_video(folder / "long.mp4", 40.0, size="160x120", fps=25)
+    talking_video(folder / "short.mp4", seconds=6.0, size="160x120")
+    return folder
+
+
+def _run(folder, out, ckpt, workers):
+    extract([folder], out, weights=ckpt, device="cpu", workers=workers, batch_size=2, progress=False)
+    return load_features(out, embeddings="all"), load_videos(out), load_errors(out)
+
+
+def test_a_recording_shared_by_idle_workers_gives_the_same_output_as_decoding_it_whole(
+        long_and_short, tiny_ckpt, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    whole = _run(long_and_short, tmp_path / "whole.h5", tiny_ckpt, workers=0)  # in this process, no parts
+    with caplog.at_level(logging.DEBUG, logger="socialfeat.workers"):
+        shared = _run(long_and_short, tmp_path / "shared.h5", tiny_ckpt, workers=3)
+    cuts = [r.getMessage() for r in caplog.records if "go to another worker" in r.getMessage()]
+    assert cuts and all(m.startswith("long.mp4") for m in cuts)  # the short video was never shared
+    feats_whole, feats_shared = whole[0], shared[0]
+    assert len(feats_whole) == 23 and feats_shared["clip_index"].tolist() == feats_whole["clip_index"].tolist()
+    embeddings = [c for c in feats_whole.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_array_equal(feats_shared[embeddings].to_numpy(), feats_whole[embeddings].to_numpy())
+    facts = ["path", "status", "n_clips", "decoded_duration_s", "audio_duration_s", "audio_gap_s", "decode_errors",
+             "has_audio", "duration_s"]
+    assert shared[1][facts].to_dict("records") == whole[1][facts].to_dict("records")
+    assert len(shared[2]) == len(whole[2]) == 0
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000])
+def test_audio_decoded_in_chunks_is_the_same_from_any_chunk_on(tmp_path, rate):
+    """A part starts its own decoder (and resampler) at its first chunk: its samples are those of a
+    decode from the start, also where the source is resampled to 16 kHz."""
+    speech = speech_wav(tmp_path / "speech.wav", 13.0)
+    video = _audio_at(talking_video(tmp_path / "v.mp4", seconds=13.0, size="96x64", audio=speech), rate,
+                      tmp_path / f"v{rate}.mp4")
+    info = probe(video)
+    whole = AudioStream(info, 16000, chunk_seconds=3.0)
+    whole.ensure()
+    samples = whole.window(0, whole.cursor)
+    assert whole.decoded_samples() == len(samples) > 12 * 16000
+    for k in (1, 2, 3):
+        part = AudioStream(info, 16000, start=3.0 * k, chunk_seconds=3.0)
+        part.ensure()
+        got = part.window(48000 * k, part.cursor)
+        np.testing.assert_array_equal(got, samples[48000 * k:48000 * k + len(got)])
+        assert part.decoded_samples(k) == whole.decoded_samples(k)
+    with pytest.raises(ValueError, match="grid"):
+        AudioStream(info, 16000, start=1.0, chunk_seconds=3.0)
+
+
+def _part(first, end, status="ok", clips=2, audio=32000, decoded=None, errors=(), failure=""):
+    video = {"video_id": "ab", "path": "v.mp4", "status": status, "error": f"{status} here" if status != "ok" else "",
+             "n_clips": clips, "duration_s": 12.0, "decoded_duration_s": decoded, "decode_errors": len(errors),
+             "has_audio": audio > 0, "audio_duration_s": audio / 16000}
+    rows = [{"video_id": "ab", "path": "v.mp4", "stage": "decode-video", "message": m} for m in errors]
+    return VideoDone(0, video, rows, clips, failure, (first, end), audio)
+
+
+def test_merging_parts_adds_facts_up_and_keeps_the_worst_verdict():
+    merged = merge_parts([_part(2, None, decoded=12.0), _part(0, 1, decoded=4.0), _part(1, 2, decoded=8.0)], 16000)
+    assert merged.video["status"] == "ok" and merged.failure == ""
+    assert merged.n_clips == merged.video["n_clips"] == 6
+    assert merged.video["decoded_duration_s"] == 12.0 and merged.video["audio_duration_s"] == 6.0
+    assert merged.video["audio_gap_s"] == 6.0
+    # a part that stopped early, before the last: damaged (later parts went on), not truncated
+    middle = merge_parts([_part(0, 1), _part(1, 2, "truncated", errors=["stopped"], failure="content"),
+                          _part(2, None, decoded=12.0)], 16000)
+    assert middle.video["status"] == VideoStatus.DAMAGED and middle.failure == "content"
+    assert middle.video["decode_errors"] == 1 and [e["message"] for e in middle.errors] == ["stopped"]
+    last = merge_parts([_part(0, 1), _part(1, None, "truncated", failure="content")], 16000)
+    assert last.video["status"] == VideoStatus.TRUNCATED
+    crashed = merge_parts([_part(0, 1, "damaged", failure="content"), _part(1, None, "error", clips=0,
+                                                                            failure="crash")], 16000)
+    assert crashed.video["status"] == VideoStatus.ERROR and crashed.failure == "crash"
+    assert crashed.video["error"] == "error here"
+    empty = merge_parts([_part(0, 1, clips=0), _part(1, None, clips=0)], 16000)
+    assert empty.video["status"] == VideoStatus.NO_CLIPS and empty.errors[-1]["stage"] == "plan"
