@@ -45,3 +45,30 @@ def decode_all_streams(path: str) -> float:
         for _ in c.decode(*c.streams):
             pass
     return time.perf_counter() - t0
+
+
+def concatenated(src: Path, repeats: int, out: Path) -> Path:
+    """``src`` played ``repeats`` times in one file, remuxed without re-encoding (every stream's
+    timestamps shifted by the longest stream's duration): a long recording in seconds, for runs whose corpus
+    is a few long files."""
+    import math
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(out), "w") as dst:
+        with av.open(str(src)) as c0:
+            seconds = max(Fraction(s.duration) * s.time_base for s in c0.streams if s.duration)
+            streams = {s.index: dst.add_stream_from_template(s) for s in c0.streams}
+            shifts = {s.index: math.ceil(seconds / s.time_base) for s in c0.streams}
+        for k in range(repeats):
+            with av.open(str(src)) as c:
+                for packet in c.demux():
+                    if packet.dts is None:
+                        continue
+                    shift = k * shifts[packet.stream.index]
+                    packet.pts = None if packet.pts is None else packet.pts + shift
+                    packet.dts += shift
+                    packet.stream = streams[packet.stream.index]
+                    dst.mux(packet)
+    return out

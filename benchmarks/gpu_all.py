@@ -3,24 +3,28 @@
 Writes ``$OUT/gpu_figures.json`` (or ./gpu_figures.json) after every section, so a run cut
 short still returns what it measured:
 
-1-3. encode clips/s through extract's own model call (socialfeat/model_call.py), batch 64 (and
-   extract's default 16 for bf16 weights): fp32, bf16 autocast, bf16 weights (extract's bf16 on
-   CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
-   ``--compile`` (bf16 weights + torch.compile, with PyTorch's kernel choice and with the fastest
-   forced kernel): peak memory and embedding cosine to fp32 per kind for each, compile time and
-   whether a padded partial batch recompiled;
-4. pretraining step rate (bf16 autocast, batch 16);
-5. end to end: ``socialfeat.extract`` with the defaults on generated H.264 files (640x480 and
-   1280x720) against the decode limit (the same files decoded by PyAV, one process per core,
-   one thread each); at 640x480 also the hand-over before #16 (a descriptor per tensor), a
-   no-op encoder (the pipeline alone) and the worker sweep 1/4/8/default on a subset.
+Sections, in the order ``--sections`` gives (default: end to end first, the figures still missing):
+
+- e2e: ``socialfeat.extract`` with the defaults on generated H.264 files (640x480 and 1280x720)
+  against the decode limit (the same files decoded by PyAV, one file per process on every core,
+  one thread each) and the all-cores bound (that decoding spread evenly over the cores); then a
+  few long recordings (fewer than the workers) with and without idle workers taking over spans
+  of them; at 640x480 also the hand-over before #16 (a descriptor per tensor), a no-op encoder
+  (the pipeline alone) and the worker sweep 1/4/8/default on a subset;
+- encode: clips/s through extract's own model call (socialfeat/model_call.py), batch 64 (and
+  extract's default 16 for bf16 weights): fp32, bf16 autocast, bf16 weights (extract's bf16 on
+  CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
+  ``--compile`` (bf16 weights + torch.compile, with PyTorch's kernel choice and with the fastest
+  forced kernel): peak memory and embedding cosine to fp32 per kind for each, compile time and
+  whether a padded partial batch recompiled;
+- pretrain: pretraining step rate (bf16 autocast, batch 16).
 
 On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_all.py
 A quick check of the script on a CPU (``--skip-compile`` saves 1-3 minutes of compiling; ``--sections``
 runs some of the sections):
   python benchmarks/gpu_all.py --device cpu --arch social-mae-tiny --seconds 0.2 --e2e-videos 2 --e2e-seconds 8 \
-      --sweep-videos 1 --e2e-sizes 320x240 --skip-compile
+      --sweep-videos 1 --e2e-sizes 320x240 --skip-compile --long-videos 1 --long-repeats 9
 """
 
 from __future__ import annotations
@@ -90,13 +94,16 @@ def main() -> None:
     p.add_argument("--arch", default="social-mae")
     p.add_argument("--seconds", type=float, default=2.0, help="timing window per encode figure")
     p.add_argument("--skip-compile", action="store_true")
-    p.add_argument("--sections", default="encode,pretrain,e2e",
-                   help="comma-separated subset of encode, pretrain, e2e (a quick check of one of them)")
+    p.add_argument("--sections", default="e2e,encode,pretrain",
+                   help="comma-separated subset of e2e, encode, pretrain, run in that order")
     p.add_argument("--e2e-videos", type=int, default=24, help="videos at the first size (half, at least one per "
                    "core, at the others)")
     p.add_argument("--e2e-seconds", type=float, default=120.0)
     p.add_argument("--e2e-sizes", default="640x480,1280x720")
     p.add_argument("--sweep-videos", type=int, default=16, help="videos of the worker sweep (1/4/8/default workers)")
+    p.add_argument("--long-videos", type=int, default=4, help="long recordings (fewer than the workers), each the "
+                   "first size's videos played --long-repeats times")
+    p.add_argument("--long-repeats", type=int, default=6)
     args = p.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -111,17 +118,18 @@ def main() -> None:
     a64 = torch.randn(64, kw["audio_length"], 128, generator=g).to(dev)
     v64 = torch.randn(64, *vshape, generator=g).to(dev)
 
-    sections = set(args.sections.split(","))
-    steps = (("encode", lambda: measure_encode(model, a64, v64, dev, args, report)),
-             ("e2e", lambda: measure_end_to_end(model, dev, args, report)),  # (the model moves to the CPU)
-             ("pretrain", lambda: measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)))
-    for name, step in steps:  # one failing section does not cost the others' figures (a GPU slot is short)
-        if name in sections:
-            try:
-                step()
-            except Exception as e:
-                traceback.print_exc()
-                report[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
+    steps = {"encode": lambda: measure_encode(model, a64, v64, dev, args, report),
+             "e2e": lambda: measure_end_to_end(model, dev, args, report),
+             "pretrain": lambda: measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)}
+    for name in args.sections.split(","):  # in the order asked; one failing section does not cost the
+        step = steps[name]  # others' figures (a GPU slot is short)
+        if dev.type == "cuda":
+            model.to(dev)  # (end to end moves it to the CPU)
+        try:
+            step()
+        except Exception as e:
+            traceback.print_exc()
+            report[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
 
 
 ENCODE_VARIANTS = (  # name, ModelCall keywords; "bf16_weights" is what extract runs on CUDA, "+compile" with --compile
@@ -246,7 +254,7 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
     """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
     size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
     it (a shared-memory descriptor per tensor), and a no-op encoder (the pipeline alone)."""
-    from _media import decode_all_streams, encoded_video
+    from _media import concatenated, decode_all_streams, encoded_video
     from pipeline_bench import NoOpEncoder, cpu_seconds
 
     import socialfeat.extract as extract_module
@@ -280,14 +288,14 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
             print(row, flush=True)
             return row
 
-        def decode_limit(files: list[Path]) -> tuple[float, float]:
+        def decode_limit(files: list[Path], seconds_each: float = args.e2e_seconds) -> tuple[float, float]:
             """Clips/s of whole files decoded one per process on every core (as a pool of workers
             that never shares a file would), and the all-cores bound: the same decoding spread evenly
             over the cores, as if no core waited for the last file."""
             t0 = time.perf_counter()
             with ProcessPoolExecutor(cores) as pool:
                 per_file = list(pool.map(decode_all_streams, [str(f) for f in files]))
-            n = len(files) * int(args.e2e_seconds // clip_s)
+            n = len(files) * int(seconds_each // clip_s)
             return n / (time.perf_counter() - t0), n / (sum(per_file) / cores)
 
         # 1. every size with the defaults first (a GPU slot may end before the extras)
@@ -315,9 +323,31 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
             report.store("end_to_end", results)
             made.append((entry, folder, files, n_clips, decode_rate))
 
-        # 2. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
-        # passed as a descriptor), a no-op encoder, the worker sweep
+        # 2. a few long recordings, fewer than the workers (a lab's sessions): idle workers take over spans
+        # of them (issue #16's lever); the same without that sharing
         entry, folder, files, n_clips, decode_rate = made[0]
+        long_dir = tmp / "long"
+        long_dir.mkdir()
+        n_long = min(args.long_videos, len(files))
+        long_files = [concatenated(files[i], args.long_repeats, long_dir / f"long{i}.mp4") for i in range(n_long)]
+        long_s = args.long_repeats * args.e2e_seconds
+        long_limits = decode_limit(long_files, long_s)
+        entry["long_recordings"] = {"videos": n_long, "seconds_each": long_s,
+                                    "decode_limit_clips_per_s": round(long_limits[0], 2),
+                                    "all_cores_bound_clips_per_s": round(long_limits[1], 2), "runs": []}
+        long_clips = n_long * int(long_s // clip_s)
+        entry["long_recordings"]["runs"].append(run("long_shared", long_dir, long_clips, long_limits))
+        report.store("end_to_end", results)
+        share = WorkerPool._share_work
+        WorkerPool._share_work = lambda self, workers: None
+        try:
+            entry["long_recordings"]["runs"].append(run("long_not_shared", long_dir, long_clips, long_limits))
+        finally:
+            WorkerPool._share_work = share
+        report.store("end_to_end", results)
+
+        # 3. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
+        # passed as a descriptor), a no-op encoder, the worker sweep
         original = extract_module.decoded_items
         extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout, dev: WorkerPool(
             jobs, spec, plan, workers, timeout, lend_tensors=False).start()

@@ -184,9 +184,9 @@ class VideoRun:
     the recording's length), then the VideoDone record.
 
     ``span``: the part of the recording to decode, spans [first, end) of the SPAN_SECONDS grid
-    (end None: to the end; the clips are those that start in it). ``cut_requested``: asked at each
-    span boundary of a splittable video whether its worker should share the rest; it then keeps
-    the first half of what is left and yields a PartCut.
+    (end None: to the end; the clips are those that start in it). ``cut_requested``: asked before
+    each clip of a splittable video whether its worker should share the rest; it then keeps the
+    span it is in and half of the spans after it, and yields a PartCut.
     """
 
     def __init__(self, pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
@@ -196,7 +196,6 @@ class VideoRun:
         self.stack_frames = stack_frames  # False: decoded frames as a FrameList (a worker's slot takes them)
         self.first, self.end = span
         self.cut_requested = cut_requested
-        self.span_now = self.first
         self.splittable = False
         self.cut_notices: list[int] = []
         self.video = video_row(ref)
@@ -280,7 +279,7 @@ class VideoRun:
         return gap is not None and gap <= MAX_SPLIT_KEYFRAME_GAP_S
 
     def own_clips(self, clips: Iterable[Clip], duration: float) -> Iterator[Clip]:
-        """The clips that start in this part; at each span boundary, a cut if one is asked for."""
+        """The clips that start in this part; before each, a cut if one is asked for."""
         n_spans = max(1, math.ceil(duration / SPAN_SECONDS - 1e-9))
         for clip in clips:
             span = span_of(clip.start)
@@ -288,17 +287,16 @@ class VideoRun:
                 continue
             if self.end is not None and span >= self.end:
                 return
-            if span > self.span_now:
-                self.span_now = span
-                self.offer_cut(span, n_spans)
+            self.offer_cut(span, n_spans)
             yield clip
 
     def offer_cut(self, span: int, n_spans: int) -> None:
-        """At the start of ``span``: keep half of the spans left if the worker is asked to share."""
+        """In ``span``: if the worker is asked to share, it keeps this span and half of those after
+        it (rounded down); the others go (their clips are not planned yet)."""
         end = self.end if self.end is not None else n_spans
         if self.cut_requested is None or end - span < 2 or not self.cut_requested():
             return
-        self.end = span + (end - span + 1) // 2
+        self.end = end - (end - span) // 2
         self.cut_notices.append(self.end)
 
     def own_end(self) -> float | None:

@@ -286,7 +286,7 @@ class WorkerPool:
             return
         ahead = sorted(((self._spans_ahead(w), i) for i, w in enumerate(workers)), reverse=True)
         for spans, i in ahead[:wanted]:
-            if spans < 3:  # (the worker keeps the span it is in and half of the rest)
+            if spans < 2:  # (the worker keeps the span it is in and half of the others)
                 break
             w = workers[i]
             part = w.videos[0]
