@@ -104,6 +104,9 @@ def main() -> None:
     p.add_argument("--long-videos", type=int, default=4, help="long recordings (fewer than the workers), each the "
                    "first size's videos played --long-repeats times")
     p.add_argument("--long-repeats", type=int, default=6)
+    p.add_argument("--profile", help="also profile a run with the defaults at the first size: cProfile of the model's "
+                   "process and of every decoding worker, written to this folder (read them with pstats)")
+    p.add_argument("--no-e2e-extras", action="store_true", help="end to end: the defaults at each size only")
     args = p.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -250,6 +253,37 @@ def same_numbers(a: Path, b: Path) -> dict:
             "max_abs_value": float(np.nanmax(np.abs(x[cols].to_numpy())))}
 
 
+def profiled(step, folder: Path):
+    """``step()`` with cProfile in this process and in every decoding worker it starts (their stats
+    are written when they finish), into ``folder``."""
+    import cProfile
+
+    import socialfeat.workers as workers_module
+
+    folder.mkdir(parents=True, exist_ok=True)
+    serve = workers_module._serve
+    prof = cProfile.Profile()
+
+    def profiled_serve(*a, **kw):
+        prof.disable()  # the parent's, inherited across fork (Python 3.12 allows one active profiler)
+        own = cProfile.Profile()
+        own.enable()
+        try:
+            serve(*a, **kw)
+        finally:
+            own.disable()
+            own.dump_stats(folder / f"worker-{os.getpid()}.prof")
+
+    workers_module._serve = profiled_serve
+    prof.enable()
+    try:
+        return step()
+    finally:
+        prof.disable()
+        prof.dump_stats(folder / "main.prof")
+        workers_module._serve = serve
+
+
 def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
     """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
     size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
@@ -322,6 +356,13 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
             entry["runs"].append(run("defaults", folder, n_clips, decode_rate))
             report.store("end_to_end", results)
             made.append((entry, folder, files, n_clips, decode_rate))
+            if i == 0 and args.profile:
+                entry["runs"].append(profiled(lambda: run("defaults_profiled", folder, n_clips, decode_rate),
+                                              Path(args.profile)))
+                report.store("end_to_end", results)
+        if args.no_e2e_extras:
+            report["end_to_end"] = results
+            return
 
         # 2. a few long recordings, fewer than the workers (a lab's sessions): idle workers take over spans
         # of them (issue #16's lever); the same without that sharing

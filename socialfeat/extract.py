@@ -485,10 +485,11 @@ class _Recorder:
 
 def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None, dev):
     """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
-    Clips from workers come as views of shared slots (the encoder copies them at once: to the GPU, or on
-    the CPU, a copy of a few MB beside a model that takes a second per clip there)."""
+    For a GPU, clips come as views of shared slots (the encoder copies them to the device at once); on the
+    CPU each tensor travels in shared memory of its own, which the model reads in place (a copy out of a
+    slot cost the model's process 4-10x its time per clip in pipeline_bench)."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=True).start()
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda").start()
     return in_process_items(jobs, spec, plan)
 
 
