@@ -111,3 +111,34 @@ def test_merging_parts_adds_facts_up_and_keeps_the_worst_verdict():
     assert crashed.video["error"] == "error here"
     empty = merge_parts([_part(0, 1, clips=0), _part(1, None, clips=0)], 16000)
     assert empty.video["status"] == VideoStatus.NO_CLIPS and empty.errors[-1]["stage"] == "plan"
+
+
+def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redoes_it_whole(
+        long_and_short, tiny_ckpt, tmp_path, monkeypatch):
+    """The decoding worker of a part (not the first) dies: the recording becomes one error row (its other
+    parts' clips dropped, as for a video that failed whole), the short video is unharmed, and a rerun
+    processes the recording again and gives the numbers of decoding it whole."""
+    import os
+    import signal
+
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    whole = _run(long_and_short, tmp_path / "whole.h5", tiny_ckpt, workers=0)
+    clips_in_order = pipeline.VideoRun.clips_in_order
+
+    def dies_on_later_parts(self, info, plan):
+        if self.first > 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return clips_in_order(self, info, plan)
+
+    monkeypatch.setattr(pipeline.VideoRun, "clips_in_order", dies_on_later_parts)  # (the workers fork with it)
+    out = tmp_path / "shared.h5"
+    feats, videos, errors = _run(long_and_short, out, tiny_ckpt, workers=3)
+    row = videos.set_index("path").loc["long.mp4"]
+    assert row["status"] == "error" and "killed by SIGKILL" in row["error"] and "the part from" in row["error"]
+    assert set(feats["path"]) == {"short.mp4"} and videos.set_index("path").loc["short.mp4", "status"] == "ok"
+    assert list(errors["path"]) == ["long.mp4"] and errors["stage"].tolist() == ["worker"]
+    monkeypatch.setattr(pipeline.VideoRun, "clips_in_order", clips_in_order)
+    feats, videos, _ = _run(long_and_short, out, tiny_ckpt, workers=3)  # the same output file: resumed
+    assert videos["status"].tolist() == ["ok", "ok"]
+    embeddings = [c for c in whole[0].columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_array_equal(feats[embeddings].to_numpy(), whole[0][embeddings].to_numpy())
