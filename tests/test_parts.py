@@ -136,7 +136,7 @@ def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redo
     row = videos.set_index("path").loc["long.mp4"]
     assert row["status"] == "error" and "killed by SIGKILL" in row["error"] and "the part from" in row["error"]
     assert set(feats["path"]) == {"short.mp4"} and videos.set_index("path").loc["short.mp4", "status"] == "ok"
-    assert list(errors["path"]) == ["long.mp4"] and errors["stage"].tolist() == ["worker"]
+    assert set(errors["path"]) == {"long.mp4"} and set(errors["stage"]) == {"worker"}  # (a row per part killed)
     monkeypatch.setattr(pipeline.VideoRun, "clips_in_order", clips_in_order)
     feats, videos, _ = _run(long_and_short, out, tiny_ckpt, workers=3)  # the same output file: resumed
     assert videos["status"].tolist() == ["ok", "ok"]
