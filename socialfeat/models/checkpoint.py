@@ -109,6 +109,20 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -
     return state_dict
 
 
+def _load(path: Path) -> Any:
+    """torch.load of tensors only, memory-mapped where the file's format allows: the tensors are read
+    from the page cache when first used instead of copied at once (0.04 s instead of 0.4-0.5 s for
+    the released Social-MAE size here, the same total once they are used), so that `extract` forks
+    its decoding workers from a small process and they decode while the weights go to the GPU. Files
+    in the legacy (pre-zip) format are read as before."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only). ``label`` names
     the file in messages (e.g. the URL of a download not yet in place)."""
@@ -117,7 +131,7 @@ def read_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any
     if not path.is_file():
         raise CheckpointError(f"{label}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load(path)
     except pickle.UnpicklingError as e:
         with open(path, "rb") as f:
             if f.read(1) not in (b"P", b"\x80"):  # neither a zip archive (PK) nor a pickle: no checkpoint at all

@@ -77,6 +77,20 @@ def test_socialfeat_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.joinpath("sub").glob("*.tmp"))  # atomic write leaves no temp file
 
 
+def test_a_state_dict_in_the_legacy_format_loads_like_a_zip_one(tmp_path):
+    """Checkpoints are memory-mapped where their format allows; files saved before PyTorch's zip format
+    (no mmap possible) are read as before, to the same weights."""
+    torch.manual_seed(0)
+    model = create_model("social-mae-tiny").eval()
+    paths = {}
+    for legacy in (False, True):
+        paths[legacy] = tmp_path / f"legacy{legacy}.pth"
+        torch.save({"model": model.state_dict()}, paths[legacy], _use_new_zipfile_serialization=not legacy)
+    loaded = {legacy: load_model(path, config=model.info.to_dict()) for legacy, path in paths.items()}
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded[True].state_dict()[k], v) and torch.equal(loaded[False].state_dict()[k], v)
+
+
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "obj": NotATensor()}, path)
