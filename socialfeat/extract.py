@@ -51,6 +51,7 @@ from socialfeat.errors import UsageError
 from socialfeat.heads import released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
+from socialfeat.models.checkpoint import own_memory
 from socialfeat.outputs import refuse_foreign_output
 from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
 from socialfeat.store import (
@@ -245,7 +246,7 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
         refs = [r for r in refs if in_shard(r, *shard)]
     fetch_released_weights(model, weights, list(tasks), progress)
     # on the CPU until the decoding workers have started (see _run_jobs)
-    net = load_model(weights if weights is not None else model).eval()
+    net = load_model(weights if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
     spec = net.info.preprocess
     predictors = build_predictors(net, tasks, torch.device("cpu"))
     plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
@@ -497,7 +498,9 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
               compile_model=False):
     items = decoded_items(jobs, spec, plan, workers, video_timeout, dev)  # workers fork before the GPU is set up
     with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
-        net.to(dev)
+        net.to(dev)  # the weights are read from the checkpoint's memory map now, while the workers decode
+        if dev.type == "cpu":
+            own_memory(net)
         for task in tasks:
             task.to(dev)
         encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings, compile=compile_model,

@@ -14,6 +14,7 @@ arbitrary pickled code is refused.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,16 @@ def build_loaded(info: ModelInfo, state_dict: dict[str, torch.Tensor], source: s
     state_dict = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model
+
+
+def own_memory(module: nn.Module) -> nn.Module:
+    """Give tensors read through a memory map (read_checkpoint) memory of their own: a checkpoint
+    rewritten in place while the model runs must not change its weights under it (or end the process
+    with SIGBUS when the file is cut short). About 0.1 s for the released Social-MAE size."""
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            t.data = t.data.clone()
+    return module
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

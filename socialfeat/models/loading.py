@@ -21,6 +21,7 @@ from socialfeat.models.checkpoint import (
     ModelInfo,
     build_loaded,
     infer_info,
+    own_memory,
     read_checkpoint,
     strip_prefix,
     unwrap_state_dict,
@@ -35,10 +36,12 @@ from socialfeat.models.registry import (
 
 
 def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | None = None,
-               cache: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+               cache: str | Path | None = None, device: str | torch.device = "cpu", mapped: bool = False) -> nn.Module:
     """A ready model (eval mode) from a registry name, a socialfeat checkpoint or an
     official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
-    registry name) describes a bare state dict whose shapes are not the released ones."""
+    registry name) describes a bare state dict whose shapes are not the released ones.
+    ``mapped``: leave the weights as read through the file's memory map (not yet read from
+    disk); the caller moves them to a GPU or calls ``own_memory`` (extract, after forking)."""
     name = str(path_or_name)
     registry_cfg = None
     if name in list_pretrained() and not Path(name).exists():
@@ -57,6 +60,8 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     # a cached download's recorded digest; other files are hashed once, then their digest is kept
     info.sha256 = file_digest(path, records=cache_dir(cache) / "digests")
     info.source = str(path)
+    if not mapped:
+        own_memory(model)
     return model.to(device).eval()
 
 

@@ -91,6 +91,20 @@ def test_a_state_dict_in_the_legacy_format_loads_like_a_zip_one(tmp_path):
         assert torch.equal(loaded[True].state_dict()[k], v) and torch.equal(loaded[False].state_dict()[k], v)
 
 
+def test_a_checkpoint_rewritten_in_place_does_not_change_a_loaded_model(tmp_path):
+    """Checkpoints are read through a memory map; a loaded model owns its weights all the same (a
+    file overwritten in place, as ``cp`` does, must not change them under a running job)."""
+    torch.manual_seed(0)
+    path = save_checkpoint(create_model("social-mae-tiny").eval(), tmp_path / "m.pt")
+    loaded = load_model(path)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    data = bytearray(path.read_bytes())
+    with open(path, "r+b") as f:  # the same inode, every byte after the zip's first entry flipped
+        f.seek(4096)
+        f.write(bytes(b ^ 0xFF for b in data[4096:]))
+    assert all(torch.equal(v, before[k]) for k, v in loaded.state_dict().items())
+
+
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "obj": NotATensor()}, path)
