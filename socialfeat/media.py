@@ -35,7 +35,9 @@ SKIP_NONREF_CODECS = ("h264",)
 skip_nonref = True  # module switch: benchmarks and tests turn it off to compare with decoding everything
 
 
-SEEK_MARGIN_S = 1.0  # FrameStream seeks this much before the first frame it needs (see _open_video)
+# FrameStream seeks this much before the first frame it needs (see _open_video), then further back
+# if the demuxer lands after that frame, then decodes from the beginning
+SEEK_MARGINS_S = (0.5, 5.0, 60.0)
 
 
 class _LandedLate(Exception):
@@ -482,6 +484,7 @@ class FrameStream:
         beginning)."""
         self.info = info
         self._seek_to = seek_to
+        self._margin = 0  # index in SEEK_MARGINS_S
         self.decode_errors = 0
         self.io_error = False  # reading the file failed (not its content): worth another try later
         self.last_time: float | None = None  # time of the last decoded frame
@@ -501,11 +504,15 @@ class FrameStream:
         after frames were skipped, decoding starts over without skipping and goes on from that
         packet: how a damaged picture is concealed may depend on pictures skipped before it,
         so from the damage on the frames must be those of decoding everything."""
-        try:
-            failed_at = yield from self._decode(skip=True)
-        except _LandedLate:  # (rare) the seek went past the first frame wanted: decode from the start
-            self._seek_to, self.decode_errors, self.io_error, self.last_time = None, 0, False, None
-            failed_at = yield from self._decode(skip=True)
+        while True:
+            try:
+                failed_at = yield from self._decode(skip=True)
+                break
+            except _LandedLate:  # (rare, before any frame went out) the seek went past the first frame
+                self._margin += 1  # wanted: seek further back, at last decode from the beginning
+                if self._margin == len(SEEK_MARGINS_S):
+                    self._seek_to = None
+                self.decode_errors, self.io_error, self.last_time = 0, False, None
         if failed_at is not None:
             yield from self._decode(skip=False, resume=failed_at)
 
@@ -516,7 +523,7 @@ class FrameStream:
             stream.codec_context.thread_count = self._threads
         if self._seek_to:
             # the demuxer seeks by decoding time; a keyframe is shown up to a few frames later
-            target = max(0.0, self._seek_to - SEEK_MARGIN_S) + self.info.video_start
+            target = max(0.0, self._seek_to - SEEK_MARGINS_S[self._margin]) + self.info.video_start
             c.seek(int(target / stream.time_base), stream=stream, backward=True)
         return stream
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from io_helpers import ffmpeg_frame, ffprobe_frame_times
 
+from socialfeat import media
 from socialfeat.media import AudioStream, FrameStream, MediaError, load_audio, probe
 
 
@@ -123,3 +124,26 @@ def test_seeking_clip_reader_equals_streaming_extraction(corpus):
     direct = read_clip(probe(corpus["talk"]), SOCIAL_MAE_SPEC, 4.0, 4.0)
     assert torch.equal(direct.video, streamed.video)
     assert (direct.audio - streamed.audio).abs().mean() < 0.01  # AAC noise bands differ after a seek
+
+
+@pytest.mark.parametrize("margins", [media.SEEK_MARGINS_S, (-1.5, 5.0, 60.0), (-1.5, -1.5, -1.5)])
+def test_frames_from_a_seek_are_those_of_decoding_everything(corpus, monkeypatch, margins):
+    """A part of a recording decodes from a seek: the frames handed out from there on are those of a
+    decode from the start, also when the demuxer lands after the first frame wanted (forced here with
+    negative margins: the stream seeks further back, at last decodes from the beginning)."""
+    monkeypatch.setattr(media, "SEEK_MARGINS_S", margins)
+    info = probe(corpus["talk"])  # keyframes every 2 s, B-frames
+    times = np.arange(3.03, 9.0, 0.41)
+    whole = [(t, f.time, f.rgb) for t, f in FrameStream(info, threads=1).at_times(times)]
+    seeking = FrameStream(info, threads=1, seek_to=float(times[0]))
+    part = [(t, f.time, f.rgb) for t, f in seeking.at_times(times)]
+    assert [(t, ft) for t, ft, _ in part] == [(t, ft) for t, ft, _ in whole]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(part, whole))
+    assert seeking.last_time == pytest.approx(whole_last(info))
+
+
+def whole_last(info) -> float:
+    stream = FrameStream(info, threads=1)
+    for _ in stream.at_times([0.0]):
+        pass
+    return stream.last_time
