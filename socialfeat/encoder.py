@@ -93,9 +93,8 @@ class BatchEncoder:
     """
 
     def __init__(self, model, device: torch.device, batch_size: int, tasks: list[Task], precision: str = "fp32",
-                 embeddings: tuple[str, ...] = EMBEDDING_KINDS, compile: bool = False, lent_items: bool = False):
+                 embeddings: tuple[str, ...] = EMBEDDING_KINDS, compile: bool = False):
         self.model, self.device, self.batch_size, self.tasks = model, device, batch_size, tasks
-        self.lent_items = lent_items  # items' tensors are views of a worker's slot (see add): copied on the CPU too
         self.spec = model.info.preprocess
         self.bf16 = precision == "bf16"
         self.embeddings = resolve_embeddings(embeddings)
@@ -137,10 +136,8 @@ class BatchEncoder:
         """The item with its tensors on the device (copies, on a GPU)."""
         def copy(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.to(self.device, non_blocking=True)
-        if self.copy_stream is None:  # CPU: the item's own tensors (a copy of those lent)
-            if not self.lent_items:
-                return item
-            return replace(item, audio=None if item.audio is None else item.audio.clone(), video=item.video.clone())
+        if self.copy_stream is None:  # CPU: the item's own tensors
+            return item
         with torch.cuda.stream(self.copy_stream):  # (from pageable memory: returns once the bytes are read)
             return replace(item, audio=copy(item.audio), video=copy(item.video))
 

@@ -503,8 +503,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
             own_memory(net)
         for task in tasks:
             task.to(dev)
-        encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings, compile=compile_model,
-                               lent_items=getattr(items, "slots", None) is not None)
+        encoder = BatchEncoder(net, dev, batch_size, tasks, plan.precision, plan.embeddings, compile=compile_model)
         bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
         bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
         with _Recorder(bar=bar_v, **record_kw) as record:  # journal writes off the model's path

@@ -225,12 +225,7 @@ class AudioStream:
                 self._container.close()
             self._container = _open(Path(self.info.path))
         stream = self._container.streams.audio[0]
-        self._decode = stream.decode
-        if fresh_context:
-            ctx = av.CodecContext.create(stream.codec_context.name, "r")
-            ctx.extradata = stream.codec_context.extradata
-            ctx.sample_rate, ctx.layout = stream.codec_context.sample_rate, stream.codec_context.layout
-            self._decode = ctx.decode
+        self._decode = self._fresh_context(stream).decode if fresh_context else stream.decode
         if at:
             margin = 0.5  # seek lands on an earlier packet; decode a little before the window
             self._container.seek(int(max(0.0, at + self.info.video_start - margin) / stream.time_base),
@@ -241,6 +236,14 @@ class AudioStream:
         self._packets = self._container.demux(stream)
         if self.chunk_samples:
             self._decoder_end = (self.cursor // self.chunk_samples + 1) * self.chunk_samples
+
+    @staticmethod
+    def _fresh_context(stream) -> av.CodecContext:
+        """A new decoder for ``stream``'s packets, with no state from the packets before."""
+        ctx = av.CodecContext.create(stream.codec_context.name, "r")
+        ctx.extradata = stream.codec_context.extradata
+        ctx.sample_rate, ctx.layout = stream.codec_context.sample_rate, stream.codec_context.layout
+        return ctx
 
     def _limit(self) -> int | None:
         """Where placing stops: the window's end or the current chunk's, whichever comes first."""
@@ -480,8 +483,8 @@ class FrameStream:
         use_decoder_threads). ``seek_to``: start decoding at a keyframe before this
         time (s) instead of the beginning, for reading a window or a part of a long
         recording: the frames handed out from ``seek_to`` on are those of decoding
-        everything (a demuxer that lands after it makes decoding start over from the
-        beginning)."""
+        everything (a demuxer that lands after it makes decoding seek further back, at
+        last start from the beginning: SEEK_MARGINS_S)."""
         self.info = info
         self._seek_to = seek_to
         self._margin = 0  # index in SEEK_MARGINS_S

@@ -567,7 +567,7 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
     video.update(n_clips=n_clips, decoded_duration_s=max(decoded) if decoded else None,
                  decode_errors=sum(d.video.get("decode_errors") or 0 for d in parts),
                  has_audio=any(d.video.get("has_audio") for d in parts))
-    if "audio_duration_s" in video or any("audio_duration_s" in d.video for d in parts):
+    if any("audio_duration_s" in d.video for d in parts):
         audio_s = sum(d.audio_samples for d in parts) / sample_rate
         video.update(audio_duration_s=audio_s,
                      audio_gap_s=round(max(0.0, (video.get("duration_s") or 0.0) - audio_s), 3))

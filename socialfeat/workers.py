@@ -8,8 +8,9 @@ fresh worker takes its place, and the run goes on. Each video is also timed: one
 whose worker delivers nothing for longer than its limit (a stalled network file
 system, a pathological file) has its worker killed and is recorded as a timeout.
 When no video is left to hand out and a worker idles, a worker busy with a long
-recording is asked to share it: at its next span boundary it keeps half of what
-is left and the rest becomes a part for the idle worker (pipeline.SPAN_SECONDS);
+recording is asked to share it: before its next clip it keeps the span it is in
+and half of those after it, and the rest becomes a part for the idle worker
+(spans of pipeline.SPAN_SECONDS);
 the parts' records are merged into the video's one (pipeline.merge_parts).
 A clip's tensors travel through slots of a shared region mapped before the
 workers start (``handover.py``); only a small record goes through the pipe.
@@ -113,7 +114,7 @@ def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: 
     """A worker's life: take a video or part of one ((index in ``all_jobs``, first span, end span):
     a few bytes through the pipe, which never fills), send its clips and its record, take the
     next. Message ``n`` uses slot ``n % PREFETCH``: its credit means the message PREFETCH before
-    it has been taken. Requests to share the current part are read at its span boundaries."""
+    it has been taken. Requests to share the current part are read before each of its clips."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
