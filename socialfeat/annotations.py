@@ -26,14 +26,15 @@ import warnings
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 from xml.etree.ElementTree import ParseError
 
-import pandas as pd
-
 from socialfeat.clips import SegmentsError
 from socialfeat.walk import VideoRef
+
+if TYPE_CHECKING:  # imported where a table is made (0.2 s of every extract's start-up otherwise)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".eaf", ".textgrid")
@@ -454,6 +455,8 @@ class AnnotationSet:
     @property
     def table(self) -> pd.DataFrame:
         """One row per annotation: video, start, end, tier, value, annotation_file."""
+        import pandas as pd
+
         rows = [{"video": v, "start": s, "end": e, "tier": t, "value": val, "annotation_file": f}
                 for v, tiers in self.by_video.items() for t, items in tiers.items() for s, e, val, f in items]
         return pd.DataFrame(rows, columns=TABLE_COLUMNS).sort_values(["video", "start", "end"], kind="stable",

@@ -42,6 +42,7 @@ from socialfeat.clips import SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
     BatchEncoder,
     build_predictors,
+    prepare_models,
     resolve_device,
     resolve_embeddings,
     resolve_precision,
@@ -500,6 +501,7 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
     with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
         net.to(dev)  # the weights are read from the checkpoint's memory map now, while the workers decode
         if dev.type == "cpu":
+            prepare_models([net], plan.precision)  # int8 packs its layers from the map (no copy of them first)
             own_memory(net)
         for task in tasks:
             task.to(dev)

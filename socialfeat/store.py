@@ -17,11 +17,13 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where tables are read: 0.2 s that extract's start-up need not pay
+    import pandas as pd
 
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import UsageError
@@ -213,6 +215,8 @@ def check_features_file(path: str | Path) -> None:
 
 def read_table(group: h5py.Group) -> pd.DataFrame:
     """A table group of the format (one dataset per column, order in attrs['columns'])."""
+    import pandas as pd
+
     cols = json.loads(group.attrs["columns"])
     data = {}
     for c in cols:
@@ -246,6 +250,8 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     embeddings: 'joint', 'audio', 'visual', a list of them, 'all' (those the run computed),
     or None. Asking for a kind the run did not compute (``extract --embeddings``) is an error.
     """
+    import pandas as pd
+
     computed = computed_embeddings(path)
     if embeddings == "all":
         kinds = list(computed)
