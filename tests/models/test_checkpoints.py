@@ -91,6 +91,34 @@ def test_a_state_dict_in_the_legacy_format_loads_like_a_zip_one(tmp_path):
         assert torch.equal(loaded[True].state_dict()[k], v) and torch.equal(loaded[False].state_dict()[k], v)
 
 
+def test_loading_skips_initialisation_and_leaves_it_working(tmp_path):
+    """A model built for a checkpoint runs none of torch.nn.init (meta device: no numbers to make, but
+    0.3-1 s of start-up); the initialisers work again afterwards, also when loading fails."""
+    torch.manual_seed(0)
+    path = save_checkpoint(create_model("social-mae-tiny").eval(), tmp_path / "m.pt")
+    originals = {name: getattr(torch.nn.init, name) for name in ("normal_", "kaiming_uniform_", "xavier_uniform_")}
+    calls = []
+
+    def counting(fn):
+        return lambda *a, **kw: calls.append(fn.__name__) or fn(*a, **kw)
+
+    for name, fn in originals.items():
+        setattr(torch.nn.init, name, counting(fn))
+    try:
+        load_model(path)
+        assert calls == []
+        model = create_model("social-mae-tiny")
+        torch.save(dict(list(model.state_dict().items())[1:]), tmp_path / "short.pt")  # a key missing
+        with pytest.raises(CheckpointError, match="missing"):
+            load_model(tmp_path / "short.pt", config=model.info.to_dict())
+        calls.clear()
+        create_model("social-mae-tiny")
+        assert "normal_" in calls and "xavier_uniform_" in calls
+    finally:
+        for name, fn in originals.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def test_a_checkpoint_rewritten_in_place_does_not_change_a_loaded_model(tmp_path):
     """Checkpoints are read through a memory map; a loaded model owns its weights all the same (a
     file overwritten in place, as ``cp`` does, must not change them under a running job)."""
