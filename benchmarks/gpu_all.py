@@ -390,7 +390,7 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         # 3. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
         # passed as a descriptor), a no-op encoder, the worker sweep
         original = extract_module.decoded_items
-        extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout, dev: WorkerPool(
+        extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout: WorkerPool(
             jobs, spec, plan, workers, timeout, lend_tensors=False).start()
         try:
             entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))

@@ -485,19 +485,18 @@ class _Recorder:
             self._raise_failed()
 
 
-def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None, dev):
+def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None):
     """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
-    For a GPU, clips come as views of shared slots (the encoder copies them to the device at once); on the
-    CPU each tensor travels in shared memory of its own, which the model reads in place (a copy out of a
-    slot cost the model's process 4-10x its time per clip in pipeline_bench)."""
+    Clips come as views of the workers' shared slots: the encoder copies them at once, to the GPU or
+    into tensors it reuses on the CPU (BatchEncoder._take); no descriptor per tensor crosses processes."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=dev.type == "cuda").start()
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=True).start()
     return in_process_items(jobs, spec, plan)
 
 
 def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout,
               compile_model=False):
-    items = decoded_items(jobs, spec, plan, workers, video_timeout, dev)  # workers fork before the GPU is set up
+    items = decoded_items(jobs, spec, plan, workers, video_timeout)  # workers fork before the GPU is set up
     with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
         net.to(dev)  # the weights are read from the checkpoint's memory map now, while the workers decode
         if dev.type == "cpu":

@@ -203,7 +203,8 @@ class WorkerPool:
 
     ``lend_tensors``: clips' tensors travel through shared slots (handover.py) and come out as
     views of them, which their worker writes again once the next item is asked for: for a
-    consumer that copies them at once anyway (to a GPU: BatchEncoder.add). Otherwise each
+    consumer that copies them at once anyway (BatchEncoder.add: to the GPU, or on the CPU into
+    tensors it reuses). Otherwise each
     tensor travels in shared memory of its own, which the consumer may keep."""
 
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
