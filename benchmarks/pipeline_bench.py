@@ -8,7 +8,9 @@ One run, the same files for every figure:
 - workers-only: socialfeat's decoding workers (W of them) with the GPU defaults (decoded
   frames handed over, bf16 inputs), their items received and dropped;
 - extract, no-op encoder: ``socialfeat.extract`` end to end with W workers and an encoder
-  that returns zeros without touching the model: hand-over, batching, journal, assembly;
+  that copies each clip out of its worker's slot (as the copy to a GPU does) and returns zeros
+  without touching the model: hand-over, batching, journal, assembly; as a whole run, and
+  between its first and its last batch (the pace once started, start-up set apart);
 - the main process's CPU time per clip during that run after its first batch (everything but
   the workers), and the time from the start of ``extract`` until the model is ready with the
   workers decoding, and until its first batch, checkpoint reading aside.
@@ -43,6 +45,8 @@ class NoOpEncoder(BatchEncoder):
     """Takes and batches clips like the real encoder, returns zeros: the model's cost taken out."""
 
     first_batch_at: float | None = None  # wall clock and main-process CPU time at the first batch
+    first_batch_clips = 0
+    last_batch_at = 0.0
     cpu_at_first_batch = 0.0
     clips = 0
     ready_at = 0.0  # the model on its device, the workers started
@@ -54,6 +58,8 @@ class NoOpEncoder(BatchEncoder):
     def _launch_batch(self, items: list[ClipItem]):
         if NoOpEncoder.first_batch_at is None:
             NoOpEncoder.first_batch_at, NoOpEncoder.cpu_at_first_batch = time.perf_counter(), cpu_seconds()
+            NoOpEncoder.first_batch_clips = len(items)
+        NoOpEncoder.last_batch_at = time.perf_counter()
         NoOpEncoder.clips += len(items)
         dim = self.model.norm.normalized_shape[0]
         zeros = {k: np.zeros(dim, np.float32) for k in EMBEDDING_KINDS}
@@ -129,6 +135,10 @@ def run(args) -> dict:
             row = {"decode_only": round(decode, 1), "workers_only": round(workers_only, 1),
                    "extract_noop": round(summary.n_clips / wall, 1),
                    "extract_noop_vs_decode_only": round(summary.n_clips / wall / decode, 3),
+                   # between the first and the last batch: the pipeline's pace once started (start-up is below)
+                   "extract_noop_steady_vs_decode_only": round(
+                       (NoOpEncoder.clips - NoOpEncoder.first_batch_clips)
+                       / (NoOpEncoder.last_batch_at - NoOpEncoder.first_batch_at) / decode, 3),
                    "workers_only_vs_decode_only": round(workers_only / decode, 3),
                    # after the first batch: the cost that grows with the corpus (start-up is the next figure)
                    "main_process_ms_per_clip": round(1000 * (cpu0 + cpu - NoOpEncoder.cpu_at_first_batch)
