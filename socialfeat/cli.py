@@ -216,7 +216,7 @@ def _describe_model(cfg, state) -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "fast"]), default="auto",
               help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. fast: the fastest approximate precision "
                    "of the device: bf16 on CUDA and on CPUs with AMX (2.5x fp32), int8 linear layers on other CPUs "
-                   "(1.5-2x fp32); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "
+                   "(1.4-1.7x fp32 end to end); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "
                    "bf16 and int8 force one of them.")
 @click.option("--embeddings", "embedding_kinds", default="all", metavar="all|KINDS",
               help="Embeddings to compute: all, or a comma-separated subset of joint,audio,visual. "
