@@ -14,15 +14,15 @@ arbitrary pickled code is refused.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from socialfeat.architectures import get_arch_config
 from socialfeat.atomic import atomic_path
@@ -169,7 +169,7 @@ def build_loaded(info: ModelInfo, state_dict: dict[str, torch.Tensor], source: s
     weights about to be replaced, and no second copy of them in memory (about 1.5 s and
     0.7 GB less for a ViT-B checkpoint). Floating tensors take the model's dtype (float32).
     """
-    with torch.device("meta"), _no_initialisation():
+    with torch.device("meta"), _NoInitialisation():
         model = build_model(info)
     check_state_dict(model, state_dict, source)
     own = model.state_dict()
@@ -178,25 +178,25 @@ def build_loaded(info: ModelInfo, state_dict: dict[str, torch.Tensor], source: s
     return model
 
 
-# the initialisers that layers and build_model call; on the meta device they compute nothing, but
-# through torch's decompositions: 0.3 s for the released size, and the first normal_ imports the
-# compiler stack (0.7 s more)
-_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
-                 "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+# The initialisers that layers and build_model call. On the meta device they compute nothing, but
+# they go through torch's decompositions: 0.3 s for the released size, and the first normal_ imports
+# the compiler stack (0.7 s more). nn.init's functions and these tensor methods dispatch through
+# __torch_function__, so a mode (per thread, unlike patching nn.init) can skip them.
+_INITIALISERS = frozenset([getattr(nn.init, name) for name in (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_", "xavier_normal_",
+    "kaiming_uniform_", "kaiming_normal_")] + [torch.Tensor.uniform_, torch.Tensor.normal_])
 
 
-@contextlib.contextmanager
-def _no_initialisation() -> Iterator[None]:
-    """``torch.nn.init``'s initialisers as no-ops while a model is built to receive a checkpoint's
-    tensors (the approach of transformers' ``no_init_weights``)."""
-    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
-    for name in _INITIALISERS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+class _NoInitialisation(TorchFunctionMode):
+    """Initialisers as no-ops, on this thread only, while a model is built on the meta device to
+    receive a checkpoint's tensors (what transformers' ``no_init_weights`` does by patching nn.init
+    for every thread)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def own_memory(module: nn.Module) -> nn.Module:
