@@ -52,3 +52,27 @@ def test_frame_size_change_inside_a_clip_is_transformed_in_the_worker():
     done = build_clip_inputs(SOCIAL_MAE_SPEC, 0.0, 4.0, 4.0,
                     [(k / 2, k / 2, frames_tensor(f[None], SOCIAL_MAE_SPEC)[0]) for k, f in enumerate(frames)], None)
     assert raw.video.dtype == torch.float32 and torch.equal(raw.video, done.video)
+
+
+def test_the_cpu_encoder_copies_lent_clips_and_keeps_few_spare_tensors(tiny_ckpt):
+    """On the CPU the encoder copies each clip at once (the worker writes its slot again when the
+    next item is asked for) into tensors it reuses; frames of many sizes do not pile up spares."""
+    from socialfeat.encoder import SPARE_SHAPES, BatchEncoder
+
+    net = load_model(tiny_ckpt)
+    spec = net.info.preprocess
+    encoder = BatchEncoder(net, torch.device("cpu"), batch_size=2, tasks=[])
+    audio = torch.randn(spec.target_length, spec.num_mel_bins)
+    sizes = [(120 + 8 * i, 160 + 8 * i) for i in range(SPARE_SHAPES + 3)]
+    expected, got = [], []
+    for i, (h, w) in enumerate(sizes * 2):
+        slot = torch.randint(0, 255, (spec.num_frames, h, w, 3), dtype=torch.uint8)  # stands for a worker's slot
+        item = ClipItem(0, {"clip_index": i}, audio.clone(), slot)
+        expected.append(encoder.encode([ClipItem(0, {}, audio.clone(), slot.clone())])[0][1]["visual"])
+        done = encoder.add(item)
+        slot.zero_()  # the worker writes the slot again
+        got += [vecs["visual"] for _, vecs in done]
+        assert len(encoder.spare) <= SPARE_SHAPES
+    got += [vecs["visual"] for _, vecs in encoder.flush()]
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=1e-5)
