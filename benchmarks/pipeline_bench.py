@@ -138,7 +138,8 @@ def run(args) -> dict:
                    # between the first and the last batch: the pipeline's pace once started (start-up is below)
                    "extract_noop_steady_vs_decode_only": round(
                        (NoOpEncoder.clips - NoOpEncoder.first_batch_clips)
-                       / (NoOpEncoder.last_batch_at - NoOpEncoder.first_batch_at) / decode, 3),
+                       / (NoOpEncoder.last_batch_at - NoOpEncoder.first_batch_at) / decode, 3)
+                   if NoOpEncoder.clips > NoOpEncoder.first_batch_clips else None,  # (one batch: no pace to tell)
                    "workers_only_vs_decode_only": round(workers_only / decode, 3),
                    # after the first batch: the cost that grows with the corpus (start-up is the next figure)
                    "main_process_ms_per_clip": round(1000 * (cpu0 + cpu - NoOpEncoder.cpu_at_first_batch)
@@ -166,8 +167,11 @@ def main() -> None:
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     figures = run(args)
-    best = {k: max(r[k] for r in figures["runs"]) if "per_clip" not in k and not k.endswith("_s")
-            else min(r[k] for r in figures["runs"]) for k in figures["runs"][0]}
+    best = {}
+    for k in figures["runs"][0]:
+        values = [r[k] for r in figures["runs"] if r[k] is not None]
+        pick = max if "per_clip" not in k and not k.endswith("_s") else min
+        best[k] = pick(values) if values else None
     figures["best"] = best
     print("best of runs:", json.dumps(best))
     if args.json:

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-if TYPE_CHECKING:  # pandas is imported where tables are read: 0.2 s that extract's start-up need not pay
-    import pandas as pd
-
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import UsageError
+
+if TYPE_CHECKING:  # pandas is imported where tables are read: 0.2 s that extract's start-up need not pay
+    import pandas as pd
 
 EMBEDDING_KINDS = ("joint", "audio", "visual")
 STR = h5py.string_dtype("utf-8")
