@@ -496,7 +496,7 @@ def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: f
 
 def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout,
               compile_model=False):
-    items = decoded_items(jobs, spec, plan, workers, video_timeout)  # workers fork before the GPU is set up
+    items = decoded_items(jobs, spec, plan, workers, video_timeout)  # decoding before the model is set up
     with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
         net.to(dev)  # the weights are read from the checkpoint's memory map now, while the workers decode
         if dev.type == "cpu":

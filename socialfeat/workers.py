@@ -226,10 +226,12 @@ class WorkerPool:
         self.workers: list[_Worker] | None = None
 
     def start(self) -> WorkerPool:
-        """Fork the workers now (iterating does it otherwise): before the model's process holds a
-        GPU context and the model's memory, forking is cheaper, and decoding overlaps the set-up."""
+        """Fork the workers and hand them their first videos now (iterating does it otherwise):
+        before the model's process holds a GPU context and the model's memory, forking is cheaper,
+        and decoding overlaps the set-up (each worker fills its PREFETCH slots meanwhile)."""
         if self.workers is None:
             self.workers = [self._start(owner) for owner in range(self.n_workers)] if self.pending else []
+            self._hand_out_all(self.workers)
         return self
 
     def close(self) -> None:
@@ -241,9 +243,7 @@ class WorkerPool:
         workers = self.start().workers
         try:
             while self.pending or any(w.videos for w in workers):
-                for depth in range(1, VIDEOS_AHEAD + 1):  # one each first: no worker waits while another has two
-                    for w in workers:
-                        self._hand_out(w, depth)
+                self._hand_out_all(workers)
                 self._share_work(workers)
                 yield from self._collect(workers)
         except BaseException:  # an error in the model's process, Ctrl-C: stop at once
@@ -264,6 +264,12 @@ class WorkerPool:
         jobs_r.close()  # the worker's ends: its death then reads as the end of its pipe
         out_w.close()
         return _Worker(owner, proc, jobs_w, out_r, credits, last_heard=time.monotonic())
+
+    def _hand_out_all(self, workers: list[_Worker]) -> None:
+        """Top every worker up to VIDEOS_AHEAD parts, one each first: no worker waits while another has two."""
+        for depth in range(1, VIDEOS_AHEAD + 1):
+            for w in workers:
+                self._hand_out(w, depth)
 
     def _hand_out(self, w: _Worker, depth: int = VIDEOS_AHEAD) -> None:
         """Give ``w`` parts until it holds ``depth``."""

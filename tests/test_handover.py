@@ -72,3 +72,18 @@ def test_the_longest_recordings_are_decoded_first(tmp_path):
     refs = [VideoRef(tmp_path / n, n) for n in names]
     _, jobs, _, _ = reuse_finished(refs, None, Journal(tmp_path / "out.h5"), "run")
     assert [ref.relpath for _, ref, _ in jobs] == ["gone.mp4", "b.mp4", "d.mp4", "c.mp4", "a.mp4"]
+
+
+def test_started_workers_decode_before_the_pool_is_iterated(corpus, tiny_ckpt):
+    """extract sets the model up between start() and iterating: the workers must already be
+    decoding then (their first messages wait in the pipes), not idle until the first item is asked for."""
+    spec = load_model(tiny_ckpt).info.preprocess
+    refs = find_videos([corpus["root"]], include=("*.mp4",))
+    plan = PlanSettings(clip_seconds=spec.clip_seconds, hop_seconds=None, missing_audio="nan",
+                        precision="fp32", raw_frames=False)
+    pool = WorkerPool([(i, r, None) for i, r in enumerate(refs)], spec, plan, n_workers=2,
+                      lend_tensors=True).start()
+    try:
+        assert all(w.out.poll(30.0) for w in pool.workers)  # a message from each, nothing iterated yet
+    finally:
+        pool.close()

@@ -145,6 +145,34 @@ def test_a_checkpoint_rewritten_in_place_does_not_change_a_loaded_model(tmp_path
     assert all(torch.equal(v, before[k]) for k, v in loaded.state_dict().items())
 
 
+def test_weights_are_made_our_own_on_one_thread(tmp_path):
+    """own_memory runs beside busy decoding workers, where torch's copy threads would spin on their
+    cores (2-3x its CPU time): each copy runs on one thread, and the caller's setting comes back."""
+    from torch.overrides import TorchFunctionMode
+
+    from socialfeat.models.checkpoint import own_memory
+
+    class ThreadsAtClone(TorchFunctionMode):
+        seen: set[int] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.clone:
+                self.seen.add(torch.get_num_threads())
+            return func(*args, **(kwargs or {}))
+
+    path = save_checkpoint(create_model("social-mae-tiny").eval(), tmp_path / "m.pt")
+    model = load_model(path, mapped=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ThreadsAtClone():
+            own_memory(model)
+        assert ThreadsAtClone.seen == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "obj": NotATensor()}, path)
