@@ -48,19 +48,30 @@ def decode_all_streams(path: str) -> float:
 
 
 def concatenated(src: Path, repeats: int, out: Path) -> Path:
-    """``src`` played ``repeats`` times in one file, remuxed without re-encoding (every stream's
-    timestamps shifted by the longest stream's duration): a long recording in seconds, for runs whose corpus
-    is a few long files."""
+    """``src`` played ``repeats`` times in one file, remuxed without re-encoding: a long recording in
+    seconds, for runs whose corpus is a few long files. Every stream is shifted by the same time per
+    repeat, the longest stream's span from its first decoding time to its last packet's end (an AAC
+    track's priming packet starts before 0, so the streams' durations would overlap the repeats)."""
     import math
     from fractions import Fraction
 
     import av
 
+    first: dict[int, int] = {}
+    end: dict[int, int] = {}
+    with av.open(str(src)) as c0:
+        time_bases = {s.index: s.time_base for s in c0.streams}
+        for packet in c0.demux():
+            if packet.dts is None:
+                continue
+            i = packet.stream.index
+            first[i] = min(first.get(i, packet.dts), packet.dts)
+            end[i] = max(end.get(i, 0), max(packet.pts or packet.dts, packet.dts) + (packet.duration or 0))
+    span = max(Fraction(end[i] - first[i]) * time_bases[i] for i in first)
+    shifts = {i: math.ceil(span / tb) for i, tb in time_bases.items()}
     with av.open(str(out), "w") as dst:
         with av.open(str(src)) as c0:
-            seconds = max(Fraction(s.duration) * s.time_base for s in c0.streams if s.duration)
             streams = {s.index: dst.add_stream_from_template(s) for s in c0.streams}
-            shifts = {s.index: math.ceil(seconds / s.time_base) for s in c0.streams}
         for k in range(repeats):
             with av.open(str(src)) as c:
                 for packet in c.demux():

@@ -10,7 +10,9 @@ Sections, in the order ``--sections`` gives (default: end to end first, the figu
   one thread each) and the all-cores bound (that decoding spread evenly over the cores); then a
   few long recordings (fewer than the workers) with and without idle workers taking over spans
   of them; at 640x480 also the hand-over before #16 (a descriptor per tensor), a no-op encoder
-  (the pipeline alone) and the worker sweep 1/4/8/default on a subset;
+  (the pipeline alone), the shared slots pinned for the GPU's DMA (a lever not yet in extract)
+  and the worker sweep 1/4/8/default on a subset; each run gives its start (until the first
+  batch) and its end (after the last batch) apart;
 - encode: clips/s through extract's own model call (socialfeat/model_call.py), batch 64 (and
   extract's default 16 for bf16 weights): fp32, bf16 autocast, bf16 weights (extract's bf16 on
   CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
@@ -284,6 +286,46 @@ def profiled(step, folder: Path):
         workers_module._serve = serve
 
 
+def pinned_slots_run(step):
+    """``step`` (a run of extract) with the workers' shared slots registered as pinned memory
+    (cudaHostRegister, after the fork): each clip then goes to the GPU by DMA straight from its
+    slot, where from pageable memory the driver first copies it on the CPU (the model's process
+    spends that time per clip). The copy is asynchronous then, so the encoder waits for it before
+    the slot's credit goes back (the next item asked for): the copy stream is synchronised per clip."""
+    import socialfeat.extract as extract_module
+    from socialfeat.workers import WorkerPool
+
+    cudart, pinned = torch.cuda.cudart(), []
+    decoded_items, take = extract_module.decoded_items, BatchEncoder._take
+
+    def items(jobs, spec, plan, workers, timeout):
+        pool = WorkerPool(jobs, spec, plan, workers, timeout, lend_tensors=True).start()
+        if pool.slots is not None:
+            memory = pool.slots._bytes
+            t0 = time.perf_counter()
+            error = int(cudart.cudaHostRegister(memory.data_ptr(), memory.numel(), 0))
+            if error:
+                raise RuntimeError(f"cudaHostRegister failed: error {error}")
+            pinned.append((memory, time.perf_counter() - t0))
+        return pool
+
+    def take_and_wait(self, item):
+        taken = take(self, item)
+        self.copy_stream.synchronize()
+        return taken
+
+    extract_module.decoded_items, BatchEncoder._take = items, take_and_wait
+    try:
+        row = step()
+    finally:
+        extract_module.decoded_items, BatchEncoder._take = decoded_items, take
+        for memory, _ in pinned:
+            cudart.cudaHostUnregister(memory.data_ptr())
+    row["register_s"] = round(sum(s for _, s in pinned), 2)
+    row["pinned_gib"] = round(sum(m.numel() for m, _ in pinned) / 2 ** 30, 2)
+    return row
+
+
 def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
     """Section 5: ``extract`` with the defaults a user gets against the decode limit of the same cores, per frame
     size; at the first size also the worker sweep (on a subset), the hand-over of issue #16 against the one before
@@ -308,16 +350,30 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         def run(name: str, folder: Path, n_clips_expected: int, limits: tuple[float, float], **kw) -> dict:
             decode_rate, bound = limits  # (decode_limit)
             reset_peak(dev)
+            encoder, launches = extract_module.BatchEncoder, []
+
+            class Timed(encoder):  # (whichever encoder the run uses) when its batches start
+                def _launch_batch(self, items):
+                    launches.append(time.perf_counter())
+                    return super()._launch_batch(items)
+            extract_module.BatchEncoder = Timed
             cpu0, t0 = cpu_seconds(), time.perf_counter()
-            summary = extract_module.extract([folder], tmp / f"out_{name}_{folder.name}.h5", weights=ckpt,
-                                             device=args.device, progress=False, **kw)
-            sec, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            try:
+                summary = extract_module.extract([folder], tmp / f"out_{name}_{folder.name}.h5", weights=ckpt,
+                                                 device=args.device, progress=False, **kw)
+            finally:
+                extract_module.BatchEncoder = encoder
+            end = time.perf_counter()
+            sec, cpu = end - t0, cpu_seconds() - cpu0
             row = {"run": name, "workers": kw.get("workers", default_workers), "clips": summary.n_clips,
                    "clips_expected": n_clips_expected, "seconds": round(sec, 2),
                    "clips_per_s": round(summary.n_clips / sec, 2),
                    "vs_decode_limit": round(summary.n_clips / sec / decode_rate, 3),
                    "vs_all_cores_bound": round(summary.n_clips / sec / bound, 3),
                    "main_process_cpu_ms_per_clip": round(1000 * cpu / max(1, summary.n_clips), 2),
+                   # the fixed costs: set-up and the first batch's decoding; the last results and the output
+                   "start_to_first_batch_s": round(launches[0] - t0, 2) if launches else None,
+                   "last_batch_to_end_s": round(end - launches[-1], 2) if launches else None,
                    "peak_gib": peak_gib(dev)}
             print(row, flush=True)
             return row
@@ -404,6 +460,15 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         finally:
             extract_module.BatchEncoder = BatchEncoder
         report.store("end_to_end", results)
+        if dev.type == "cuda":  # a lever not yet in extract, measured here first (a failure leaves the sweep)
+            try:
+                entry["runs"].append(pinned_slots_run(lambda: run("pinned_slots", folder, n_clips, decode_rate)))
+                entry["same_numbers_pinned_slots"] = same_numbers(tmp / f"out_defaults_{folder.name}.h5",
+                                                                  tmp / f"out_pinned_slots_{folder.name}.h5")
+            except Exception as e:
+                traceback.print_exc()
+                entry["pinned_slots_error"] = f"{type(e).__name__}: {e}"[:500]
+            report.store("end_to_end", results)
         # worker sweep on a subset (one worker would take minutes on all files), against its own decode limit
         subset = tmp / "subset"
         subset.mkdir()
@@ -413,7 +478,7 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         sub_clips = len(files[:args.sweep_videos]) * int(args.e2e_seconds // clip_s)
         entry["sweep"] = {"videos": args.sweep_videos, "decode_limit_clips_per_s": round(sub_rate[0], 2),
                           "all_cores_bound_clips_per_s": round(sub_rate[1], 2), "runs": []}
-        for workers in (1, 4, 8, default_workers):
+        for workers in sorted({1, 4, 8, default_workers}):
             entry["sweep"]["runs"].append(run(f"sweep{workers}", subset, sub_clips, sub_rate, workers=workers))
             report.store("end_to_end", results)
     report["end_to_end"] = results
