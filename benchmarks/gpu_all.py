@@ -17,8 +17,9 @@ Sections, in the order ``--sections`` gives (default: end to end first, the figu
   extract's default 16 for bf16 weights): fp32, bf16 autocast, bf16 weights (extract's bf16 on
   CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
   ``--compile`` (bf16 weights + torch.compile, with PyTorch's kernel choice and with the fastest
-  forced kernel): peak memory and embedding cosine to fp32 per kind for each, compile time and
-  whether a padded partial batch recompiled;
+  forced kernel), FP8 linear layers in the blocks' MLPs or in all their linear layers (fp8.py,
+  an experiment), eager and compiled: peak memory and embedding cosine to fp32 per kind for each,
+  compile time and whether a padded partial batch recompiled;
 - pretrain: pretraining step rate (bf16 autocast, batch 16).
 
 On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
@@ -174,6 +175,21 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
             rows.append({"variant": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]})
         print(rows[-1], flush=True)
         report.store("encode", rows)
+    from fp8 import (  # FP8 linear layers (an experiment; bf16 weights otherwise)
+        ALL,
+        MLP,
+        to_fp8,
+    )
+    for layers in (MLP, ALL):
+        name = "fp8 " + "+".join(layers)
+        try:
+            call = ModelCall(model, dev, "bf16", bs, bf16_weights=True)
+            to_fp8(call.model, layers)
+            rows.append(row(name, call))
+        except Exception as e:
+            rows.append({"variant": name, "batch": bs, "error": f"{type(e).__name__}: {e}"[:300]})
+        print(rows[-1], flush=True)
+        report.store("encode", rows)
     if args.skip_compile:
         report["encode"] = rows
         return
@@ -181,10 +197,11 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
     eager = {r["variant"]: r["clips_per_s"] for r in rows if r["batch"] == bs and "clips_per_s" in r}
     best = max((v for v in eager if "sdpa=" in v), key=eager.get, default=None)
     attentions = [None] + ([best.split("=")[1]] if best else [])
-    for attention in attentions:
-        name = "bf16_weights +compile" + (f" sdpa={attention}" if attention else "")
+    for attention, convert in [(a, None) for a in attentions] + [(None, lambda m: to_fp8(m, MLP))]:
+        name = ("fp8 " + "+".join(MLP) if convert else "bf16_weights") + " +compile" + \
+            (f" sdpa={attention}" if attention else "")
         try:
-            rows.append(measure_compiled(name, model, a64, v64, dev, attention, row))
+            rows.append(measure_compiled(name, model, a64, v64, dev, attention, row, convert))
         except Exception as e:
             rows.append({"variant": name, "batch": bs, "error": f"{type(e).__name__}: {e}"[:300]})
         print(rows[-1], flush=True)
@@ -194,8 +211,9 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
 
 
 def measure_compiled(name: str, model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device,
-                     attention: str | None, row) -> dict:
-    """extract --compile: compile time, then a partial batch (padded, must reuse the graph), then clips/s."""
+                     attention: str | None, row, convert=None) -> dict:
+    """extract --compile: compile time, then a partial batch (padded, must reuse the graph), then clips/s.
+    ``convert``: changes the call's bf16 copy of the model in place before it is compiled."""
     from torch._dynamo.utils import counters
 
     from socialfeat.model_call import ModelCall
@@ -203,6 +221,8 @@ def measure_compiled(name: str, model, a64: torch.Tensor, v64: torch.Tensor, dev
     bs = a64.shape[0]
     counters.clear()
     call = ModelCall(model, dev, "bf16", bs, compile=True, attention=attention)
+    if convert is not None:
+        convert(call.model)
     t0 = time.perf_counter()
     call(a64, v64)
     sync(dev)
