@@ -87,3 +87,27 @@ def test_started_workers_decode_before_the_pool_is_iterated(corpus, tiny_ckpt):
         assert all(w.out.poll(30.0) for w in pool.workers)  # a message from each, nothing iterated yet
     finally:
         pool.close()
+
+
+def test_a_set_up_that_fails_stops_the_decoding_workers(corpus, tiny_ckpt, tmp_path, monkeypatch):
+    """The workers start decoding before the model is set up; a set-up that fails (here the
+    encoder) raises its own error at once and leaves no worker behind, busy or waiting."""
+    import multiprocessing
+
+    import pytest
+
+    import socialfeat.extract as extract_module
+
+    class FailingEncoder:
+        def __init__(self, *args, **kwargs):
+            time.sleep(1.0)  # the workers are well into their first videos by now
+            raise RuntimeError("set-up failed")
+
+    monkeypatch.setattr(extract_module, "BatchEncoder", FailingEncoder)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        extract_module.extract([corpus["root"]], tmp_path / "out.h5", weights=tiny_ckpt, workers=2,
+                               device="cpu", progress=False)
+    assert time.monotonic() - started < 30
+    assert not [p for p in multiprocessing.active_children() if p.name == "socialfeat-decoder"]
+    assert not (tmp_path / "out.h5").exists()
