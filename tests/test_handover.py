@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 
+import pytest
 import torch
 
+import socialfeat.extract as extract_module
 from socialfeat.handover import SharedSlots, slot_bytes
 from socialfeat.models import load_model
 from socialfeat.pipeline import RAW_FRAMES_MAX_PIXELS, ClipItem, PlanSettings, VideoDone
@@ -92,12 +95,6 @@ def test_started_workers_decode_before_the_pool_is_iterated(corpus, tiny_ckpt):
 def test_a_set_up_that_fails_stops_the_decoding_workers(corpus, tiny_ckpt, tmp_path, monkeypatch):
     """The workers start decoding before the model is set up; a set-up that fails (here the
     encoder) raises its own error at once and leaves no worker behind, busy or waiting."""
-    import multiprocessing
-
-    import pytest
-
-    import socialfeat.extract as extract_module
-
     class FailingEncoder:
         def __init__(self, *args, **kwargs):
             time.sleep(1.0)  # the workers are well into their first videos by now
