@@ -3,7 +3,8 @@
 Exit codes of ``socialfeat extract``: 0 every video processed cleanly;
 3 finished, but at least one video failed or was damaged (see the errors
 table); 1 the run could not start or crashed (nothing new assembled);
-2 usage error.
+2 usage error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). After the last
+two, every video finished so far is in the journal: the same command resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import gc
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +27,27 @@ EXIT_PARTIAL = 3
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during ``extract`` (a cluster job at its time limit or requeued, ``kill``): the run
+    stops as Ctrl-C stops it, so that finished videos still queued for the journal are written
+    and the workers are stopped, instead of the process ending mid-write."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated in the main thread (once: a second one during the clean-up is ignored)."""
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _names(text: str) -> list[str]:
@@ -71,15 +94,17 @@ def _fatal_errors_as_one_line():
 
 
 class _Commands(click.Group):
-    """The command group; Ctrl-C says what became of the run instead of click's bare 'Aborted!'."""
+    """The command group; Ctrl-C (and SIGTERM in extract) says what became of the run instead of
+    click's bare 'Aborted!'."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("\nsocialfeat: interrupted; everything finished so far is kept: run the same command "
-                       "again to resume", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as e:
+            terminated = isinstance(e, Terminated)
+            click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}; everything "
+                       "finished so far is kept: run the same command again to resume", err=True)
+            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def weights_to_load(model: str, weights: str | None) -> str:
@@ -259,7 +284,7 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     as_csv = out.suffix.lower() == ".csv"
     h5_out = out.with_name(out.name + ".h5") if as_csv else out
     weights_to_load(model, weights)
-    with _fatal_errors_as_one_line():
+    with _fatal_errors_as_one_line(), _sigterm_as_interrupt():
         _refuse_foreign_csvs([out] if as_csv else [], csv_dir)
         summary = run_extract(list(inputs), h5_out, model=model, weights=weights, file_list=file_list,
                               include=tuple(include), exclude=tuple(exclude), clip_seconds=clip_seconds,

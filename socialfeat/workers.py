@@ -116,7 +116,8 @@ def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: 
     next. Message ``n`` uses slot ``n % PREFETCH``: its credit means the message PREFETCH before
     it has been taken. Requests to share the current part are read before each of its clips."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, and so is the
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SIGTERM a cluster sends every process of a job
     torch.set_num_threads(1)
     use_decoder_threads(decoder_threads)
     sent = 0

@@ -133,6 +133,42 @@ def test_ctrl_c_says_the_run_resumes(corpus, tiny_ckpt, tmp_path):
         assert len(f["videos/path"]) == 13
 
 
+def test_sigterm_to_the_whole_job_stops_it_as_ctrl_c_does(corpus, tiny_ckpt, tmp_path):
+    """A cluster at a job's time limit (or requeueing it) sends SIGTERM to every process of the job:
+    the run stops cleanly (exit 143, one message, no traceback), no decoding worker outlives it,
+    and the same command resumes from the journal."""
+    out = tmp_path / "terminated.h5"
+    args = [str(SOCIALFEAT), "extract", str(corpus["root"]), "-o", str(out), "--weights", str(tiny_ckpt),
+            "--workers", "2", "--batch-size", "1", "--hop-seconds", "0.5", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a job's
+    parts = tmp_path / "terminated.h5.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.h5")):  # an event: a first video is journalled
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGSTOP)  # the whole group frozen, so the run cannot finish first
+    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "terminated (SIGTERM)" in stderr and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr and not out.exists()
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the workers were stopped by the run, not left to the kernel
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("a decoding worker outlived the terminated run")
+    resumed = run_cli("extract", corpus["root"], "-o", out, "--weights", tiny_ckpt, "--hop-seconds", "0.5",
+                      "--no-progress")
+    assert "reused" in resumed.stderr
+    with h5py.File(out) as f:
+        assert len(f["videos/path"]) == 13
+
+
 def test_demo_runs_offline_and_says_where_everything_went(tmp_path):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--out", out, env={**OFFLINE, "SOCIALFEAT_HOME": str(tmp_path / "no-cache")})
