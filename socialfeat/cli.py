@@ -15,6 +15,7 @@ import logging
 import shlex
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -38,11 +39,15 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM raises Terminated in the main thread (once: a second one during the clean-up is ignored)."""
+    """SIGTERM raises Terminated in the main thread (once: a second one during the clean-up is ignored).
+    Called from another thread (the command invoked from a program's thread), signals stay as they are."""
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield

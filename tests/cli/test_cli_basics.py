@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 from conftest import run_cli
 
 from socialfeat import __version__
+from socialfeat.cli import Terminated, _sigterm_as_interrupt
 from socialfeat.models import list_pretrained
 
 
@@ -28,3 +32,31 @@ def test_models_lists_every_entry_and_cache_state(tmp_path):
 def test_extract_requires_inputs(tmp_path):
     proc = run_cli("extract", "-o", tmp_path / "x.h5", check=False)
     assert proc.returncode == 2 and "input" in proc.stderr
+
+
+def test_sigterm_becomes_an_interrupt_only_around_the_run_and_only_in_the_main_thread():
+    """The handler is the run's and goes with it; a command called from another thread (a program
+    driving the CLI) cannot set one, and must still run."""
+    before = signal.getsignal(signal.SIGTERM)
+    with _sigterm_as_interrupt():
+        handler = signal.getsignal(signal.SIGTERM)
+        assert handler is not before
+        try:
+            handler(signal.SIGTERM, None)
+            raise AssertionError("no Terminated raised")
+        except Terminated:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a second SIGTERM: ignored
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    errors = []
+
+    def in_a_thread():
+        try:
+            with _sigterm_as_interrupt():
+                pass
+        except Exception as e:  # signal.signal outside the main thread raises ValueError
+            errors.append(e)
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
