@@ -62,16 +62,11 @@ class Fp8Linear(nn.Module):
 
 def to_fp8(model: nn.Module, layers: tuple[str, ...] = MLP) -> nn.Module:
     """Replace the blocks' linear layers named in ``layers`` in place; returns ``model``."""
-    from socialfeat.models.fast import TRUNK
+    from socialfeat.models.fast import trunk_linears
 
-    for trunk in TRUNK:
-        blocks = getattr(model, trunk, None)
-        if blocks is None:
-            continue
-        for parent in blocks.modules():
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear) and name in layers:
-                    setattr(parent, name, Fp8Linear(child))
+    for parent, name, linear in trunk_linears(model):
+        if name in layers:
+            setattr(parent, name, Fp8Linear(linear))
     return model
 
 

@@ -93,15 +93,21 @@ def _packed_int8(linear: nn.Linear) -> torch.ScriptObject:
     return torch.ops.quantized.linear_prepack(qweight, bias)
 
 
+def trunk_linears(model: nn.Module, parts: tuple[str, ...] = TRUNK) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute name, layer) of every ``nn.Linear`` under ``model.<part>``: the layers an
+    approximate precision replaces (``setattr(parent, name, new)``)."""
+    return [(parent, name, child) for part in parts if getattr(model, part, None) is not None
+            for parent in getattr(model, part).modules() for name, child in parent.named_children()
+            if isinstance(child, nn.Linear)]
+
+
 def quantize_linears(model: nn.Module, engine: str | None = None, parts: tuple[str, ...] = TRUNK) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` under ``model.<part>`` by an ``Int8Linear``
     (CPU only). Returns ``model``; its fp32 linear weights are released."""
     engine = engine or int8_engine()
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise UsageError("int8 precision runs on the CPU only (use bf16 on a GPU)")
-    places = [(parent, name, child) for part in parts if getattr(model, part, None) is not None
-              for parent in getattr(model, part).modules() for name, child in parent.named_children()
-              if isinstance(child, nn.Linear)]
+    places = trunk_linears(model, parts)
     # the layers are packed on two threads (torch's kernels release the GIL; their serial parts
     # overlap): 0.73 s instead of 1.05 s for the released size on 2 cores. Two, not one per core:
     # each calling thread runs its own team of torch's threads, so more would multiply them
