@@ -41,6 +41,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -296,14 +297,13 @@ def profiled(step, folder: Path):
             own.disable()
             own.dump_stats(folder / f"worker-{os.getpid()}.prof")
 
-    workers_module._serve = profiled_serve
     prof.enable()
     try:
-        return step()
+        with patch.object(workers_module, "_serve", profiled_serve):
+            return step()
     finally:
         prof.disable()
         prof.dump_stats(folder / "main.prof")
-        workers_module._serve = serve
 
 
 def pinned_slots_run(step):
@@ -315,8 +315,7 @@ def pinned_slots_run(step):
     import socialfeat.extract as extract_module
     from socialfeat.workers import WorkerPool
 
-    cudart, pinned = torch.cuda.cudart(), []
-    decoded_items, take = extract_module.decoded_items, BatchEncoder._take
+    cudart, pinned, take = torch.cuda.cudart(), [], BatchEncoder._take
 
     def items(jobs, spec, plan, workers, timeout):
         pool = WorkerPool(jobs, spec, plan, workers, timeout, lend_tensors=True).start()
@@ -334,11 +333,10 @@ def pinned_slots_run(step):
         self.copy_stream.synchronize()
         return taken
 
-    extract_module.decoded_items, BatchEncoder._take = items, take_and_wait
     try:
-        row = step()
+        with patch.object(extract_module, "decoded_items", items), patch.object(BatchEncoder, "_take", take_and_wait):
+            row = step()
     finally:
-        extract_module.decoded_items, BatchEncoder._take = decoded_items, take
         for memory, _ in pinned:
             cudart.cudaHostUnregister(memory.data_ptr())
     row["register_s"] = round(sum(s for _, s in pinned), 2)
@@ -376,13 +374,10 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
                 def _launch_batch(self, items):
                     launches.append(time.perf_counter())
                     return super()._launch_batch(items)
-            extract_module.BatchEncoder = Timed
             cpu0, t0 = cpu_seconds(), time.perf_counter()
-            try:
+            with patch.object(extract_module, "BatchEncoder", Timed):
                 summary = extract_module.extract([folder], tmp / f"out_{name}_{folder.name}.h5", weights=ckpt,
                                                  device=args.device, progress=False, **kw)
-            finally:
-                extract_module.BatchEncoder = encoder
             end = time.perf_counter()
             sec, cpu = end - t0, cpu_seconds() - cpu0
             row = {"run": name, "workers": kw.get("workers", default_workers), "clips": summary.n_clips,
@@ -455,30 +450,19 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
         long_clips = n_long * int(long_s // clip_s)
         entry["long_recordings"]["runs"].append(run("long_shared", long_dir, long_clips, long_limits))
         report.store("end_to_end", results)
-        share = WorkerPool._share_work
-        WorkerPool._share_work = lambda self, workers: None
-        try:
+        with patch.object(WorkerPool, "_share_work", lambda self, workers: None):
             entry["long_recordings"]["runs"].append(run("long_not_shared", long_dir, long_clips, long_limits))
-        finally:
-            WorkerPool._share_work = share
         report.store("end_to_end", results)
 
         # 3. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
         # passed as a descriptor), a no-op encoder, the worker sweep
-        original = extract_module.decoded_items
-        extract_module.decoded_items = lambda jobs, spec, plan, workers, timeout: WorkerPool(
-            jobs, spec, plan, workers, timeout, lend_tensors=False).start()
-        try:
+        with patch.object(extract_module, "decoded_items", lambda jobs, spec, plan, workers, timeout: WorkerPool(
+                jobs, spec, plan, workers, timeout, lend_tensors=False).start()):
             entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
-        finally:
-            extract_module.decoded_items = original
         entry["same_numbers_both_handovers"] = same_numbers(tmp / f"out_defaults_{folder.name}.h5",
                                                             tmp / f"out_descriptor_handover_{folder.name}.h5")
-        extract_module.BatchEncoder = NoOpEncoder
-        try:
+        with patch.object(extract_module, "BatchEncoder", NoOpEncoder):
             entry["runs"].append(run("noop_encoder", folder, n_clips, decode_rate))
-        finally:
-            extract_module.BatchEncoder = BatchEncoder
         report.store("end_to_end", results)
         if dev.type == "cuda":  # a lever not yet in extract, measured here first (a failure leaves the sweep)
             try:
