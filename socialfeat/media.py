@@ -14,6 +14,7 @@ the streams start at different offsets or the frame rate varies.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
@@ -63,6 +64,7 @@ class MediaInfo:
     size_bytes: int
     mtime: float
     duration: float  # seconds, container (or longest stream) duration
+    video_duration: float  # seconds, the video stream's own (the container's when it states none)
     has_video: bool
     has_audio: bool
     fps: float  # average frame rate
@@ -118,13 +120,28 @@ def probe(path: str | Path) -> MediaInfo:
             w, h = h, w
         durations = [s.duration * s.time_base for s in c.streams if s.duration and s.time_base]
         duration = float(c.duration / av.time_base) if c.duration else float(max(durations, default=0.0))
+        video_duration = stream_duration(vs) or duration
         fps = float(vs.average_rate) if vs.average_rate else 0.0
         a_start = float(a.start_time * a.time_base) if a is not None and a.start_time is not None else first_time
         return MediaInfo(path=str(path), size_bytes=st.st_size, mtime=st.st_mtime, duration=duration,
+                         video_duration=video_duration,
                          has_video=True, has_audio=a is not None, fps=fps, width=w, height=h,
                          rotation=rotation, video_start=float(first_time), audio_start=a_start,
                          audio_sample_rate=a.codec_context.sample_rate if a is not None else 0,
-                         audio_channels=a.codec_context.channels if a is not None else 0)
+                         audio_channels=channel_layout(a.codec_context)[1] if a is not None else 0)
+
+
+def stream_duration(stream) -> float | None:
+    """A stream's own duration (s) as the container states it: MP4/MOV for every track, Matroska
+    and WebM as a DURATION tag (ffmpeg writes one per track); None when it states none (MPEG-TS)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    try:
+        h, m, sec = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
 
 
 def keyframe_gap(info: MediaInfo, at: float) -> float | None:
@@ -173,6 +190,38 @@ class AudioTrack:
         return max(0.0, have - lost) / (i1 - i0)
 
 
+# FFmpeg's default layout for a number of channels (av_channel_layout_default)
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1",
+                   10: "5.1.4", 12: "7.1.4", 16: "hexadecagonal", 24: "22.2"}
+
+
+def channel_layout(codec_context) -> tuple[str, int]:
+    """The description and channel count of an audio track's layout, read safely.
+
+    PyAV (17 and 18) copies a channel layout into its Python object without its channel map and
+    frees that map when the object goes: for a layout in a custom channel order (multichannel
+    PCM in MOV files, described "8 channels (FL+FR+...)") the map is then freed twice and the
+    process aborts. The object of such a layout is therefore kept alive (a few bytes per file)."""
+    layout = codec_context.layout
+    described, n = layout.name, layout.nb_channels
+    if "channels" in described:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(layout))
+    return described, n
+
+
+def native_layout(codec_context, path: str) -> str | None:
+    """A named layout with the track's channel count for a track whose own layout has no name
+    (see channel_layout); None for every other track. Frames decoded with a custom layout
+    crash PyAV the same way, so those tracks are decoded by a context of ours that carries the
+    named layout instead: the same samples, and only the first channel is used (the reference's)."""
+    described, n = channel_layout(codec_context)
+    if "channels" not in described:
+        return None
+    if n not in DEFAULT_LAYOUTS:
+        raise MediaError(path, "decode-audio", f"{described}: an audio layout socialfeat cannot decode")
+    return DEFAULT_LAYOUTS[n]
+
+
 class AudioStream:
     """The audio track on the video clock, decoded front to back as windows are asked for.
 
@@ -201,6 +250,9 @@ class AudioStream:
         self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (timeline start, samples)
         self.gaps: list[tuple[int, int]] = []  # [start, end) timeline samples with no decoded audio (zeros)
         self.gap_samples = 0  # in all gaps, released ones included
+        # gaps after the track's start (audio lost there, not a stream that starts late), released ones included
+        self.inner_gap_samples = 0
+        self.audio_end = 0  # timeline sample after the last sample really decoded
         self.decoded_in_chunk: dict[int, int] = {}  # grid chunk (0 without a grid) -> samples really decoded
         self.decode_errors = 0
         self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
@@ -225,12 +277,15 @@ class AudioStream:
                 self._container.close()
             self._container = _open(Path(self.info.path))
         stream = self._container.streams.audio[0]
-        self._decode = self._fresh_context(stream).decode if fresh_context else stream.decode
+        layout = native_layout(stream.codec_context, self.info.path)
+        if layout is not None:  # see native_layout: decoded by a context of ours, with a named layout
+            fresh_context = True
+        self._decode = self._fresh_context(stream, layout).decode if fresh_context else stream.decode
         if at:
             margin = 0.5  # seek lands on an earlier packet; decode a little before the window
             self._container.seek(int(max(0.0, at + self.info.video_start - margin) / stream.time_base),
                                  stream=stream, backward=True)
-        self._resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None,
+        self._resampler = av.AudioResampler(format="fltp", layout=layout or stream.codec_context.layout.name,
                                             rate=self.sample_rate)
         self._time_base: tuple[int, int] | None = None
         self._packets = self._container.demux(stream)
@@ -238,11 +293,14 @@ class AudioStream:
             self._decoder_end = (self.cursor // self.chunk_samples + 1) * self.chunk_samples
 
     @staticmethod
-    def _fresh_context(stream) -> av.CodecContext:
+    def _fresh_context(stream, layout: str | None = None) -> av.CodecContext:
         """A new decoder for ``stream``'s packets, with no state from the packets before."""
-        ctx = av.CodecContext.create(stream.codec_context.name, "r")
-        ctx.extradata = stream.codec_context.extradata
-        ctx.sample_rate, ctx.layout = stream.codec_context.sample_rate, stream.codec_context.layout
+        source = stream.codec_context
+        ctx = av.CodecContext.create(source.name, "r")
+        ctx.extradata = source.extradata
+        ctx.sample_rate, ctx.layout = source.sample_rate, layout or source.layout
+        if layout is not None and source.format is not None:  # (PCM decoders need it given)
+            ctx.format = source.format
         return ctx
 
     def _limit(self) -> int | None:
@@ -269,11 +327,15 @@ class AudioStream:
             key = self.cursor // self.chunk_samples if self.chunk_samples else 0
             self.decoded_in_chunk[key] = self.decoded_in_chunk.get(key, 0) + len(data)
             self.cursor += len(data)
+            self.audio_end = self.cursor
 
     def _gap(self, to: int) -> None:
         self.chunks.append((self.cursor, np.zeros(to - self.cursor, np.float32)))
         self.gaps.append((self.cursor, to))
         self.gap_samples += to - self.cursor
+        track_start = (self.info.audio_start - self.info.video_start) * self.sample_rate
+        if self.cursor > track_start + AUDIO_JITTER_SAMPLES:
+            self.inner_gap_samples += to - self.cursor
         self.cursor = to
 
     def _take(self, frames) -> None:

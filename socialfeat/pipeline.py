@@ -55,6 +55,9 @@ RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to 
 # a worker would idle). Audio is decoded in chunks of the same grid whatever the parts (media.AudioStream),
 # so a recording gives the same numbers decoded whole or in parts.
 SPAN_SECONDS = 30.0
+# Audio missing inside its track (timestamps jump) from this much on makes the video damaged: a
+# dropped AAC frame is 21-64 ms; smaller jumps are the muxers' rounding.
+LOST_AUDIO_S = 0.1
 MAX_SPLIT_KEYFRAME_GAP_S = 10.0  # keyframes further apart: a part would decode too much before its start
 
 
@@ -118,6 +121,7 @@ class VideoDone:
     failure: str = ""  # a store.Failure value when the verdict is not ok: whether a rerun tries again
     span: tuple[int, int | None] = (0, None)  # the part of the video this record covers (SPAN_SECONDS grid)
     audio_samples: int = 0  # audio samples really decoded in that part (merged into audio_duration_s)
+    audio_end: int = 0  # timeline sample after the part's last decoded audio sample (merged into audio_gap_s)
 
 
 def error_row(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
@@ -225,7 +229,7 @@ class VideoRun:
             self.failure = Failure.CONTENT  # the same bytes give the same verdict
         samples = self.audio.decoded_samples(self.first, self.end) if self.audio is not None else 0
         return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure,
-                         (self.first, self.end), samples)
+                         (self.first, self.end), samples, self.audio.audio_end if self.audio is not None else 0)
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
@@ -333,13 +337,17 @@ class VideoRun:
                 # An audio stream that simply ends before the picture is common and plays fine: a QC
                 # fact (clips past its end carry audio_partial / no_audio), not damage.
                 self.video.update(audio_duration_s=decoded,
-                                  audio_gap_s=round(max(0.0, info.duration - decoded), 3))
+                                  audio_gap_s=audio_gap(self.video["decoded_duration_s"], audio.audio_end, audio.sample_rate))
                 if audio.failure is not None:
                     self.problem("decode-audio", f"audio unreadable from {audio.failure_at:.2f} s ({audio.failure})")
                     if isinstance(audio.failure, OSError):
                         self.failure = Failure.TRANSIENT
                 elif audio.decode_errors:
                     self.problem("decode-audio", f"{audio.decode_errors} damaged audio packet(s) skipped")
+                elif audio.inner_gap_samples >= LOST_AUDIO_S * audio.sample_rate:  # (demuxers that resync
+                    # silently past damage: Matroska, MPEG-TS)
+                    self.problem("decode-audio", f"{audio.inner_gap_samples / audio.sample_rate:.2f} s of audio "
+                                 "missing inside the track (lost or damaged packets)")
         self.video["has_audio"] = self.audio is not None and self.audio.n_samples > 0
 
     def segments_to_plan(self, segments: list[dict[str, Any]] | None,
@@ -418,7 +426,10 @@ class VideoRun:
         yield from self.cuts_made()
         if stream.io_error:
             self.failure = Failure.TRANSIENT
-        decoded_end = (stream.last_time or 0.0) + stream.frame_interval
+        # the last frame shown for one average frame interval, but not past the stream's stated end
+        # (a slide-show's average interval is seconds long)
+        last = stream.last_time or 0.0
+        decoded_end = min(last + stream.frame_interval, max(last, info.video_duration))
         self.video["decoded_duration_s"] = round(decoded_end, 6)
         self.video["decode_errors"] = stream.decode_errors
         self.decoded_any = stream.last_time is not None
@@ -498,14 +509,15 @@ class VideoRun:
     def settle_status(self, info: MediaInfo) -> None:
         """The verdict from how far decoding got and what went wrong on the way."""
         decoded_end = self.video["decoded_duration_s"]
-        target = info.duration if self.end is None else min(info.duration, self.end * SPAN_SECONDS)
+        # the video stream's own extent: an audio track that runs on after the picture does not make it short
+        target = info.video_duration if self.end is None else min(info.video_duration, self.end * SPAN_SECONDS)
         if not self.decoded_any and self.first > 0:  # a part past where the data ends (see merge_parts)
             self.video["decoded_duration_s"] = 0.0
             self.problem("decode-video", f"no decodable video frames after {self.first * SPAN_SECONDS:.2f} s "
-                         f"of {info.duration:.2f} s (truncated or damaged file)", VideoStatus.TRUNCATED)
+                         f"of {info.video_duration:.2f} s (truncated or damaged file)", VideoStatus.TRUNCATED)
         elif not self.decoded_any:
             self.problem("decode-video", "no decodable video frames", VideoStatus.ERROR)
-        elif decoded_end < target - max(TRUNCATION_TOLERANCE_S, 0.05 * info.duration):
+        elif decoded_end < target - max(TRUNCATION_TOLERANCE_S, 0.05 * info.video_duration):
             self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {target:.2f} s "
                          "(truncated or damaged file)", VideoStatus.TRUNCATED)
         elif self.video["decode_errors"]:
@@ -550,6 +562,12 @@ def span_of(t: float) -> int:
 FAILURE_ORDER = (Failure.CRASH, Failure.TIMEOUT, Failure.TRANSIENT, Failure.CONTENT)
 
 
+def audio_gap(picture_end: float, audio_end: int, sample_rate: int) -> float:
+    """How much earlier than the picture (its decoded end, s) the audio ends (``audio_end``: the
+    timeline sample after its last decoded sample); 0 when it runs to the end or beyond."""
+    return round(max(0.0, picture_end - audio_end / sample_rate), 3)
+
+
 def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
     """One video's record from the records of the parts that several workers decoded.
 
@@ -569,8 +587,8 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
                  has_audio=any(d.video.get("has_audio") for d in parts))
     if any("audio_duration_s" in d.video for d in parts):
         audio_s = sum(d.audio_samples for d in parts) / sample_rate
-        video.update(audio_duration_s=audio_s,
-                     audio_gap_s=round(max(0.0, (video.get("duration_s") or 0.0) - audio_s), 3))
+        video.update(audio_duration_s=audio_s, audio_gap_s=audio_gap(video["decoded_duration_s"] or 0.0,
+                                                                     max(d.audio_end for d in parts), sample_rate))
     verdict = None
     for rank in (VideoStatus.ERROR, VideoStatus.TRUNCATED, VideoStatus.DAMAGED):
         for d in parts:

@@ -138,7 +138,17 @@ def _column(values: list[Any]) -> np.ndarray:
     if present and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
                        for v in present):
         return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return np.array(["" if v is None else printable(str(v)) for v in values], dtype=object)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not (bytes decoded with surrogate escapes, e.g.
+    Latin-1 names from an old file server) keeps its odd bytes as ``\\xe9``, so it can be stored."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _write_table(group: h5py.Group, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -180,7 +190,8 @@ def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[
     with atomic_path(output, fsync=True) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
-                f.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
+                f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else \
+                    printable(value) if isinstance(value, str) else value
             f.attrs["n_videos"], f.attrs["n_clips"], f.attrs["n_errors"] = len(videos), len(clips), len(errors)
             f.attrs["embedding_dim"] = embedding_dim
             _write_table(f.create_group("videos"), videos, _columns(videos, VIDEO_COLUMNS))

@@ -38,7 +38,7 @@ class VideoRef:
     @property
     def video_id(self) -> str:
         """Stable across runs and machines: a hash of the relative path."""
-        return hashlib.sha1(self.relpath.encode("utf-8")).hexdigest()[:16]
+        return hashlib.sha1(self.relpath.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _matches(rel: str, patterns: tuple[str, ...]) -> bool:

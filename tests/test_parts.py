@@ -84,20 +84,21 @@ def test_audio_decoded_in_chunks_is_the_same_from_any_chunk_on(tmp_path, rate):
         AudioStream(info, 16000, start=1.0, chunk_seconds=3.0)
 
 
-def _part(first, end, status="ok", clips=2, audio=32000, decoded=None, errors=(), failure=""):
+def _part(first, end, status="ok", clips=2, audio=32000, decoded=None, errors=(), failure="", audio_end=0):
     video = {"video_id": "ab", "path": "v.mp4", "status": status, "error": f"{status} here" if status != "ok" else "",
              "n_clips": clips, "duration_s": 12.0, "decoded_duration_s": decoded, "decode_errors": len(errors),
              "has_audio": audio > 0, "audio_duration_s": audio / 16000}
     rows = [{"video_id": "ab", "path": "v.mp4", "stage": "decode-video", "message": m} for m in errors]
-    return VideoDone(0, video, rows, clips, failure, (first, end), audio)
+    return VideoDone(0, video, rows, clips, failure, (first, end), audio, audio_end)
 
 
 def test_merging_parts_adds_facts_up_and_keeps_the_worst_verdict():
-    merged = merge_parts([_part(2, None, decoded=12.0), _part(0, 1, decoded=4.0), _part(1, 2, decoded=8.0)], 16000)
+    merged = merge_parts([_part(2, None, decoded=12.0, audio_end=10 * 16000), _part(0, 1, decoded=4.0, audio_end=4 * 16000),
+                          _part(1, 2, decoded=8.0, audio_end=8 * 16000)], 16000)
     assert merged.video["status"] == "ok" and merged.failure == ""
     assert merged.n_clips == merged.video["n_clips"] == 6
     assert merged.video["decoded_duration_s"] == 12.0 and merged.video["audio_duration_s"] == 6.0
-    assert merged.video["audio_gap_s"] == 6.0
+    assert merged.video["audio_gap_s"] == 2.0  # the audio ends 2 s before the picture (in the last part)
     # a part that stopped early, before the last: damaged (later parts went on), not truncated
     middle = merge_parts([_part(0, 1), _part(1, 2, "truncated", errors=["stopped"], failure="content"),
                           _part(2, None, decoded=12.0)], 16000)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +28,25 @@ def test_include_exclude_and_file_list(corpus, tiny_ckpt, tmp_path):
     proc = run_cli("extract", "--file-list", listing, "-o", out2, "--weights", tiny_ckpt, "--no-progress")
     assert proc.returncode == 0  # both files clean
     assert sorted(socialfeat.load_videos(out2).path) == ["short.mp4", "talk.mp4"]
+
+
+def test_file_names_that_are_not_utf8_are_kept_with_their_bytes_escaped(corpus, tiny_ckpt, tmp_path):
+    """A Latin-1 name from an old file server (the byte 0xe9): the run goes on, the name is stored
+    with that byte written as \\xe9, and the video id stays that of the name's own bytes."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    latin1 = folder / os.fsdecode(b"caf\xe9.mp4")
+    shutil.copy(corpus["short"], latin1)
+    shutil.copy(corpus["short"], folder / "plain.mp4")
+    for inputs in ([folder], [latin1]):
+        out = tmp_path / f"names{len(inputs)}{inputs[0].name.isascii()}.h5"
+        proc = run_cli("extract", *inputs, "-o", out, "--weights", tiny_ckpt, "--no-progress", "--csv", tmp_path / "csv")
+        assert proc.returncode == 0, proc.stderr
+        videos = socialfeat.load_videos(out)
+        assert "caf\\xe9.mp4" in list(videos.path) and set(videos.status) == {"ok"}
+        clips = socialfeat.load_features(out).groupby("path").size()  # the same recording under both names
+        assert len(clips) == len(videos) and clips.min() == clips.max() > 0
+    assert "caf\\xe9.mp4" in (tmp_path / "csv" / "videos.csv").read_text(encoding="utf-8")
 
 
 def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):

@@ -1,0 +1,124 @@
+"""Recordings whose tracks do not line up, or that carry unusual audio: the verdict and the QC
+facts of each, from real files through the real decoder (one video's pipeline)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from media_factory import talking_video
+
+from socialfeat.models import create_model
+from socialfeat.pipeline import PlanSettings, VideoDone, video_items
+from socialfeat.walk import VideoRef
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """12 s of a talking face at 25 fps with speech (AAC)."""
+    return talking_video(tmp_path_factory.mktemp("odd_tracks") / "talk.mp4", seconds=12.0, size="160x120")
+
+
+def verdict(path: Path) -> dict:
+    """The videos-table row that one video's pipeline gives."""
+    spec = create_model("social-mae-tiny").info.preprocess
+    plan = PlanSettings(clip_seconds=spec.clip_seconds, hop_seconds=None, missing_audio="nan")
+    done = [x for x in video_items(0, VideoRef(path, path.name), spec, plan, None) if isinstance(x, VideoDone)]
+    return done[0].video
+
+
+def test_audio_that_runs_on_after_the_picture_is_not_truncation(source, tmp_path):
+    longer = tmp_path / "audio_longer.mp4"  # a camera that stops before the microphone
+    ffmpeg("-i", str(source), "-f", "lavfi", "-i", "sine=d=20:r=16000", "-map", "0:v", "-map", "1:a",
+           "-c:v", "copy", "-c:a", "aac", str(longer))
+    row = verdict(longer)
+    assert row["duration_s"] == pytest.approx(20.0, abs=0.1)  # the container's: the longest track
+    assert row["status"] == "ok" and row["decoded_duration_s"] == pytest.approx(12.0, abs=0.05)
+    assert row["audio_gap_s"] == 0.0
+
+
+def test_audio_gap_is_how_much_earlier_than_the_picture_the_audio_ends(source, tmp_path):
+    late_picture = tmp_path / "video_late.mp4"  # the picture starts 3 s after the sound, so it ends 3 s later
+    ffmpeg("-itsoffset", "3", "-i", str(source), "-i", str(source), "-map", "0:v", "-map", "1:a", "-c", "copy",
+           str(late_picture))
+    row = verdict(late_picture)
+    assert row["status"] == "ok" and row["audio_gap_s"] == pytest.approx(3.0, abs=0.1)
+    late_sound = tmp_path / "audio_late.mp4"  # the sound starts 4 s late and runs to the end: no gap at the end
+    ffmpeg("-i", str(source), "-itsoffset", "4", "-ss", "4", "-i", str(source), "-map", "0:v", "-map", "1:a",
+           "-c:v", "copy", "-c:a", "aac", str(late_sound))
+    row = verdict(late_sound)
+    assert row["status"] == "ok" and row["audio_gap_s"] == 0.0 and row["audio_duration_s"] < 8.5
+
+
+def test_a_truncated_file_is_still_truncated(source, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    data = source.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    row = verdict(cut)
+    assert row["status"] == "truncated" and row["decoded_duration_s"] < 9.0
+
+
+def without_audio_packets(src: Path, out: Path, t0: float, t1: float) -> Path:
+    """``src`` remuxed to ``out`` without its audio packets in [t0, t1): packets lost on the way,
+    as a damaged Matroska or MPEG-TS file gives them (those demuxers skip damage silently)."""
+    with av.open(str(src)) as inp, av.open(str(out), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")}
+        for packet in inp.demux(*(inp.streams[i] for i in streams)):
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "audio" and t0 <= float(packet.pts * packet.time_base) < t1:
+                continue
+            packet.stream = streams[packet.stream.index]
+            dst.mux(packet)
+    return out
+
+
+def test_audio_lost_inside_its_track_makes_the_video_damaged(source, tmp_path):
+    intact = without_audio_packets(source, tmp_path / "intact.mkv", 0.0, 0.0)
+    lost = without_audio_packets(source, tmp_path / "lost.mkv", 4.0, 6.0)
+    assert verdict(intact)["status"] == "ok"
+    row = verdict(lost)
+    assert row["status"] == "damaged" and row["decode_errors"] == 0
+    missing = float(row["error"].split("decode-audio: ")[1].split(" s of audio missing inside the track")[0])
+    assert missing == pytest.approx(2.0, abs=0.1)
+    assert row["audio_duration_s"] == pytest.approx(10.0, abs=0.1) and row["audio_gap_s"] == 0.0
+
+
+def test_the_decoded_extent_does_not_run_past_the_video_stream(source, tmp_path):
+    slides = tmp_path / "slides.mp4"  # three pictures, at 0, 5 and 10 s: an average frame interval of 3.3 s
+    ffmpeg("-i", str(source), "-vf", "select='eq(n,0)+eq(n,125)+eq(n,250)'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-c:a", "copy", str(slides))
+    row = verdict(slides)
+    assert row["decoded_duration_s"] <= row["duration_s"] + 0.05
+
+
+def test_multichannel_pcm_in_a_custom_channel_order_is_decoded(source, tmp_path):
+    """8 PCM channels in MOV have a layout in a custom order, which crashes PyAV 17-18 when its
+    frames carry it (the process aborts). The first channel must come out, as ffmpeg gives it."""
+    mov = tmp_path / "pcm71.mov"
+    ffmpeg("-i", str(source), "-t", "6", "-c:v", "copy", "-af", "pan=7.1|c0=c0|c2=0.5*c0",
+           "-c:a", "pcm_s16le", str(mov))
+    script = ("import sys, numpy as np\n"
+              "from socialfeat.media import probe, load_audio\n"
+              "info = probe(sys.argv[1])\n"
+              "np.save(sys.argv[2], load_audio(info).samples)\n"
+              "print(info.audio_channels)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(mov), str(tmp_path / "a.npy")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.split() == ["8"]
+    ours = np.load(tmp_path / "a.npy")
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(mov), "-af", "pan=mono|c0=c0", "-ar", "16000",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    theirs = np.frombuffer(raw, np.float32)
+    assert np.abs(theirs).max() > 0.05 and abs(len(ours) - len(theirs)) <= 16
+    n = min(len(ours), len(theirs))
+    np.testing.assert_allclose(ours[:n], theirs[:n], atol=1e-6)
