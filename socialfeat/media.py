@@ -470,13 +470,16 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8, rotation applied
 
 
-_decoder_threads = 0  # 0: libavcodec's choice (a thread per core); see use_decoder_threads
+# One decoder thread unless a process asks for more (use_decoder_threads; 0: libavcodec's choice, a
+# thread per core). With frame threads a damaged packet's error surfaces packets later, and PyAV then
+# drops the frames still queued behind it: a truncated file's last frames, and so its clips, depended
+# on the thread count, that is on ``--workers``. Extraction gets its parallelism from workers instead.
+_decoder_threads = 1
 
 
 def use_decoder_threads(n: int) -> None:
-    """Decoder threads for every video this process opens from now on. Worker
-    processes set their share of the cores, so that many workers, each with a
-    thread per core, do not oversubscribe the machine."""
+    """Decoder threads for every video this process opens from now on (pretraining's data
+    loaders give each worker its share of the cores; extraction keeps one, see above)."""
     global _decoder_threads
     _decoder_threads = max(0, int(n))
 

@@ -35,7 +35,7 @@ import torch.multiprocessing as tmp
 
 from socialfeat.errors import SocialfeatError
 from socialfeat.handover import SharedSlots, in_slot, pack, slot_bytes, unpack
-from socialfeat.media import available_cores, use_decoder_threads
+from socialfeat.media import use_decoder_threads
 from socialfeat.pipeline import (
     RAW_FRAMES_MAX_PIXELS,
     SPAN_SECONDS,
@@ -222,7 +222,7 @@ class WorkerPool:
         self.ctx = tmp.get_context("fork" if fork else None)
         self.slots = SharedSlots(self.n_workers, PREFETCH, slot_bytes(spec, RAW_FRAMES_MAX_PIXELS)) \
             if lend_tensors and fork and jobs else None
-        self.decoder_threads = max(1, available_cores() // self.n_workers)
+        self.decoder_threads = 1  # the same frames whatever the number of workers (media._decoder_threads)
         self.unexplained_deaths = 0
         self.workers: list[_Worker] | None = None
 

@@ -14,7 +14,7 @@ class DecoderThreads(IterableDataset):
         yield media._decoder_threads
 
 
-def test_each_worker_decodes_with_its_share_of_the_cores():
+def test_pretraining_loaders_decode_with_their_share_of_the_cores():
     loader = DataLoader(DecoderThreads(), batch_size=None, num_workers=2, worker_init_fn=worker_init)
     assert list(loader) == [max(1, available_cores() // 2)] * 2
-    assert media._decoder_threads == 0  # the main process keeps libavcodec's own choice
+    assert media._decoder_threads == 1  # the main process (and extraction's workers) keep one thread

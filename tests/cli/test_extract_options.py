@@ -6,10 +6,12 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
 from io_helpers import ffmpeg_audio, ffmpeg_frame, ffprobe_frame_times
+from media_factory import talking_video
 
 import socialfeat
 from socialfeat.models import create_model, load_model, save_checkpoint
@@ -47,6 +49,29 @@ def test_file_names_that_are_not_utf8_are_kept_with_their_bytes_escaped(corpus, 
         clips = socialfeat.load_features(out).groupby("path").size()  # the same recording under both names
         assert len(clips) == len(videos) and clips.min() == clips.max() > 0
     assert "caf\\xe9.mp4" in (tmp_path / "csv" / "videos.csv").read_text(encoding="utf-8")
+
+
+def test_truncated_files_give_the_same_output_whatever_the_number_of_workers(tiny_ckpt, tmp_path):
+    """Files cut inside a video packet (a copy that stopped): with frame threads the decoder's error
+    surfaced packets later and the frames queued behind it were lost, so the last clips depended on
+    the decoder threads, that is on --workers. Every decode now uses one thread."""
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    whole = talking_video(tmp_path / "whole.mp4", seconds=12.0, size="160x120").read_bytes()
+    for fraction in (0.32, 0.42, 0.59, 0.62):
+        (folder / f"cut{int(fraction * 100)}.mp4").write_bytes(whole[:int(len(whole) * fraction)])
+    outputs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}.h5"
+        run_cli("extract", folder, "-o", out, "--weights", tiny_ckpt, "--no-progress", "--workers", workers)
+        outputs.append((socialfeat.load_videos(out), socialfeat.load_features(out, embeddings="all")))
+    (videos0, feats0), (videos2, feats2) = outputs
+    facts = ["path", "n_clips", "decoded_duration_s", "decode_errors", "audio_gap_s"]
+    pd.testing.assert_frame_equal(videos0[facts], videos2[facts])
+    assert set(videos0.status) == {"truncated"} and (videos0.decode_errors > 0).any()
+    assert feats0.path.tolist() == feats2.path.tolist()
+    numbers = [c for c in feats0.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_allclose(feats0[numbers].to_numpy(), feats2[numbers].to_numpy(), atol=1e-5)
 
 
 def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):
