@@ -127,8 +127,28 @@ class Journal:
             return None
 
 
-def _column(values: list[Any]) -> np.ndarray:
-    """A list of python values -> an HDF5-friendly column (float64, int64, int8 for bools, or UTF-8)."""
+INT_MISSING = -1  # a missing value of an integer column (the columns are never negative)
+
+
+def _typed_column(values: list[Any], kind: type) -> np.ndarray:
+    """A column of the format's own, with its one type whatever the rows hold: a video that failed
+    before its size was known must not turn ``width`` into floats in this file and not in the next."""
+    def missing(v) -> bool:
+        return v is None or (isinstance(v, float) and np.isnan(v))
+    if kind is int:
+        return np.array([INT_MISSING if missing(v) else int(v) for v in values], dtype=np.int64)
+    if kind is float:
+        return np.array([np.nan if missing(v) else float(v) for v in values], dtype=np.float64)
+    if kind is bool:
+        return np.array([-1 if missing(v) else int(bool(v)) for v in values], dtype=np.int8)
+    return np.array(["" if missing(v) else printable(str(v)) for v in values], dtype=object)
+
+
+def _column(values: list[Any], kind: type | None = None) -> np.ndarray:
+    """A list of python values -> an HDF5-friendly column (float64, int64, int8 for bools, or UTF-8):
+    of ``kind`` for the format's own columns, else as the values are (extra columns)."""
+    if kind is not None:
+        return _typed_column(values, kind)
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, (bool, np.bool_)) for v in present):
         return np.array([int(bool(v)) if v is not None else -1 for v in values], dtype=np.int8)
@@ -154,12 +174,17 @@ def printable(text: str) -> str:
 def _write_table(group: h5py.Group, rows: list[dict[str, Any]], columns: list[str]) -> None:
     group.attrs["columns"] = json.dumps(columns)
     group.attrs["n_rows"] = len(rows)
+    with_missing = []
     for col in columns:
-        data = _column([r.get(col) for r in rows])
+        kind = COLUMN_TYPES.get(col)
+        data = _column([r.get(col) for r in rows], kind)
+        if kind is int and (data == INT_MISSING).any():
+            with_missing.append(col)
         if data.dtype == object:
             group.create_dataset(col, data=data.astype(STR), dtype=STR)
         else:
             group.create_dataset(col, data=data)
+    group.attrs["int_missing"] = json.dumps(with_missing)  # read back as pandas' nullable Int64
 
 
 def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
@@ -177,6 +202,14 @@ VIDEO_COLUMNS = ["video_id", "path", "source_path", "status", "error", "n_clips"
 CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s", "coverage", "n_frames",
                 "n_frames_padded", "has_audio", "coverage_audio", "qc_flags"]
 ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
+# The types of the format's own columns (docs/format.md), kept whatever a file's rows hold
+COLUMN_TYPES: dict[str, type] = {
+    **dict.fromkeys(["video_id", "path", "source_path", "status", "error", "stage", "message", "qc_flags"], str),
+    **dict.fromkeys(["n_clips", "size_bytes", "width", "height", "rotation", "decode_errors", "clip_index",
+                     "n_frames", "n_frames_padded"], int),
+    **dict.fromkeys(["mtime", "duration_s", "decoded_duration_s", "fps", "audio_duration_s", "audio_gap_s",
+                     "start_s", "end_s", "window_s", "coverage", "coverage_audio"], float),
+    "has_audio": bool}
 
 
 def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
@@ -229,10 +262,13 @@ def read_table(group: h5py.Group) -> pd.DataFrame:
     import pandas as pd
 
     cols = json.loads(group.attrs["columns"])
+    int_missing = set(json.loads(group.attrs.get("int_missing", "[]")))
     data = {}
     for c in cols:
         arr = group[c][()]
-        if arr.dtype.kind in ("O", "S"):
+        if c in int_missing:
+            arr = pd.array([None if x == INT_MISSING else int(x) for x in arr], dtype="Int64")
+        elif arr.dtype.kind in ("O", "S"):
             arr = np.array([x.decode("utf-8") if isinstance(x, bytes) else x for x in arr], dtype=object)
         elif arr.dtype == np.int8:
             arr = arr.astype(bool) if not (arr < 0).any() else pd.array(

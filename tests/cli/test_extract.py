@@ -63,6 +63,24 @@ def test_videos_table(clean_run, corpus):
         assert videos.loc[name, "status"] == "error" and videos.loc[name, "n_clips"] == 0
 
 
+def test_column_types_do_not_depend_on_failed_videos(clean_run, corpus, tiny_ckpt, tmp_path):
+    """A video that failed before its size was known leaves width & co. missing: they stay integers
+    (-1 in the file, <NA> in pandas, empty in the CSV), as in a run without failures."""
+    clean = tmp_path / "clean.h5"
+    run_cli("extract", corpus["talk"], "-o", clean, "--weights", tiny_ckpt, "--no-progress")
+    with_failures, _ = clean_run
+    for table in ("videos", "clips"):
+        with h5py.File(clean, "r") as a, h5py.File(with_failures, "r") as b:
+            assert {c: a[table][c].dtype for c in a[table]} == {c: b[table][c].dtype for c in a[table]}, table
+    videos = socialfeat.load_videos(with_failures).set_index("path")
+    assert str(videos.width.dtype) == "Int64" and videos.loc["empty.mp4", "width"] is pd.NA
+    assert videos.loc["talk.mp4", "width"] == 320 and pd.api.types.is_integer_dtype(socialfeat.load_videos(clean).width)
+    csv = pd.read_csv(with_failures.parent / "csv" / "videos.csv").set_index("path")
+    assert csv.loc["talk.mp4", "width"] == 320 and pd.isna(csv.loc["empty.mp4", "width"])
+    with h5py.File(with_failures, "r") as f:
+        assert f["videos/width"].dtype == np.int64 and -1 in f["videos/width"][()]
+
+
 def test_errors_table(clean_run):
     errors = socialfeat.load_errors(clean_run[0])
     for name, (stage, needle) in BROKEN.items():
