@@ -306,9 +306,11 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
         h5_to_flat_csv(h5_out, out)
     if csv_dir:
         export_csv(h5_out, csv_dir, embeddings=csv_embeddings)
-    click.echo(f"{summary.output if not as_csv else out}: {summary.n_videos} videos, {summary.n_clips} clips, "
-               f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run)", err=True)
-    if csv_dir:
+    quiet = click.get_current_context().find_root().params.get("quiet")  # -q: only errors on stderr
+    if not quiet:
+        click.echo(f"{summary.output if not as_csv else out}: {summary.n_videos} videos, {summary.n_clips} clips, "
+                   f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run)", err=True)
+    if csv_dir and not quiet:
         click.echo(f"CSVs in {csv_dir}: videos.csv, clips.csv ("
                    + ("with embeddings" if csv_embeddings else "no embeddings; add --csv-embeddings for them")
                    + "), errors.csv", err=True)

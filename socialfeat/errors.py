@@ -36,3 +36,10 @@ class DeviceError(UsageError, RuntimeError):
 
 class UnknownModelError(UsageError):
     """A model or architecture name that the registry does not know."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and tabs escaped, for a message that must stay one line on a
+    terminal or in a log (a file name may contain a newline)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") \
+        if any(c in text for c in "\n\r\t") else text

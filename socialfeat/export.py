@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from socialfeat.atomic import atomic_path
+from socialfeat.errors import one_line
 from socialfeat.store import load_errors, load_features, load_videos, read_attrs
 
 
@@ -48,6 +49,6 @@ def describe(h5_path: str | Path) -> str:
              "status:      " + ", ".join(f"{k}={v}" for k, v in videos["status"].value_counts().items())]
     if len(errors):
         lines.append(f"errors ({len(errors)}):")
-        lines += [f"  {r.path}: {r.stage}: {r.message}" for r in errors.itertuples()]
+        lines += [f"  {one_line(r.path)}: {r.stage}: {one_line(r.message)}" for r in errors.itertuples()]
     return "\n".join(lines)
 

@@ -48,7 +48,7 @@ from socialfeat.encoder import (
     resolve_precision,
     video_result,
 )
-from socialfeat.errors import UsageError
+from socialfeat.errors import UsageError, one_line
 from socialfeat.heads import released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
@@ -355,7 +355,7 @@ def add_annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
         if found is None:
             continue
         for msg in overruns(found, path, duration):
-            log.warning("%s: %s", path, msg)
+            log.warning("%s: %s", one_line(path), one_line(msg))
             res.errors.append({"video_id": res.video["video_id"], "path": path, "stage": "annotations",
                                "message": msg})
 
@@ -458,7 +458,7 @@ class _Recorder:
         res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
         self.results[pos] = res
         for e in res.errors:
-            log.warning("%s: %s: %s", e["path"], e["stage"], e["message"])
+            log.warning("%s: %s: %s", one_line(e["path"]), e["stage"], one_line(e["message"]))
         self._raise_failed()
         self.writes.append(self.writer.submit(self._write, res, self.fingerprints[pos]))
 

@@ -18,6 +18,7 @@ import ctypes
 import itertools
 import math
 import os
+import stat
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ def probe(path: str | Path) -> MediaInfo:
         st = path.stat()
     except OSError as e:
         raise MediaError(path, "open", e.strerror or str(e), in_file=False) from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open; a device never ends
+        raise MediaError(path, "open", "not a regular file (a pipe, device or socket)")
     if st.st_size == 0:
         raise MediaError(path, "open", "empty file (0 bytes)")
     with _open(path) as c:

@@ -74,6 +74,22 @@ def test_truncated_files_give_the_same_output_whatever_the_number_of_workers(tin
     np.testing.assert_allclose(feats0[numbers].to_numpy(), feats2[numbers].to_numpy(), atol=1e-5)
 
 
+def test_warnings_stay_one_line_and_quiet_keeps_stderr_for_errors(corpus, tiny_ckpt, tmp_path):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "two\nlines.mp4").write_text("not a video\n")  # a name with a newline, and broken
+    shutil.copy(corpus["short"], folder / "fine.mp4")
+    out = tmp_path / "o.h5"
+    proc = run_cli("extract", folder, "-o", out, "--weights", tiny_ckpt, "--no-progress")
+    assert proc.returncode == 3
+    warning = [line for line in proc.stderr.splitlines() if "two" in line or "lines.mp4" in line]
+    assert len(warning) == 1 and "two\\nlines.mp4: open: not a readable media file" in warning[0]
+    listed = run_cli("info", out).stdout
+    assert "two\\nlines.mp4: open:" in listed and "\nlines.mp4" not in listed
+    quiet = run_cli("-q", "extract", folder, "-o", tmp_path / "q.h5", "--weights", tiny_ckpt, "--no-progress")
+    assert quiet.returncode == 3 and quiet.stderr == ""
+
+
 def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):
     proc = run_cli("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", "--weights", tiny_ckpt, check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr

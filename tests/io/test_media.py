@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +58,17 @@ def test_unusable_files_raise_one_line_errors(corpus, name, stage, needle):
         probe(corpus[name])
     assert e.value.stage == stage and needle in str(e.value)
     assert str(corpus[name]) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_special_files_are_refused_as_such(tmp_path):
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    device = tmp_path / "zeros.mp4"
+    device.symlink_to("/dev/zero")  # reads never end
+    for path in (fifo, device):
+        with pytest.raises(MediaError) as e:
+            probe(path)
+        assert e.value.stage == "open" and "not a regular file" in str(e.value) and str(path) in str(e.value)
 
 
 def test_truncated_file_is_detected(corpus):
