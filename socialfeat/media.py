@@ -30,6 +30,9 @@ from av.video.reformatter import VideoReformatter
 
 # Decoded extent shorter than the container's by more than this is "truncated".
 TRUNCATION_TOLERANCE_S = 0.5
+# Video timestamps that go back by more than this (s) start another timeline (MPEG-TS files joined
+# end to end): the frames after the jump are not used, and the video is reported damaged.
+TIME_JUMP_S = 1.0
 # Audio frames whose timestamps are off by less than this (samples) are treated as contiguous.
 AUDIO_JITTER_SAMPLES = 32
 # Decoders whose frame skipping (AVCodecContext.skip_frame) FrameStream uses; see NonrefSkipper.
@@ -73,6 +76,8 @@ class MediaInfo:
     height: int
     rotation: int  # degrees counter-clockwise applied to decoded frames
     video_start: float  # first video pts (s): time zero of every clip
+    video_stream: int  # the container's index of the video stream used (see main_stream)
+    audio_stream: int  # ... of the audio stream used (-1: none)
     audio_start: float
     audio_sample_rate: int
     audio_channels: int
@@ -102,11 +107,10 @@ def probe(path: str | Path) -> MediaInfo:
     if st.st_size == 0:
         raise MediaError(path, "open", "empty file (0 bytes)")
     with _open(path) as c:
-        if not c.streams.video:
-            what = "audio-only file" if c.streams.audio else "no audio or video stream"
+        vs, a = main_stream(c.streams.video, "video"), main_stream(c.streams.audio, "audio")
+        if vs is None:
+            what = "audio-only file" if a is not None else "no audio or video stream"
             raise MediaError(path, "probe", f"no video stream ({what})")
-        vs = c.streams.video[0]
-        a = c.streams.audio[0] if c.streams.audio else None
         rotation = 0
         first_time = None
         try:
@@ -123,15 +127,49 @@ def probe(path: str | Path) -> MediaInfo:
             w, h = h, w
         durations = [s.duration * s.time_base for s in c.streams if s.duration and s.time_base]
         duration = float(c.duration / av.time_base) if c.duration else float(max(durations, default=0.0))
-        video_duration = stream_duration(vs) or duration
+        video_duration = own_duration(c, vs, [s for s in (vs, a) if s is not None], duration)
         fps = float(vs.average_rate) if vs.average_rate else 0.0
         a_start = float(a.start_time * a.time_base) if a is not None and a.start_time is not None else first_time
         return MediaInfo(path=str(path), size_bytes=st.st_size, mtime=st.st_mtime, duration=duration,
                          video_duration=video_duration,
                          has_video=True, has_audio=a is not None, fps=fps, width=w, height=h,
-                         rotation=rotation, video_start=float(first_time), audio_start=a_start,
+                         rotation=rotation, video_start=float(first_time), video_stream=vs.index,
+                         audio_stream=a.index if a is not None else -1, audio_start=a_start,
                          audio_sample_rate=a.codec_context.sample_rate if a is not None else 0,
                          audio_channels=channel_layout(a.codec_context)[1] if a is not None else 0)
+
+
+def main_stream(streams, kind: str):
+    """The stream a recording's picture or sound is taken from when it has several: not a cover
+    picture, the one marked default if any is, then, as ffmpeg's command line chooses, the largest
+    picture or the most channels (the first of equals). None when there is none."""
+    candidates = [s for s in streams if not (kind == "video" and s.disposition & av.stream.Disposition.attached_pic)]
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    defaults = [s for s in candidates if s.disposition & av.stream.Disposition.default]
+    candidates = defaults or candidates
+    if kind == "video":
+        return max(candidates, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0))
+    return max(candidates, key=lambda s: channel_layout(s.codec_context)[1])
+
+
+def own_duration(container, video, streams: list, duration: float) -> float:
+    """The video stream's own duration, what its decoded extent is held against: the stream's stated
+    one when the streams' stated ends account for the container's (a camera that stopped before
+    the microphone), else the container's (a header that claims more than any track holds, or a
+    stream that states none)."""
+    stated = stream_duration(video)
+    ends = [stream_start(s) + d for s in streams if (d := stream_duration(s)) is not None]
+    if stated is None or not ends:
+        return duration
+    container_end = (container.start_time or 0) / av.time_base + duration
+    return stated if container_end <= max(ends) + TRUNCATION_TOLERANCE_S else duration
+
+
+def stream_start(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
 
 
 def stream_duration(stream) -> float | None:
@@ -152,7 +190,7 @@ def keyframe_gap(info: MediaInfo, at: float) -> float | None:
     decode starting there begins with (None when the file cannot be read there)."""
     try:
         with _open(Path(info.path)) as c:
-            stream = c.streams.video[0]
+            stream = c.streams[info.video_stream]
             c.seek(int((at + info.video_start) / stream.time_base), stream=stream, backward=True)
             for packet in c.demux(stream):
                 if packet.pts is not None:
@@ -274,12 +312,13 @@ class AudioStream:
         context on the container already open, which decodes exactly as a container opened anew
         (tested) without parsing its index again: tens of milliseconds for an hour-long MP4,
         several per cent of decoding its 30-s chunk. Other codecs open the container again."""
-        fresh_context = self._container is not None and self._container.streams.audio[0].codec_context.name == "aac"
+        fresh_context = (self._container is not None
+                         and self._container.streams[self.info.audio_stream].codec_context.name == "aac")
         if not fresh_context:
             if self._container is not None:
                 self._container.close()
             self._container = _open(Path(self.info.path))
-        stream = self._container.streams.audio[0]
+        stream = self._container.streams[self.info.audio_stream]
         layout = native_layout(stream.codec_context, self.info.path)
         if layout is not None:  # see native_layout: decoded by a context of ours, with a named layout
             fresh_context = True
@@ -559,6 +598,7 @@ class FrameStream:
         self.decode_errors = 0
         self.io_error = False  # reading the file failed (not its content): worth another try later
         self.last_time: float | None = None  # time of the last decoded frame
+        self.time_jump: tuple[float, float] | None = None  # (from, to) s: where timestamps first jump back
         self.frame_interval = 1.0 / info.fps if info.fps > 0 else 0.04
         self._threads = _decoder_threads if threads is None else threads
         self._wanted = math.inf  # earliest time (s) still to be handed out; set by at_times
@@ -588,7 +628,7 @@ class FrameStream:
             yield from self._decode(skip=False, resume=failed_at)
 
     def _open_video(self, c):
-        stream = c.streams.video[0]
+        stream = c.streams[self.info.video_stream]
         stream.thread_type = "AUTO"
         if self._threads:
             stream.codec_context.thread_count = self._threads
@@ -684,6 +724,9 @@ class FrameStream:
             if frame.time is None:
                 continue
             ft = float(frame.time) - self.info.video_start
+            if self.last_time is not None and ft < self.last_time - TIME_JUMP_S:  # not one timeline
+                self.time_jump = self.time_jump or (self.last_time, ft)  # (recordings joined end to end)
+                continue
             self.last_time = ft if self.last_time is None else max(self.last_time, ft)
             while t is not None and ft > t + 1e-6:
                 yield t, convert(shown if shown is not None else (ft, frame))

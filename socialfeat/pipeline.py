@@ -268,7 +268,8 @@ class VideoRun:
             self.failure = Failure.CONTENT if e.in_file else Failure.TRANSIENT
             return None
         self.video.update(size_bytes=info.size_bytes, mtime=info.mtime, duration_s=info.duration, fps=info.fps,
-                          width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio)
+                          width=info.width, height=info.height, rotation=info.rotation, has_audio=info.has_audio,
+                          video_stream=info.video_stream, audio_stream=info.audio_stream if info.has_audio else None)
         return info
 
     def may_split(self, info: MediaInfo, segments) -> bool:
@@ -336,8 +337,9 @@ class VideoRun:
             else:
                 # An audio stream that simply ends before the picture is common and plays fine: a QC
                 # fact (clips past its end carry audio_partial / no_audio), not damage.
-                self.video.update(audio_duration_s=decoded,
-                                  audio_gap_s=audio_gap(self.video["decoded_duration_s"], audio.audio_end, audio.sample_rate))
+                picture_end = self.video.get("decoded_duration_s")  # (None: no frames decoded, e.g. no segments)
+                self.video.update(audio_duration_s=decoded, audio_gap_s=None if picture_end is None else
+                                  audio_gap(picture_end, audio.audio_end, audio.sample_rate))
                 if audio.failure is not None:
                     self.problem("decode-audio", f"audio unreadable from {audio.failure_at:.2f} s ({audio.failure})")
                     if isinstance(audio.failure, OSError):
@@ -426,6 +428,9 @@ class VideoRun:
         yield from self.cuts_made()
         if stream.io_error:
             self.failure = Failure.TRANSIENT
+        if stream.time_jump is not None:
+            self.problem("decode-video", "timestamps jump back from {:.2f} s to {:.2f} s (recordings joined end to "
+                         "end?): the frames after the jump are not used".format(*stream.time_jump))
         # the last frame shown for one average frame interval, but not past the stream's stated end
         # (a slide-show's average interval is seconds long)
         last = stream.last_time or 0.0

@@ -198,15 +198,15 @@ def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
 
 VIDEO_COLUMNS = ["video_id", "path", "source_path", "status", "error", "n_clips", "size_bytes", "mtime",
                  "duration_s", "decoded_duration_s", "fps", "width", "height", "rotation", "has_audio",
-                 "audio_duration_s", "audio_gap_s", "decode_errors"]
+                 "audio_duration_s", "audio_gap_s", "decode_errors", "video_stream", "audio_stream"]
 CLIP_COLUMNS = ["video_id", "path", "clip_index", "start_s", "end_s", "window_s", "coverage", "n_frames",
                 "n_frames_padded", "has_audio", "coverage_audio", "qc_flags"]
 ERROR_COLUMNS = ["video_id", "path", "stage", "message"]
 # The types of the format's own columns (docs/format.md), kept whatever a file's rows hold
 COLUMN_TYPES: dict[str, type] = {
     **dict.fromkeys(["video_id", "path", "source_path", "status", "error", "stage", "message", "qc_flags"], str),
-    **dict.fromkeys(["n_clips", "size_bytes", "width", "height", "rotation", "decode_errors", "clip_index",
-                     "n_frames", "n_frames_padded"], int),
+    **dict.fromkeys(["n_clips", "size_bytes", "width", "height", "rotation", "decode_errors", "video_stream",
+                     "audio_stream", "clip_index", "n_frames", "n_frames_padded"], int),
     **dict.fromkeys(["mtime", "duration_s", "decoded_duration_s", "fps", "audio_duration_s", "audio_gap_s",
                      "start_s", "end_s", "window_s", "coverage", "coverage_audio"], float),
     "has_audio": bool}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from media_factory import talking_video
 
+from socialfeat.media import load_audio, probe
 from socialfeat.models import create_model
 from socialfeat.pipeline import PlanSettings, VideoDone, video_items
 from socialfeat.walk import VideoRef
@@ -122,3 +123,36 @@ def test_multichannel_pcm_in_a_custom_channel_order_is_decoded(source, tmp_path)
     assert np.abs(theirs).max() > 0.05 and abs(len(ours) - len(theirs)) <= 16
     n = min(len(ours), len(theirs))
     np.testing.assert_allclose(ours[:n], theirs[:n], atol=1e-6)
+
+
+def test_mpegts_files_joined_end_to_end_are_reported(source, tmp_path):
+    """Two MPEG-TS recordings concatenated byte for byte (as some recorders split files): the
+    second's timestamps start again at 0. Its frames cannot go on the first's timeline: the video
+    is damaged, saying where the jump is, and keeps the first recording's clips."""
+    first, second = tmp_path / "p1.ts", tmp_path / "p2.ts"
+    ffmpeg("-i", str(source), "-t", "6", "-c", "copy", "-f", "mpegts", str(first))
+    ffmpeg("-ss", "6", "-i", str(source), "-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", str(second))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    alone, row = verdict(first), verdict(joined)
+    assert alone["status"] == "ok"
+    assert row["status"] == "damaged" and "timestamps jump back from" in row["error"]
+    assert row["n_clips"] == alone["n_clips"] and row["decoded_duration_s"] == pytest.approx(alone["decoded_duration_s"])
+
+
+def test_the_default_audio_track_and_the_largest_picture_are_used(source, tmp_path):
+    """A second audio track marked default (a lavalier microphone beside the camera's), and a small
+    preview stream before the full picture: socialfeat takes what a player would, and says which."""
+    tone = tmp_path / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000:duration=12", str(tone))
+    tracks = tmp_path / "tracks.mkv"
+    ffmpeg("-i", str(source), "-i", str(tone), "-filter_complex", "[0:v]scale=80:60[small]",
+           "-map", "[small]", "-map", "0:v", "-map", "0:a", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac",
+           "-disposition:a:0", "0", "-disposition:a:1", "default", str(tracks))
+    info = probe(tracks)
+    assert (info.video_stream, info.audio_stream) == (1, 3) and (info.width, info.height) == (160, 120)
+    row = verdict(tracks)
+    assert (row["video_stream"], row["audio_stream"], row["status"]) == (1, 3, "ok")
+    ours = load_audio(info).samples[16000:32000]  # the tone, not the speech
+    spectrum = np.abs(np.fft.rfft(ours))
+    assert abs(int(np.argmax(spectrum)) - 440) <= 2
