@@ -26,7 +26,7 @@ import warnings
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 from xml.etree.ElementTree import ParseError
 
@@ -545,10 +545,12 @@ def overruns(annotations: AnnotationSet, video: str, duration: float | None) -> 
     return msgs
 
 
-def check_column_names(tiers: Iterable[str], taken: Iterable[str]) -> None:
-    """``--annotate`` columns must not overwrite clip columns."""
+def check_column_names(tiers: Iterable[str], taken: Iterable[str],
+                       is_taken: Callable[[str], bool] = lambda name: False) -> None:
+    """``--annotate`` columns must not overwrite clip columns (``taken``, or those ``is_taken`` says)."""
     taken = set(taken)
-    clash = [t for t in tiers if t in taken or f"{t}_coverage" in taken or not t.strip() or "/" in t]
+    clash = [t for t in tiers if any(c in taken or is_taken(c) for c in (t, f"{t}_coverage"))
+             or not t.strip() or "/" in t]
     if clash:
         raise AnnotationError(f"tier name(s) {', '.join(map(repr, clash))} cannot be clip columns (empty, "
                               "contains '/', or clashes with a column already there); pick tiers with --tiers")

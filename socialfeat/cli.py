@@ -23,6 +23,7 @@ import click
 from pretraining.cli_options import config_from_options, config_options
 from pretraining.config import PretrainConfig
 from socialfeat import __version__
+from socialfeat.clips import MIN_SECONDS
 
 EXIT_PARTIAL = 3
 EXIT_FATAL = 1
@@ -53,6 +54,27 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds, at least ``minimum``: click's FloatRange lets NaN (which never
+    ends the clip planning) and inf through."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx) -> float:
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < self.minimum:
+            self.fail(f"{value!r}: give a finite number of seconds, at least {self.minimum}", param, ctx)
+        return seconds
 
 
 def _names(text: str) -> list[str]:
@@ -209,10 +231,10 @@ def _describe_model(cfg, state) -> None:
 @click.option("--model", default="social-mae", help="Registry name of the weights (see `socialfeat models`).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="A checkpoint file (socialfeat or official); overrides --model.")
-@click.option("--clip-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Window length [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
-@click.option("--hop-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Step between window starts [default: the window length].")
+@click.option("--clip-seconds", type=Seconds(MIN_SECONDS), default=None,
+              help=f"Window length, at least {MIN_SECONDS} s [default: the model's, 4 s Social-MAE, 10 s CAV-MAE].")
+@click.option("--hop-seconds", type=Seconds(MIN_SECONDS), default=None,
+              help=f"Step between window starts, at least {MIN_SECONDS} s [default: the window length].")
 @click.option("--segments", multiple=True, metavar="CSV|speech|EAF|TEXTGRID|FOLDER",
               help="CSV with video,start,end (+ any columns to carry): clips come from these segments; "
                    "'speech': clips inside detected speech (Silero VAD); or ELAN .eaf / Praat .TextGrid files "

@@ -13,19 +13,25 @@ pads short videos).
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from socialfeat.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 MIN_COVERAGE = 0.5
+MIN_SECONDS = 0.01  # shortest window and hop: 100 windows a second is beyond any use, 1e-9 plans forever
 _EPS = 1e-6
+# columns the planner adds to every segment's clips: a segments file must not bring its own
+PLANNER_COLUMNS = ("segment_row", "segment_index")
 
 
 class SegmentsError(UsageError):
@@ -112,42 +118,134 @@ def plan_video(video_id: str, duration: float, clip_seconds: float, hop_seconds:
     return list(iter_clips(video_id, duration, clip_seconds, hop_seconds, segments))
 
 
-def read_segments(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+def read_segments(path: str | Path, taken: Callable[[str], bool] = lambda name: False
+                  ) -> dict[str, list[dict[str, Any]]]:
     """Annotation CSV (columns video, start, end in any letter case, any others) grouped by the
     ``video`` text as written; each segment keeps its line in the file (``segment_row``).
 
-    Numbers in extra columns stay strings unless every value parses as a number. Which input
-    video a ``video`` text means is decided by ``match_segments``.
+    The other columns are carried into the clips table, so one named like a column the tool
+    writes (``taken``, and ``segment_row`` / ``segment_index``) is refused: it would overwrite
+    or shadow it. Their types are read as a spreadsheet user means them (see ``_column_values``).
+    Spreadsheet residue is ignored: rows of empty cells, empty cells past the header's columns,
+    columns without a name and without values. Which input video a ``video`` text means is
+    decided by ``match_segments``.
     """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    header, records = _csv_records(path)
+    if header is None:
         return {}
-    names = {c.strip().lower(): c for c in rows[0] if c is not None}
-    missing = {"video", "start", "end"} - set(names)
-    if missing:
-        raise SegmentsError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}; "
-                            f"its columns are: {', '.join(map(repr, rows[0]))}")
-    video_col, start_col, end_col = names["video"], names["start"], names["end"]
-    extra_cols = [c for c in rows[0] if c not in (video_col, start_col, end_col)]
-    numeric = {c for c in extra_cols if all(_is_number(r[c]) for r in rows)}
+    names = _column_names(path, header, records)
+    video_col, start_col, end_col = (names[k] for k in ("video", "start", "end"))
+    extra_cols = [i for i, c in enumerate(header) if c and i not in (video_col, start_col, end_col)]
+    _refuse_taken(path, [header[i] for i in extra_cols], taken)
+    values = {i: _column_values([cells[i] for _, cells in records]) for i in extra_cols}
     out: dict[str, list[dict[str, Any]]] = {}
-    for line, r in enumerate(rows, start=2):
-        try:
-            start, end = float(r[start_col]), float(r[end_col])
-        except (TypeError, ValueError):
-            raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {r[start_col]!r}, "
-                                f"{r[end_col]!r}") from None
-        if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-            raise SegmentsError(f"{path}:{line}: segment end {end} is not after start {start}")
-        seg = {"video": r[video_col], "start": start, "end": end, "segment_row": line}
-        for c in extra_cols:
-            seg[c] = float(r[c]) if c in numeric else (r[c] or "")
-        out.setdefault(r[video_col], []).append(seg)
+    for k, (line, cells) in enumerate(records):
+        start, end = _bounds(path, line, cells[start_col], cells[end_col])
+        seg = {"video": cells[video_col], "start": start, "end": end, "segment_row": line}
+        seg.update({header[i]: values[i][k] for i in extra_cols})
+        out.setdefault(cells[video_col], []).append(seg)
     for segs in out.values():
         segs.sort(key=lambda s: (s["start"], s["end"]))
     return out
+
+
+def _decode_csv(path: Path) -> str:
+    """UTF-8 (with or without BOM) or UTF-16 with a BOM; otherwise Windows-1252, what Excel's
+    plain 'CSV' writes on Western-European Windows (a superset of Latin-1's printable
+    characters), said in a warning since the file may be in another code page."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig")
+    except UnicodeDecodeError as e:
+        if e.encoding.startswith("utf-16"):
+            raise SegmentsError(f"{path}: damaged UTF-16 text ({e.reason} at byte {e.start})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        log.warning("%s: not UTF-8 (line %d); read as Windows-1252 -- if its accented letters come out "
+                    "wrong, save it as 'CSV UTF-8'", path, line)
+        return raw.decode("cp1252", errors="replace")
+
+
+def _csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The header and the data rows as (line where the row starts, cells padded to the header's
+    width). Rows of empty cells are skipped; cells past the header's columns must be empty."""
+    reader = csv.reader(io.StringIO(_decode_csv(path), newline=""))
+    header: list[str] | None = None
+    records: list[tuple[int, list[str]]] = []
+    last = 0
+    for row in reader:
+        line, last = last + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [c.strip() for c in row]
+            continue
+        width = len(header)
+        if any(cell.strip() for cell in row[width:]):
+            raise SegmentsError(f"{path}:{line}: {len(row)} fields but the header names {width} columns; "
+                                "name the extra column(s) in the header or remove the values")
+        records.append((line, row[:width] + [""] * (width - len(row))))
+    return header, records
+
+
+def _column_names(path: Path, header: list[str], records: list[tuple[int, list[str]]]) -> dict[str, int]:
+    """Positions of video, start and end (any letter case); a header naming a column twice, or
+    leaving out the name of a column that holds values, is refused."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        key = name.lower() if name.lower() in ("video", "start", "end") else name
+        if not name and any(cells[i].strip() for _, cells in records):
+            raise SegmentsError(f"{path}: column {i + 1} holds values but has no name in the header")
+        if name and key in seen:
+            raise SegmentsError(f"{path}: the header names column {name!r} twice; rename one")
+        if name:
+            seen[key] = i
+    missing = {"video", "start", "end"} - set(seen)
+    if missing:
+        raise SegmentsError(f"{path}: segments file lacks column(s) {', '.join(sorted(missing))}; "
+                            f"its columns are: {', '.join(map(repr, header))}")
+    return seen
+
+
+def _refuse_taken(path: Path, columns: list[str], taken: Callable[[str], bool]) -> None:
+    """Extra columns become clip columns: one named like a column socialfeat writes is refused."""
+    clash = [c for c in columns if c in PLANNER_COLUMNS or taken(c)]
+    if clash:
+        raise SegmentsError(f"{path}: column(s) {', '.join(map(repr, clash))} would overwrite or duplicate the "
+                            "clip columns socialfeat writes (docs/format.md); rename them in the file")
+
+
+def _bounds(path: Path, line: int, start_text: str, end_text: str) -> tuple[float, float]:
+    try:
+        start, end = float(start_text), float(end_text)
+    except ValueError:
+        raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {start_text!r}, {end_text!r}") from None
+    if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+        raise SegmentsError(f"{path}:{line}: segment end {end} is not after start {start}")
+    return start, end
+
+
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INTEGER = re.compile(r"[-+]?\d+")
+_LEADING_ZERO = re.compile(r"[-+]?0\d")
+_INT64 = 2**63
+
+
+def _column_values(cells: list[str]) -> list[Any]:
+    """The values of one extra column, typed as a researcher means them: numbers only when every
+    filled cell is a plain decimal number (not 'NaN', 'inf' or '1_000', which Python's float
+    reads but a name may be), text when any has a leading zero (IDs: 007 stays '007') or an
+    integer does not fit 64 bits; whole numbers stay integers. An empty cell is None in a numeric
+    column (NaN once stored; an integer column with one becomes float) and '' in a text column."""
+    filled = [c.strip() for c in cells if c.strip()]
+    numeric = bool(filled) and all(_DECIMAL.fullmatch(c) and not _LEADING_ZERO.match(c) for c in filled)
+    if numeric and all(_INTEGER.fullmatch(c) for c in filled):
+        if all(-_INT64 <= int(c) < _INT64 for c in filled):
+            return [int(c) if c.strip() else None for c in cells]
+        numeric = False
+    if numeric:
+        return [float(c) if c.strip() else None for c in cells]
+    return list(cells)
 
 
 def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source: str | Path,
@@ -188,11 +286,3 @@ def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source:
     for segs in out.values():
         segs.sort(key=lambda s: (s["start"], s["end"]))
     return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except (TypeError, ValueError):
-        return False

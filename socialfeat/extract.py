@@ -17,6 +17,8 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
+import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +40,7 @@ from socialfeat.annotations import (
     segments_table,
 )
 from socialfeat.atomic import stale_temporaries, stale_temporaries_in
-from socialfeat.clips import SegmentsError, match_segments, read_segments
+from socialfeat.clips import MIN_SECONDS, SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
     BatchEncoder,
     build_predictors,
@@ -72,6 +74,44 @@ DEFAULT_MODEL = "social-mae"
 # clip columns besides store.CLIP_COLUMNS and segment columns: planning extras and load_features' video facts
 RESERVED_COLUMNS = {"video", "start", "end", "segment_index", "segment_row", "track", "face_fraction", "face_boxes",
                     "speech_fraction", "video_duration_s", "fps", "width", "height", "video_status"}
+EMBEDDING_COLUMN = re.compile(r"(joint|audio|visual)_\d{3,}")  # load_features' embedding columns
+
+
+def is_taken_column(name: str) -> bool:
+    """Whether a column carried into the clips (a segments CSV's, an ``--annotate`` tier's, a task's
+    ``<task>_<label>``) would overwrite or duplicate one socialfeat writes: the clips table's own,
+    planning extras, or what load_features adds (video facts, embedding columns)."""
+    return name in CLIP_COLUMNS or name in RESERVED_COLUMNS or EMBEDDING_COLUMN.fullmatch(name) is not None
+
+
+def prediction_columns(predictors: list) -> dict[str, str]:
+    """``<task>_<label>`` columns of the predictors (as load_features names them) -> their task;
+    refused at once when two coincide or one is taken (found only at the end otherwise: a
+    traceback, and a file that load_features cannot read)."""
+    columns: dict[str, str] = {}
+    for p in predictors:
+        for label in p.label_names:
+            column = f"{p.name}_{label}"
+            if column in columns or is_taken_column(column):
+                other = f"task {columns[column]!r}'s" if column in columns else "a clip column"
+                raise UsageError(f"task {p.name!r} ({p.source or 'the model'}): its label {label!r} makes the "
+                                 f"column {column!r}, which clashes with {other}; give the task another name "
+                                 "(--tasks NAME=PATH)")
+            columns[column] = p.name
+    return columns
+
+
+def check_carried_columns(predictors: list, seg_table, segments, labels) -> None:
+    """Segment columns and ``--annotate`` tier columns must not coincide with a task's predictions."""
+    predicted = prediction_columns(predictors)
+    carried = {k: f"column {k!r} of {_as_setting(segments)}" for segs in (seg_table or {}).values()
+               for seg in segs for k in seg}
+    for tier in labels.tiers if labels is not None else ():
+        carried.update({c: f"the columns of tier {tier!r} (--annotate)" for c in (tier, f"{tier}_coverage")})
+    for column, what in carried.items():
+        if column in predicted:
+            raise UsageError(f"{what} clashes with the prediction column {column!r} of task "
+                             f"{predicted[column]!r}; rename one of them")
 
 
 @dataclass
@@ -228,6 +268,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     decoding, sets the pace; model_call.ModelCall). Ignored on the CPU, where it measured no gain.
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    clip_seconds = checked_seconds(clip_seconds, "clip_seconds")  # before any work: NaN would plan forever
+    hop_seconds = checked_seconds(hop_seconds, "hop_seconds")
     output = Path(output)
     refuse_foreign_output(output, is_features_file, "a socialfeat features file")
     journal = Journal(output)
@@ -250,8 +292,9 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     net = load_model(weights if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
     spec = net.info.preprocess
     predictors = build_predictors(net, tasks, torch.device("cpu"))
-    plan = PlanSettings(clip_seconds=float(clip_seconds or spec.clip_seconds),
-                        hop_seconds=float(hop_seconds) if hop_seconds else None, missing_audio=missing_audio,
+    check_carried_columns(predictors, seg_table, segments, labels)
+    plan = PlanSettings(clip_seconds=clip_seconds or float(spec.clip_seconds), hop_seconds=hop_seconds,
+                        missing_audio=missing_audio,
                         speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
                         embeddings=embeddings,
                         raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
@@ -297,6 +340,20 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     return summarise(ordered, output, n_reused=len(refs) - len(jobs))
 
 
+def checked_seconds(value: float | None, name: str) -> float | None:
+    """A window length or hop (None: the default) as a float: finite and at least MIN_SECONDS,
+    since NaN never ends the planning loop and 1e-9 plans billions of windows."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds < MIN_SECONDS:
+        raise UsageError(f"{name} must be a finite number of seconds, at least {MIN_SECONDS}, got {value!r}")
+    return seconds
+
+
 def check_optional_extras(plan: PlanSettings) -> None:
     """Fail before any work, with one message, when an option's extra is not installed."""
     if plan.crop == "face":
@@ -334,13 +391,13 @@ def read_annotations(segments, annotate, refs: list[VideoRef], tiers, keep_empty
             seg_annotations = load_annotations(segments, refs, **opts)
             seg_table = segments_table(seg_annotations)
         elif isinstance(segments, (str, Path)):
-            seg_table = match_segments(read_segments(segments), refs, segments)
+            seg_table = match_segments(read_segments(segments, is_taken_column), refs, segments)
         else:
             raise SegmentsError(f"segments: several files are .eaf/.TextGrid files or folders only, got {segments}")
     if annotate:
         labels = load_annotations(annotate, refs, **opts)
-        check_column_names(labels.tiers, set(CLIP_COLUMNS) | RESERVED_COLUMNS
-                           | {k for segs in (seg_table or {}).values() for seg in segs for k in seg})
+        carried = {k for segs in (seg_table or {}).values() for seg in segs for k in seg}
+        check_column_names(labels.tiers, carried, is_taken_column)
     return seg_table, seg_annotations, labels
 
 

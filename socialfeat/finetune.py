@@ -45,8 +45,10 @@ class Labelling:
 
 
 def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns: list[str] | None = None,
-                     group_columns: list[str] | None = None) -> Labelling:
-    """Which columns are labels and what kind of task they make."""
+                     group_columns: list[str] | None = None, source: str = "labels file",
+                     allow_empty: bool = False) -> Labelling:
+    """Which columns are labels and what kind of task they make. ``allow_empty``: an empty text
+    label is a class ('' of an annotation kept with --keep-empty)."""
     groups = list(group_columns or [])
     cols = list(label_columns or [c for c in table.columns if c not in RESERVED and c not in groups])
     if not cols:
@@ -54,6 +56,8 @@ def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns:
     missing = [c for c in cols + groups if c not in table.columns]
     if missing:
         raise UsageError(f"labels file lacks column(s) {missing}")
+    for c in cols:
+        refuse_empty_labels(table, c, source, allow_empty)
     numeric = all(pd.api.types.is_numeric_dtype(table[c]) for c in cols)
     if task_type == "auto":
         task_type = "regression" if numeric and (len(cols) > 1 or table[cols[0]].nunique() > 20
@@ -71,6 +75,18 @@ def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns:
     else:
         raise UsageError(f"unknown task type {task_type!r}")
     return Labelling(task_type, cols, names, groups)
+
+
+def refuse_empty_labels(table: pd.DataFrame, column: str, source: str, allow_empty: bool = False) -> None:
+    """A label cell left empty is a mistake to fix, not a label: as NaN it would turn a column of
+    classes into a regression (and NaN targets), as '' it would become a class of its own."""
+    values = table[column]
+    empty = values.isna() | (values.astype(str).str.strip() == "") if not allow_empty else values.isna()
+    if empty.any():
+        rows = table["segment_row"][empty] if "segment_row" in table else pd.Series(np.flatnonzero(empty) + 2)
+        lines = ", ".join(map(str, sorted(rows.astype(int))[:10])) + (" ..." if empty.sum() > 10 else "")
+        raise UsageError(f"{source}: label column {column!r} is empty at line(s) {lines}; fill in those cells "
+                         "or remove their rows")
 
 
 def announce(labelling: Labelling, table: pd.DataFrame, asked: str) -> None:
@@ -492,7 +508,8 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
     flat = pd.DataFrame([s for segs in table.values() for s in segs])
     if flat.empty:
         raise UsageError(f"{labels}: no labelled segment matches the input videos")
-    labelling = infer_labelling(flat, task_type, label_columns, group_columns)
+    labelling = infer_labelling(flat, task_type, label_columns, group_columns, source=str(labels),
+                                allow_empty=tier is not None)
     videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
     announce(labelling, flat, task_type)
     check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from socialfeat.clips import plan_video, plan_windows, read_segments
+from socialfeat.clips import SegmentsError, plan_video, plan_windows, read_segments
+from socialfeat.errors import UsageError
 
 
 def test_windows_tile_and_keep_a_half_covered_tail():
@@ -47,3 +48,66 @@ def test_segment_errors_name_the_line(tmp_path):
     f.write_text("video,begin,end\na.mp4,1,2\n")
     with pytest.raises(ValueError, match="lacks column"):
         read_segments(f)
+
+
+def test_extra_columns_are_typed_as_a_spreadsheet_means_them(tmp_path):
+    f = tmp_path / "seg.csv"
+    f.write_text("video,start,end,id,turn,score,name,big,zero\n"
+                 "a.mp4,0,1,007,1,0.5,Nan,12345678901234567890,0\n"
+                 "a.mp4,1,2,012,2,,Inf,1,0.5\n"
+                 "a.mp4,2,3,13,3,2,Ann,2,-0.25\n")
+    rows = read_segments(f)["a.mp4"]
+    assert [r["id"] for r in rows] == ["007", "012", "13"]  # an ID with a leading zero stays text
+    assert [r["turn"] for r in rows] == [1, 2, 3] and all(type(r["turn"]) is int for r in rows)
+    assert [r["score"] for r in rows] == [0.5, None, 2.0]  # empty: missing (NaN once stored), not text
+    assert [r["name"] for r in rows] == ["Nan", "Inf", "Ann"]  # names that Python's float() would read
+    assert [r["big"] for r in rows] == ["12345678901234567890", "1", "2"]  # beyond int64: text, digits kept
+    assert [r["zero"] for r in rows] == [0.0, 0.5, -0.25]
+
+
+def test_spreadsheet_residue_is_ignored_and_stray_values_are_refused(tmp_path):
+    f = tmp_path / "seg.csv"
+    # trailing commas (empty cells past the header), an unnamed empty column, blank and empty rows
+    f.write_text("video,start,end,speaker,\na.mp4,0,2,x,,\n\n,,,,\na.mp4,2,4,y,\n")
+    rows = read_segments(f)["a.mp4"]
+    assert [(r["speaker"], r["segment_row"]) for r in rows] == [("x", 2), ("y", 5)]
+    assert set(rows[0]) == {"video", "start", "end", "segment_row", "speaker"}
+    f.write_text("video,start,end\na.mp4,0,2,\na.mp4,2,4,oops\n")
+    with pytest.raises(SegmentsError, match=r"seg.csv:3: 4 fields but the header names 3 columns"):
+        read_segments(f)
+    f.write_text("video,start,end,\na.mp4,0,2,oops\n")
+    with pytest.raises(SegmentsError, match="column 4 holds values but has no name"):
+        read_segments(f)
+    f.write_text("video,start,end,speaker,Speaker,speaker\na.mp4,0,2,x,y,z\n")
+    with pytest.raises(SegmentsError, match="names column 'speaker' twice"):
+        read_segments(f)
+
+
+def test_a_windows_1252_file_is_read_with_a_warning(tmp_path, caplog):
+    f = tmp_path / "seg.csv"
+    f.write_bytes("video,start,end,speaker\ncaf\u00e9.mp4,0,2,Jos\u00e9 \u2013 P1\n".encode("cp1252"))
+    rows = read_segments(f)["caf\u00e9.mp4"]
+    assert rows[0]["speaker"] == "Jos\u00e9 \u2013 P1"
+    assert "not UTF-8 (line 2); read as Windows-1252" in caplog.text
+    f.write_bytes("video,start,end,speaker\na.mp4,0,2,J\u00f6rg\n".encode("utf-16"))  # Excel's 'Unicode' text
+    assert read_segments(f)["a.mp4"][0]["speaker"] == "J\u00f6rg"
+
+
+def test_columns_the_planner_adds_are_refused(tmp_path):
+    f = tmp_path / "seg.csv"
+    f.write_text("video,start,end,segment_row\na.mp4,0,2,7\n")
+    with pytest.raises(SegmentsError, match=r"seg.csv: column\(s\) 'segment_row' would overwrite"):
+        read_segments(f)
+    f.write_text("video,start,end,start_s\na.mp4,0,2,7\n")
+    with pytest.raises(SegmentsError, match="'start_s'"):
+        read_segments(f, lambda name: name == "start_s")
+
+
+@pytest.mark.parametrize("option", ["clip_seconds", "hop_seconds"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e-9, 0.0, -1.0])
+def test_window_lengths_the_planner_cannot_use_are_usage_errors(tmp_path, option, value):
+    from socialfeat.extract import extract
+
+    with pytest.raises(UsageError, match=f"{option} must be a finite number of seconds, at least 0.01"):
+        extract([tmp_path], tmp_path / "out.h5", **{option: value})  # before anything else: no video needed
+    assert not (tmp_path / "out.h5.parts").exists()
