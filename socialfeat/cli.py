@@ -3,7 +3,8 @@
 Exit codes of ``socialfeat extract``: 0 every video processed cleanly;
 3 finished, but at least one video failed or was damaged (see the errors
 table); 1 the run could not start or crashed (nothing new assembled);
-2 usage error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). After the last
+2 usage error (an output folder that cannot be written, or an output that
+another run is writing, included); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). After the last
 two, every video finished so far is in the journal: the same command resumes.
 """
 

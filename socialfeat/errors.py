@@ -26,6 +26,15 @@ class OutputExistsError(UsageError, FileExistsError):
     or a file the command did not write (a video, the features file itself): never replaced."""
 
 
+class OutputNotWritableError(UsageError, PermissionError):
+    """An output whose folder cannot be made or written (permissions, a read-only file system, a
+    file in the way): found before any work, not after the model loaded."""
+
+
+class OutputBusyError(UsageError, BlockingIOError):
+    """An output that another process is writing now (two runs given the same ``-o``)."""
+
+
 class MissingDependencyError(SocialfeatError, RuntimeError):
     """An optional extra (Ray, Silero VAD, OpenCV) is needed but not installed."""
 

@@ -43,6 +43,8 @@ def describe(h5_path: str | Path) -> str:
              f"model:       {attrs.get('model_name')} ({attrs.get('model_class')}), "
              f"sha256 {str(attrs.get('weights_sha256'))[:12]}",
              f"settings:    {attrs.get('settings')}",
+             *([f"shard:       {attrs['shard']} (one part of a split: combine all with socialfeat merge)"]
+               if attrs.get("shard") else []),
              f"run:         {attrs.get('started_at')} -> {attrs.get('finished_at')}",
              f"videos:      {attrs.get('n_videos')}  clips: {attrs.get('n_clips')}  "
              f"embedding dim: {attrs.get('embedding_dim')}",

@@ -55,7 +55,7 @@ from socialfeat.heads import released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.models.checkpoint import own_memory
-from socialfeat.outputs import refuse_foreign_output
+from socialfeat.outputs import claim_output, refuse_foreign_output
 from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
 from socialfeat.store import (
     CLIP_COLUMNS,
@@ -152,18 +152,66 @@ def task_digest(task) -> str:
     return file_digest(task.source) if task.source and Path(task.source).is_file() else ""
 
 
-def run_fingerprint(info, plan: PlanSettings, predictors: list, device: str) -> str:
-    """Everything of a run that changes a number: weights, model and preprocessing, clip plan
-    and precision, task predictors by content, versions of socialfeat and of its decoding
-    and model libraries, device type."""
+def run_record(info, plan: PlanSettings, predictors: list, device: str) -> str:
+    """Everything of a run that changes a number, as canonical JSON: weights, model and
+    preprocessing, clip plan and precision, task predictors by content, versions of socialfeat
+    and of its decoding and model libraries, device type. Its digest is part of every video's
+    fingerprint; journal parts keep it, so that a rerun can say what changed (run_changes)."""
     payload = {"weights": info.sha256, "model": info.to_dict(), "plan": asdict(plan),
                "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors],
                "versions": library_versions(), "device": device}
-    return _digest(payload)
+    return _canonical(payload)
 
 
-def _digest(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+def run_fingerprint(info, plan: PlanSettings, predictors: list, device: str) -> str:
+    """The digest of run_record."""
+    return _sha256(run_record(info, plan, predictors, device))
+
+
+def run_changes(old: str, new: str) -> list[str]:
+    """What differs between two run records: 'name then -> now' for plain values (the plan and the
+    library versions item by item), the name alone for the model configuration and the tasks."""
+    try:
+        before, now = json.loads(old), json.loads(new)
+    except ValueError:
+        return ["made by an earlier socialfeat"]
+    changes = []
+    for key in sorted(before.keys() | now.keys()):
+        then, value = before.get(key), now.get(key)
+        if then == value:
+            continue
+        if key in ("plan", "versions") and isinstance(then, dict) and isinstance(value, dict):
+            changes += [f"{k} {_brief(then.get(k))} -> {_brief(value.get(k))}"
+                        for k in sorted(then.keys() | value.keys()) if then.get(k) != value.get(k)]
+        elif isinstance(then, (dict, list)) or isinstance(value, (dict, list)):
+            changes.append(key)
+        else:
+            changes.append(f"{key} {_brief(then)} -> {_brief(value)}")
+    return changes
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:16] + '..."'
+
+
+def _canonical(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, default=str)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digest(payload: Any) -> str:
+    return _sha256(_canonical(payload))
+
+
+def inputs_record(inputs: list[str | Path], file_list: str | Path | None, refs: list[VideoRef]) -> dict[str, Any]:
+    """What the run was given and found, before ``--shard``: the resolved inputs, the number of videos and
+    a digest of their relative paths. Every shard of a split must have found the same videos (merge)."""
+    roots = [str(Path(p).resolve()) for p in inputs] + ([str(Path(file_list).resolve())] if file_list else [])
+    return {"roots": roots, "n_videos": len(refs), "sha256": _digest([r.relpath for r in refs])}
 
 
 def video_fingerprint(run_key: str, ref: VideoRef, segments, size: int, mtime: float) -> str:
@@ -236,7 +284,8 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     a rerun when the file (size, mtime) and everything that changes a number are
     unchanged; failed videos are tried again unless they failed for a reason in their
     own bytes (``retry_failed``: all of them; see worth_retrying).
-    ``output`` may only replace a socialfeat features file.
+    ``output`` may only replace a socialfeat features file; it is claimed before any work (its folder
+    must take files, and no other process may be writing it: outputs.claim_output).
     ``tasks``: extra predictors, each 'NAME' (released finetuned model) or 'NAME=PATH'
     (head from ``socialfeat finetune`` or a finetuned checkpoint); see heads.load_task.
     ``shard`` (i, n): only the videos of shard i of n (1-based; by a hash of the relative
@@ -273,71 +322,73 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     output = Path(output)
     refuse_foreign_output(output, is_features_file, "a socialfeat features file")
     journal = Journal(output)
-    remove_stale_temporaries(output, journal, before=time.time())
-    dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
-    embeddings = resolve_embeddings(embeddings)
-    batch_size = batch_size or (16 if dev.type == "cuda" else 2)
-    if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
-        workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
-    speech = str(segments) == "speech"
-    # videos and annotations first: a bad segments or annotation file fails before the model loads
-    refs = select_videos(inputs, file_list, include, exclude)
-    seg_table, seg_annotations, labels = read_annotations(segments, annotate, refs, tiers, keep_empty,
-                                                          annotation_map)
-    if shard is not None:  # after matching annotations, which may name any video of the corpus
-        refs = [r for r in refs if in_shard(r, *shard)]
-    fetch_released_weights(model, weights, list(tasks), progress)
-    # on the CPU until the decoding workers have started (see _run_jobs)
-    net = load_model(weights if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
-    spec = net.info.preprocess
-    predictors = build_predictors(net, tasks, torch.device("cpu"))
-    check_carried_columns(predictors, seg_table, segments, labels)
-    plan = PlanSettings(clip_seconds=clip_seconds or float(spec.clip_seconds), hop_seconds=hop_seconds,
-                        missing_audio=missing_audio,
-                        speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
-                        embeddings=embeddings,
-                        raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
-                        else frames_on_device)
-    check_optional_extras(plan)
-    # compile_model stays out of the fingerprint, like batch_size: it changes which kernels run
-    # (fused, reordered float operations), not what is computed; results differ at rounding level
-    run_key = run_fingerprint(net.info, plan, predictors, dev.type)
-    compiling = compile_model and dev.type == "cuda" and engine == "local"
-    if compile_model and not compiling:
-        log.warning("--compile: ignored (it compiles the model on CUDA with the local engine only)")
-    results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run_key, retry_failed)
-    record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes)
+    with claim_output(output, folders=(journal.dir,)):  # one writer; a folder that takes no files fails here
+        remove_stale_temporaries(output, journal, before=time.time())
+        dev = resolve_device(device)
+        precision = resolve_precision(precision, dev)
+        embeddings = resolve_embeddings(embeddings)
+        batch_size = batch_size or (16 if dev.type == "cuda" else 2)
+        if workers is None:  # a GPU waits on decoding: give it every core but the one feeding it
+            workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
+        speech = str(segments) == "speech"
+        # videos and annotations first: a bad segments or annotation file fails before the model loads
+        refs = select_videos(inputs, file_list, include, exclude)
+        found = inputs_record(inputs, file_list, refs)
+        seg_table, seg_annotations, labels = read_annotations(segments, annotate, refs, tiers, keep_empty,
+                                                              annotation_map)
+        if shard is not None:  # after matching annotations, which may name any video of the corpus
+            refs = [r for r in refs if in_shard(r, *shard)]
+        fetch_released_weights(model, weights, list(tasks), progress)
+        # on the CPU until the decoding workers have started (see _run_jobs)
+        net = load_model(weights if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
+        spec = net.info.preprocess
+        predictors = build_predictors(net, tasks, torch.device("cpu"))
+        check_carried_columns(predictors, seg_table, segments, labels)
+        plan = PlanSettings(clip_seconds=clip_seconds or float(spec.clip_seconds), hop_seconds=hop_seconds,
+                            missing_audio=missing_audio,
+                            speech=speech, crop=crop, faces=faces, require_face=require_face, precision=precision,
+                            embeddings=embeddings,
+                            raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
+                            else frames_on_device)
+        check_optional_extras(plan)
+        # compile_model stays out of the fingerprint, like batch_size: it changes which kernels run
+        # (fused, reordered float operations), not what is computed; results differ at rounding level
+        run = run_record(net.info, plan, predictors, dev.type)
+        compiling = compile_model and dev.type == "cuda" and engine == "local"
+        if compile_model and not compiling:
+            log.warning("--compile: ignored (it compiles the model on CUDA with the local engine only)")
+        results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run, retry_failed)
+        record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes, run=run)
 
-    if jobs and engine == "ray":
-        from socialfeat.ray_engine import run_ray
+        if jobs and engine == "ray":
+            from socialfeat.ray_engine import run_ray
 
-        if weights is None:
-            from socialfeat.models.hub import fetch
-            weights = fetch(model)
-        bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
-        with logging_redirect_tqdm(), _Recorder(bar=bar, **record_kw) as record:
-            run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
-                    record, [p.name for p in predictors], video_timeout)
-        bar.close()
-    elif jobs:
-        with logging_redirect_tqdm():
-            _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors,
-                      video_timeout, compiling)
+            if weights is None:
+                from socialfeat.models.hub import fetch
+                weights = fetch(model)
+            bar = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
+            with logging_redirect_tqdm(), _Recorder(bar=bar, **record_kw) as record:
+                run_ray(jobs, str(weights), list(tasks), spec, plan, batch_size, device, address,
+                        record, [p.name for p in predictors], video_timeout)
+            bar.close()
+        elif jobs:
+            with logging_redirect_tqdm():
+                _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors,
+                          video_timeout, compiling)
 
-    ordered = [results[p] for p in range(len(refs))]
-    for r in ordered:
-        add_annotation_facts(r, seg_annotations, labels)
-    settings = {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
-                "missing_audio": missing_audio, "segments": _as_setting(segments),
-                "annotate": _as_setting(annotate), "tiers": list(tiers or []), "keep_empty": keep_empty,
-                "annotation_map": str(annotation_map or ""),
-                "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
-                "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
-                "compile": compiling,
-                "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
-    write_output(ordered, output, net, predictors, settings, shard, command_line, started)
-    return summarise(ordered, output, n_reused=len(refs) - len(jobs))
+        ordered = [results[p] for p in range(len(refs))]
+        for r in ordered:
+            add_annotation_facts(r, seg_annotations, labels)
+        settings = {"clip_seconds": plan.clip_seconds, "hop_seconds": plan.hop_seconds or plan.clip_seconds,
+                    "missing_audio": missing_audio, "segments": _as_setting(segments),
+                    "annotate": _as_setting(annotate), "tiers": list(tiers or []), "keep_empty": keep_empty,
+                    "annotation_map": str(annotation_map or ""),
+                    "crop": crop, "faces": faces, "require_face": require_face, "precision": precision,
+                    "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
+                    "compile": compiling,
+                    "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
+        write_output(ordered, output, net, predictors, settings, shard, found, command_line, started)
+        return summarise(ordered, output, n_reused=len(refs) - len(jobs))
 
 
 def checked_seconds(value: float | None, name: str) -> float | None:
@@ -430,10 +481,14 @@ def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> N
         path.unlink(missing_ok=True)
 
 
-def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: str, retry_failed: bool = False
+def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run: str, retry_failed: bool = False
                    ) -> tuple[dict[int, VideoResult], list, dict[int, str], dict[int, int]]:
-    """Results an earlier run journalled with the same fingerprint, the jobs left to do (largest
-    file first), each video's fingerprint, and how often each job crashed or stalled a worker before."""
+    """Results an earlier run journalled with the same fingerprint (``run``: this run's run_record),
+    the jobs left to do (largest file first), each video's fingerprint, and how often each job
+    crashed or stalled a worker before. Reused rows get the file's current path (it may have moved:
+    same relative path, size and mtime); journalled videos that other settings made are told."""
+    run_key = _sha256(run)
+    other_runs: list[str] = []  # the run records of journalled videos computed again for other settings
     results: dict[int, VideoResult] = {}
     fingerprints: dict[int, str] = {}
     strikes: dict[int, int] = {}
@@ -449,19 +504,36 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run_key: s
         fingerprints[pos] = video_fingerprint(run_key, ref, segs, size, mtime)
         done = journal.read(ref.video_id)
         if done is not None and done[1] == fingerprints[pos] and not worth_retrying(done[0], retry_failed):
+            done[0].video["source_path"] = str(ref.path)
             results[pos] = done[0]
         else:
             strikes[pos] = done[0].strikes if done is not None and done[1] == fingerprints[pos] else 0
+            if done is not None and done[0].run != run:
+                other_runs.append(done[0].run)
             jobs.append((pos, ref, segs))
             sizes[pos] = size
     if results:
         log.info("resuming: %d of %d videos already done", len(results), len(refs))
+    warn_recomputed(other_runs, run, journal)
     kept = sum(not VideoStatus(r.video["status"]).clean for r in results.values())
     if kept:
         log.warning("%d video(s) with problems kept from an earlier run (unchanged files whose own bytes "
                     "fail, or that crashed or stalled a worker %d times); --retry-failed processes them again",
                     kept, MAX_STRIKES)
     return results, largest_first(jobs, sizes), fingerprints, strikes
+
+
+def warn_recomputed(other_runs: list[str], run: str, journal: Journal) -> None:
+    """One warning when journalled videos are computed again because the settings or weights differ
+    from the run that made them: a typo in a job script must not throw hours away unseen."""
+    if not other_runs:
+        return
+    changes: list[str] = []
+    for old in dict.fromkeys(other_runs):
+        changes += [c for c in run_changes(old, run) if c not in changes]
+    log.warning("%d video(s) finished by an earlier run will be computed again: it used other settings or "
+                "weights (%s); their journal parts in %s will be replaced", len(other_runs),
+                "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else ""), journal.dir)
 
 
 def largest_first(jobs: list, sizes: dict[int, int]) -> list:
@@ -473,13 +545,15 @@ def largest_first(jobs: list, sizes: dict[int, int]) -> list:
 
 
 def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],
-                 shard: tuple[int, int] | None, command_line: str | None, started: str) -> None:
-    """Assemble the journalled videos, in input order, into the output file with its provenance."""
+                 shard: tuple[int, int] | None, inputs: dict[str, Any], command_line: str | None,
+                 started: str) -> None:
+    """Assemble the journalled videos, in input order, into the output file with its provenance
+    (``inputs``: inputs_record, which merge compares between shards)."""
     info = net.info
     attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
              "model_config": info.to_dict(), "preprocess": info.preprocess.to_dict(), "settings": settings,
-             "shard": f"{shard[0]}/{shard[1]}" if shard else "",
+             "shard": f"{shard[0]}/{shard[1]}" if shard else "", "inputs": inputs,
              "command_line": command_line or " ".join(sys.argv), "started_at": started,
              "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     assemble_output(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0],
@@ -504,15 +578,16 @@ class _Recorder:
     """
 
     def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult],
-                 strikes: dict[int, int], bar):
+                 strikes: dict[int, int], run: str, bar):
         self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
-        self.strikes = strikes
+        self.strikes, self.run = strikes, run
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="socialfeat-journal")
         self.writes: list[Future] = []
 
     def __call__(self, pos: int, res: VideoResult) -> None:
         prior = self.strikes.get(pos, 0)
         res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
+        res.run = self.run
         self.results[pos] = res
         for e in res.errors:
             log.warning("%s: %s: %s", one_line(e["path"]), e["stage"], one_line(e["message"]))

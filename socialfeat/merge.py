@@ -2,22 +2,27 @@
 one file, identical to what a single run over all videos writes.
 
 Shards must come from the same model weights, preprocessing and settings; any
-difference is refused with the attribute that differs. Shard files must be the
-complete set 1..N of one split (their ``shard`` attributes): a missing or repeated
-shard is refused, naming it, so that a merge never silently drops videos.
+difference is refused with the attribute (and, in the settings, the keys) that differ.
+Shard files must be the complete set 1..N of one split (their ``shard`` attributes),
+made from the same inputs (their ``inputs`` attributes): a missing or repeated shard,
+or one that found other videos, is refused, naming it, so that a merge never silently
+drops or doubles videos. The output is claimed before any file is read (outputs.claim_output)
+and may not be one of the shards.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from socialfeat.errors import SocialfeatError
-from socialfeat.outputs import refuse_foreign_output
+from socialfeat.errors import OutputExistsError, SocialfeatError
+from socialfeat.outputs import claim_output, refuse_foreign_output
 from socialfeat.store import (
     EMBEDDING_KINDS,
     VideoResult,
@@ -94,18 +99,80 @@ def check_shards(parts: list[str | Path], attrs: list[dict]) -> None:
                          f"({', '.join(f'{i}/{n}' for i in sorted(seen))})")
 
 
+def check_inputs(parts: list[str | Path], attrs: list[dict]) -> None:
+    """Every shard found the same videos (the digest of their relative paths, before the split):
+    shards run on other folders, or before files were added, would double some videos and drop
+    others. Files from before socialfeat recorded its inputs are not compared."""
+    found = [json.loads(a["inputs"]) if a.get("inputs") else None for a in attrs]
+    if None in found:
+        return
+    for p, f in zip(parts[1:], found[1:]):
+        if f["sha256"] != found[0]["sha256"]:
+            raise MergeError(f"the shards were made from different inputs: {_found_text(parts[0], found[0])}, "
+                             f"{_found_text(p, f)}; run every shard on the same inputs (a shard run again "
+                             "resumes from its journal)")
+
+
+def _found_text(path: str | Path, found: dict[str, Any]) -> str:
+    return f"{path} found {found['n_videos']} videos in {', '.join(found['roots'])}"
+
+
+def check_same(parts: list[str | Path], attrs: list[dict]) -> None:
+    """The MUST_MATCH attributes are the same in every file; else MergeError naming the attribute,
+    the keys that differ (JSON objects: settings, preprocess, model_config) and their values."""
+    for key in MUST_MATCH:
+        first = attrs[0].get(key)
+        other = next((i for i, a in enumerate(attrs) if str(a.get(key)) != str(first)), None)
+        if other is not None:
+            raise MergeError(f"shards differ in {key}: "
+                             + _difference(_parsed(first), _parsed(attrs[other].get(key)), parts[0], parts[other]))
+
+
+def _parsed(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _difference(a: Any, b: Any, pa: str | Path, pb: str | Path) -> str:
+    """'KEY: A in PA, B in PB' for each key in which two JSON objects differ; 'A in PA, B in PB' otherwise."""
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...)) \
+        if isinstance(a, dict) and isinstance(b, dict) else []
+    if not keys:
+        return f"{_shown(a)} in {pa}, {_shown(b)} in {pb}"
+    return "; ".join(f"{k}: {_shown(a.get(k, ...))} in {pa}, {_shown(b.get(k, ...))} in {pb}" for k in keys)
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is ... else json.dumps(value, ensure_ascii=False, default=str)[:200]
+
+
+def refuse_input_as_output(parts: list[str | Path], output: Path) -> None:
+    """``-o`` naming one of the shards would replace it: refused."""
+    for p in parts:
+        if output.exists() and os.path.samefile(p, output):
+            raise OutputExistsError(f"{output} is one of the files to merge ({p}); give the merged file "
+                                    "another name")
+
+
 def merge(parts: list[str | Path], output: str | Path, command_line: str = "") -> Path:
-    """Merge the features files ``parts`` into ``output`` (which may only replace a features file)."""
+    """Merge the features files ``parts`` into ``output`` (which may only replace a features file,
+    and not one of ``parts``)."""
     if not parts:
         raise MergeError("nothing to merge")
+    output = Path(output)
+    refuse_input_as_output(parts, output)
     refuse_foreign_output(output, is_features_file, "a socialfeat features file")
+    with claim_output(output):  # before reading: a folder that takes no files fails at once
+        return _merge(parts, output, command_line)
+
+
+def _merge(parts: list[str | Path], output: Path, command_line: str) -> Path:
     attrs = [read_attrs(p) for p in parts]
     check_shards(parts, attrs)
-    for key in MUST_MATCH:
-        values = {str(a.get(key)) for a in attrs}
-        if len(values) > 1:
-            raise MergeError(f"shards differ in {key}: {parts[0]} has {str(attrs[0].get(key))[:120]!r}, "
-                             f"others {sorted(values - {str(attrs[0].get(key))})[0][:120]!r}")
+    check_same(parts, attrs)
+    check_inputs(parts, attrs)
     results, metas, seen = [], [], {}
     for p in parts:
         res, meta = read_results(p)

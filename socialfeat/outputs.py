@@ -2,14 +2,26 @@
 when it is that command's own kind of output (a features file, a CSV export, a
 report it wrote), so ``-o`` pointing at a video, a notes file or the features file
 itself is refused before any work, with one line naming it.
+
+An output is also claimed before any work (:func:`claim_output`): its folder must take
+files, and only one process may write it at a time (two array tasks given the same ``-o``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import socket
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from socialfeat.errors import OutputExistsError
+from socialfeat.errors import OutputBusyError, OutputExistsError, OutputNotWritableError
+
+log = logging.getLogger(__name__)
 
 CSV_HEADER = ("video_id,path",)  # every table socialfeat writes as CSV starts with these columns
 REPORT_MARKER = '<meta name="generator" content="socialfeat report">'
@@ -42,3 +54,70 @@ def is_socialfeat_report(path: Path) -> bool:
     """An HTML page that ``socialfeat report`` wrote (the marker, or the title older versions gave it)."""
     head = _head(path)
     return REPORT_MARKER in head or "<title>socialfeat report:" in head
+
+
+def lock_path(output: str | Path) -> Path:
+    """The lock file of ``output``: hidden, beside it (``.feats.h5.lock``)."""
+    output = Path(output)
+    return output.parent / f".{output.name}.lock"
+
+
+@contextlib.contextmanager
+def claim_output(output: str | Path, folders: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Hold ``output`` for the block: its folder (made if needed) and the existing ``folders`` (the
+    journal) take files, and no other process writes it meanwhile. Checked before any work, so a
+    bad path or a second run with the same ``-o`` fails with one line, not after hours.
+
+    The claim is a POSIX record lock (``fcntl.lockf``) on :func:`lock_path`: cluster file systems
+    (NFS, Lustre, GPFS) honour it across nodes, and the kernel drops it with the process however
+    that ends (SIGKILL included), so a requeued job never finds a stale lock. The file stays."""
+    output = Path(output)
+    _check_folder(output.parent, make=True)
+    for folder in folders:
+        _check_folder(folder, make=False)
+    fd = _lock(output)
+    try:
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _check_folder(folder: Path, make: bool) -> None:
+    """Write a file into ``folder`` (made first when ``make``; skipped when absent otherwise): a real
+    write, since permissions alone do not tell (root, ACLs, a read-only mount)."""
+    if not make and not folder.exists():
+        return
+    if folder.exists() and not folder.is_dir():
+        raise OutputNotWritableError(f"cannot write into {folder}/: it is a file, not a folder")
+    try:
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".socialfeat-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputNotWritableError(f"cannot write into {folder}/: {e.strerror or e}") from None
+
+
+def _lock(output: Path) -> int:
+    """An open descriptor of the output's lock file, locked; OutputBusyError naming the holder when
+    another process holds it. A file system without locks is told in a warning, not refused."""
+    path = lock_path(output)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputNotWritableError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise OutputBusyError(f"{output}: another run is writing it ({holder}); wait for it, or give "
+                                  "each run its own -o (in a SLURM array: -o part-${SLURM_ARRAY_TASK_ID}.h5)"
+                                  ) from None
+        log.warning("%s: cannot lock (%s); two runs given the same output would overwrite each other",
+                    path, e.strerror or e)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd

@@ -74,6 +74,7 @@ class VideoResult:
     errors: list[dict[str, Any]] = field(default_factory=list)  # rows of the errors table
     failure: str = ""  # a Failure value, "" when the video is ok (journal only)
     strikes: int = 0  # runs in which it crashed or stalled its worker (journal only)
+    run: str = ""  # the record of the run that made it (extract.run_record; journal only)
 
 
 def _json_default(o):
@@ -100,6 +101,7 @@ class Journal:
             with h5py.File(tmp, "w") as f:
                 f.attrs["fingerprint"] = fingerprint
                 f.attrs["failure"], f.attrs["strikes"] = str(result.failure), int(result.strikes)
+                f.attrs["run"] = result.run
                 f.attrs["video"] = json.dumps(result.video, default=_json_default)
                 f.attrs["clips"] = json.dumps(result.clips, default=_json_default)
                 f.attrs["errors"] = json.dumps(result.errors, default=_json_default)
@@ -117,7 +119,7 @@ class Journal:
             with h5py.File(path, "r") as f:
                 res = VideoResult(video=json.loads(f.attrs["video"]), clips=json.loads(f.attrs["clips"]),
                                   errors=json.loads(f.attrs["errors"]), failure=str(f.attrs.get("failure", "")),
-                                  strikes=int(f.attrs.get("strikes", 0)))
+                                  strikes=int(f.attrs.get("strikes", 0)), run=str(f.attrs.get("run", "")))
                 for kind in f.get("embeddings", {}):
                     res.embeddings[kind] = f[f"embeddings/{kind}"][()]
                 for task in f.get("predictions", {}):

@@ -228,6 +228,27 @@ def test_same_name_under_two_roots_stays_two_videos(two_sites, tiny_ckpt, tmp_pa
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_a_rerun_after_the_data_moved_reuses_it_at_its_new_place(corpus, tiny_ckpt, tmp_path):
+    """Same relative paths, sizes and mtimes: reused, and source_path is where the files are now."""
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "f.h5"
+    old.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy2(corpus["short"], old / name)
+    run_cli("extract", old, "-o", out, "--weights", tiny_ckpt, "--no-progress")
+    old.rename(new)
+    proc = run_cli("extract", new, "-o", out, "--weights", tiny_ckpt, "--no-progress")
+    assert "(2 reused" in proc.stderr
+    assert list(socialfeat.load_videos(out).source_path) == [str(new / "a.mp4"), str(new / "b.mp4")]
+
+    # another setting: the journal is recomputed, and the rerun says so, with what changed
+    proc = run_cli("extract", new, "-o", out, "--weights", tiny_ckpt, "--no-progress", "--clip-seconds", "1")
+    assert "(0 reused" in proc.stderr
+    assert ("2 video(s) finished by an earlier run will be computed again: it used other settings or weights "
+            "(clip_seconds 2.0 -> 1.0)") in proc.stderr
+    proc = run_cli("extract", new, "-o", out, "--weights", tiny_ckpt, "--no-progress", "--clip-seconds", "1")
+    assert "(2 reused" in proc.stderr and "computed again" not in proc.stderr
+
+
 # ---------------------------------------------------------------- fingerprint, overwriting
 def test_the_run_fingerprint_holds_the_software_versions(monkeypatch, tiny_ckpt):
     from socialfeat import extract as ex
