@@ -3,7 +3,6 @@ the single-process engine on the same inputs."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
