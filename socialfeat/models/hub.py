@@ -78,8 +78,10 @@ def cache_state(name: str, cache: str | Path | None = None) -> CacheState:
 def verify(cfg: PretrainedCfg, path: Path) -> str:
     """The SHA-256 of a cached file, checked against the published or recorded one.
 
-    The file is hashed only when its record is missing or its size or mtime changed;
-    a file without any record (placed in the cache by hand) is recorded as it is.
+    The file is hashed only when its record is missing or its size or mtime changed. A file
+    without a record matching it (placed in the cache by hand, e.g. on a cluster without internet)
+    must also load with its entry's keys and shapes, as a download must: another checkpoint copied
+    under the entry's name would otherwise give other numbers under that name.
     """
     rec = read_record(path)
     if is_fresh(path, rec) and cfg.sha256 in (None, rec["sha256"]):
@@ -89,6 +91,12 @@ def verify(cfg: PretrainedCfg, path: Path) -> str:
     if expected is not None and digest != expected:
         raise ChecksumError(f"{path}: sha256 {digest} does not match the expected {expected}; "
                             f"delete the file to download it again")
+    if expected is None:
+        try:
+            check_fits(cfg, path)
+        except CheckpointError as e:
+            raise ChecksumError(f"{path}: placed in the cache as {cfg.name}, but it is not that model's "
+                                f"checkpoint ({e}); replace or delete it") from None
     try:
         write_record(path, digest, url=cfg.url)
     except OSError as e:  # a shared, read-only cache: verified now, hashed again next time

@@ -208,3 +208,20 @@ def test_two_processes_download_once(entry, server, blobs, cache):
     assert any("another process is downloading it; waiting" in err for _, err in outs)
     sha = hashlib.sha256(blobs["tiny.pth"]).hexdigest()
     assert all(f"sha256 {sha}" in out for out, _ in outs)
+
+
+def test_a_file_placed_by_hand_must_be_the_entrys_model(entry, blobs, cache, monkeypatch):
+    """A cluster without internet: an admin copies weights into the shared cache. Another model's
+    checkpoint under the entry's name is refused (it would give other numbers under that name);
+    the right one is accepted and recorded, without any download."""
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
+    entry("/good/tiny.pth")
+    placed = cache / "served-tiny.pth"
+    cache.mkdir(parents=True)
+    placed.write_bytes(blobs["cav.pth"])  # a CAV-MAE checkpoint, not the entry's Social-MAE
+    with pytest.raises(ChecksumError, match="placed in the cache as served-tiny, but it is not that model's"):
+        fetch("served-tiny", progress=False)
+    assert digest.read_record(placed) is None
+    placed.write_bytes(blobs["tiny.pth"])
+    assert fetch("served-tiny", progress=False) == placed
+    assert digest.read_record(placed)["sha256"] == hashlib.sha256(blobs["tiny.pth"]).hexdigest()
