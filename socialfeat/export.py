@@ -50,7 +50,7 @@ def describe(h5_path: str | Path) -> str:
              f"embedding dim: {attrs.get('embedding_dim')}",
              "status:      " + ", ".join(f"{k}={v}" for k, v in videos["status"].value_counts().items())]
     if len(errors):
-        lines.append(f"errors ({len(errors)}):")
+        lines.append(f"errors and warnings ({len(errors)}):")  # (the errors table holds both: format.md)
         lines += [f"  {one_line(r.path)}: {r.stage}: {one_line(r.message)}" for r in errors.itertuples()]
     return "\n".join(lines)
 

@@ -60,6 +60,8 @@ class ClipInputs:
     n_frames_padded: int
     coverage_audio: float
     flags: list[str] = field(default_factory=list)
+    n_distinct: int = 0  # distinct decoded frames among those sampled (a window shorter than the
+    # sampling interval, or a slide show, shows one frame several times)
 
 
 def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: float,
@@ -78,7 +80,8 @@ def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: fl
     tensors, n_rep = pad_frames([f for _, _, f in frames], spec.num_frames)
     if tensors[0].dtype == torch.uint8 and len({t.shape for t in tensors}) > 1:
         tensors = [frames_tensor(t[None], spec)[0] for t in tensors]  # the frame size changed mid-clip
-    if n_rep:
+    n_distinct = len({got for _, got, _ in frames})
+    if n_rep or n_distinct < len(frames):
         flags.append("frames_repeated")
     if max(abs(req - got) for req, got, _ in frames) > FRAME_GAP_S:
         flags.append("frame_gap")
@@ -98,10 +101,10 @@ def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: fl
             a_tensor = fbank(torch.zeros(n), spec.sample_rate, spec)
             flags.append("silence_embedded")
     if not stack and tensors[0].dtype == torch.uint8:
-        return ClipInputs(a_tensor, FrameList(tensors), end, coverage, n_rep, min(1.0, a_cov), flags)
+        return ClipInputs(a_tensor, FrameList(tensors), end, coverage, n_rep, min(1.0, a_cov), flags, n_distinct)
     stacked = torch.stack(tensors)
     video = stacked if stacked.dtype == torch.uint8 else video_input(stacked, spec)
-    return ClipInputs(a_tensor, video, end, coverage, n_rep, min(1.0, a_cov), flags)
+    return ClipInputs(a_tensor, video, end, coverage, n_rep, min(1.0, a_cov), flags, n_distinct)
 
 
 def model_video(video: torch.Tensor, spec: PreprocessSpec, device: torch.device) -> torch.Tensor:

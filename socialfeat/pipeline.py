@@ -394,7 +394,9 @@ class VideoRun:
                                             f"{'run past' if what == 'cut' else 'start after'} the video's end "
                                             f"({duration:.2f} s): {what}"))
         if not kept:
-            looks_ms = all(seg["end"] / 1000 <= duration + tolerance for seg in segments)
+            # in milliseconds they fit the video, and they lie far beyond it (not a few seconds past its end)
+            looks_ms = (all(seg["end"] / 1000 <= duration + tolerance for seg in segments)
+                        and max(seg["end"] for seg in segments) >= 50 * duration)
             hint = "; the times look like milliseconds: the segments file needs seconds" if looks_ms else ""
             self.problem("plan", f"every segment starts after the video's end ({duration:.2f} s){hint}",
                          VideoStatus.NO_CLIPS)
@@ -499,7 +501,7 @@ class VideoRun:
         flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
         row = {"video_id": clip.video_id, "path": self.ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,
-               "coverage": round(x.coverage, 6), "n_frames": spec.num_frames - x.n_frames_padded,
+               "coverage": round(x.coverage, 6), "n_frames": x.n_distinct,
                "n_frames_padded": x.n_frames_padded, "has_audio": x.coverage_audio > 0,
                "coverage_audio": round(x.coverage_audio, 6), "qc_flags": ";".join(flags), **extra, **clip.extra}
         if self.regions is not None:

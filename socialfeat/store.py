@@ -237,7 +237,7 @@ def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[
                 parts = [r.embeddings[kind] for r in results if kind in r.embeddings and len(r.clips)]
                 data = np.concatenate(parts) if parts else np.zeros((0, embedding_dim), np.float32)
                 emb.create_dataset(kind, data=data.astype(np.float32), chunks=True if len(data) else None)
-            pred = f.create_group("predictions")
+            pred = f.create_group("predictions", track_order=True)  # the --tasks order, not alphabetical
             for task, meta in prediction_labels.items():
                 parts = [r.predictions[task] for r in results if task in r.predictions and len(r.clips)]
                 data = np.concatenate(parts) if parts else np.zeros((0, len(meta["label_names"])), np.float32)

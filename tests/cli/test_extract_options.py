@@ -90,6 +90,15 @@ def test_warnings_stay_one_line_and_quiet_keeps_stderr_for_errors(corpus, tiny_c
     assert quiet.returncode == 3 and quiet.stderr == ""
 
 
+def test_a_window_shorter_than_the_sampling_interval_says_its_frames_repeat(corpus, tiny_ckpt, tmp_path):
+    out = tmp_path / "short_windows.h5"
+    run_cli("extract", corpus["talk"], "-o", out, "--weights", tiny_ckpt, "--no-progress", "--clip-seconds", "0.1",
+            "--hop-seconds", "2")
+    df = socialfeat.load_features(out)
+    assert len(df) == 5 and (df.n_frames <= 3).all() and (df.n_frames >= 2).all()  # 0.1 s of 25 fps video
+    assert df.qc_flags.str.contains("frames_repeated").all() and (df.n_frames_padded == 0).all()
+
+
 def test_missing_input_is_a_usage_error(tmp_path, tiny_ckpt):
     proc = run_cli("extract", tmp_path / "nope", "-o", tmp_path / "x.h5", "--weights", tiny_ckpt, check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -95,6 +95,12 @@ def test_probe_regression_beats_the_mean(task_media, tiny_ckpt, tmp_path):
             str(head) + ".features.h5", "--embedding", "audio", "--type", "regression", "--cv", "4",
             "--overwrite")
     assert metrics_of(head)["held_out"] == m["held_out"]
+    # predictions come in the order of --tasks (not alphabetically)
+    out = tmp_path / "two.h5"
+    run_cli("extract", root / "speech_0.mp4", "-o", out, "--weights", tiny_ckpt, "--tasks",
+            f"zeta={head},alpha={head}", "--no-progress")
+    columns = [c for c in socialfeat.load_features(out, embeddings=None).columns if c.endswith("ness")]
+    assert columns == ["zeta_loudness", "zeta_quietness", "alpha_loudness", "alpha_quietness"]
 
 
 def test_full_finetuning_beats_chance(task_media, tiny_ckpt, tmp_path):

@@ -55,7 +55,8 @@ def test_segments_past_the_end_are_said_and_milliseconds_recognised(study, tiny_
     proc = extract(study, tiny_ckpt, "video,start,end\n"
                    "P01/session1.mp4,2.0,4.5\n"     # runs past the 3-s end: cut there
                    "P01/session1.mp4,5,6\n"         # starts after it: dropped
-                   "P02/session1.mp4,1000,2500\n", "past")  # milliseconds
+                   "P02/session1.mp4,1000,2500\n"  # milliseconds
+                   "P02/session2.mp4,4,5\n", "past")  # seconds, just past the end: not milliseconds
     assert proc.returncode == 3
     errors = socialfeat.load_errors(study / "past.h5")
     notes = errors[errors.stage == "segments"].message.tolist()
@@ -64,6 +65,9 @@ def test_segments_past_the_end_are_said_and_milliseconds_recognised(study, tiny_
     assert videos.loc["P01/session1.mp4", "status"] == "ok"  # notes do not make a video damaged
     assert videos.loc["P02/session1.mp4", "status"] == "no_clips"
     assert "milliseconds" in videos.loc["P02/session1.mp4", "error"]
+    assert videos.loc["P02/session2.mp4", "status"] == "no_clips"
+    assert "starts after the video's end" in videos.loc["P02/session2.mp4", "error"]
+    assert "milliseconds" not in videos.loc["P02/session2.mp4", "error"]
     clips = socialfeat.load_features(study / "past.h5", embeddings=None)
     assert clips[clips.path == "P01/session1.mp4"].end_s.max() <= 3.1
 
