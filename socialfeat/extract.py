@@ -42,6 +42,7 @@ from socialfeat.annotations import (
 from socialfeat.atomic import stale_temporaries, stale_temporaries_in
 from socialfeat.clips import MIN_SECONDS, SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
+    PRECISIONS,
     BatchEncoder,
     build_predictors,
     prepare_models,
@@ -265,7 +266,7 @@ def fetch_released_weights(model: str, weights: str | Path | None, tasks: list[s
             fetch(released_task_model(name), progress=progress, supply=f"--tasks {name.strip()}=PATH")
 
 
-def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
+def extract(inputs: str | Path | list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,
             weights: str | Path | None = None, *, file_list: str | Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
             clip_seconds: float | None = None, hop_seconds: float | None = None,
@@ -317,8 +318,12 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
     decoding, sets the pace; model_call.ModelCall). Ignored on the CPU, where it measured no gain.
     """
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)  # (one folder or file given alone)
     clip_seconds = checked_seconds(clip_seconds, "clip_seconds")  # before any work: NaN would plan forever
     hop_seconds = checked_seconds(hop_seconds, "hop_seconds")
+    check_arguments(missing_audio=missing_audio, crop=crop, faces=faces, require_face=require_face, engine=engine,
+                    device=device, precision=precision, batch_size=batch_size, workers=workers,
+                    video_timeout=video_timeout)
     output = Path(output)
     refuse_foreign_output(output, is_features_file, "a socialfeat features file")
     journal = Journal(output)
@@ -389,6 +394,26 @@ def extract(inputs: list[str | Path], output: str | Path, model: str = DEFAULT_M
                     "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
         write_output(ordered, output, net, predictors, settings, shard, found, command_line, started)
         return summarise(ordered, output, n_reused=len(refs) - len(jobs))
+
+
+CHOICES = {"missing_audio": ("nan", "silence"), "crop": ("none", "face"), "faces": ("main", "all"),
+           "engine": ("local", "ray"), "device": ("auto", "cpu", "cuda"), "precision": PRECISIONS}
+
+
+def check_arguments(*, require_face: bool, batch_size: int | None, workers: int | None,
+                    video_timeout: float | None, **choices: str) -> None:
+    """What the CLI's option types check, for a call from Python: a misspelt choice would
+    otherwise run as the default and be recorded as given, a negative batch fail deep inside."""
+    for name, value in choices.items():
+        if value not in CHOICES[name]:
+            raise UsageError(f"{name} must be one of {', '.join(map(repr, CHOICES[name]))}, got {value!r}")
+    if (choices["faces"] != "main" or require_face) and choices["crop"] != "face":
+        raise UsageError("faces='all' and require_face apply to face crops: give crop='face' (--crop face) too")
+    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise UsageError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    if video_timeout is not None and not (isinstance(video_timeout, (int, float)) and video_timeout > 0):
+        raise UsageError(f"video_timeout must be a positive number of seconds, got {video_timeout!r}")
 
 
 def checked_seconds(value: float | None, name: str) -> float | None:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -75,11 +76,25 @@ def claim_output(output: str | Path, folders: tuple[Path, ...] = ()) -> Iterator
     _check_folder(output.parent, make=True)
     for folder in folders:
         _check_folder(folder, make=False)
-    fd = _lock(output)
+    key = lock_path(output).resolve()
+    with _CLAIMED_LOCK:  # POSIX locks belong to the process: its threads are told apart here
+        if key in _CLAIMED:
+            raise OutputBusyError(f"{output}: another run in this process is writing it; give each run its own "
+                                  "output")
+        _CLAIMED.add(key)
     try:
-        yield
+        fd = _lock(output)
+        try:
+            yield
+        finally:
+            os.close(fd)  # (releases the lock)
     finally:
-        os.close(fd)  # (releases the lock)
+        with _CLAIMED_LOCK:
+            _CLAIMED.discard(key)
+
+
+_CLAIMED: set[Path] = set()  # outputs claimed by this process (two threads calling extract)
+_CLAIMED_LOCK = threading.Lock()
 
 
 def _check_folder(folder: Path, make: bool) -> None:

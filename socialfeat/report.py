@@ -26,6 +26,7 @@ from socialfeat.outputs import (
     refuse_foreign_output,
 )
 from socialfeat.store import (
+    computed_embeddings,
     load_errors,
     load_features,
     load_videos,
@@ -64,9 +65,10 @@ class Quantity:
     ylim: tuple[float, float]
 
 
-def timeline_quantity(clips: pd.DataFrame, tasks: dict[str, tuple[str, list[str]]], pc1: np.ndarray) -> Quantity:
+def timeline_quantity(clips: pd.DataFrame, tasks: dict[str, tuple[str, list[str]]], pc1: np.ndarray,
+                      kind: str = "joint") -> Quantity:
     """Task predictions (a two-class task as one line: the second class's probability), or the
-    first principal component of the joint embeddings; y-range shared by every video."""
+    first principal component of the ``kind`` embeddings; y-range shared by every video."""
     cols, labels = [], []
     for task, (kind, names) in tasks.items():
         shown = names[1:] if kind == "classification" and len(names) == 2 else names
@@ -76,7 +78,7 @@ def timeline_quantity(clips: pd.DataFrame, tasks: dict[str, tuple[str, list[str]
         finite = pc1[np.isfinite(pc1)]
         lo, hi = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
-        return Quantity(["joint_pc1"], ["joint PC1"], "joint embedding, 1st principal\ncomponent (all clips)",
+        return Quantity([f"{kind}_pc1"], [f"{kind} PC1"], f"{kind} embedding, 1st principal\ncomponent (all clips)",
                         (lo - pad, hi + pad))
     values = clips[cols].to_numpy(np.float64)
     probabilities = all(kind in ("classification", "multilabel") for kind, _ in tasks.values())
@@ -106,7 +108,7 @@ def _timeline(video: pd.DataFrame, quantity: Quantity, title: str) -> str:
     points = _with_gaps(video, quantity.columns)
     for col, label in zip(quantity.columns, quantity.labels):
         ax.plot(points["mid"], points[col], marker="o", ms=3, label=label)
-    if quantity.columns != ["joint_pc1"]:
+    if not quantity.columns[0].endswith("_pc1"):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     ax.set_ylim(*quantity.ylim)
     ax.set_ylabel(quantity.ylabel, fontsize=8)
@@ -141,8 +143,10 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
 
     attrs = read_attrs(h5_path)
     videos, errors = load_videos(h5_path), load_errors(h5_path)
-    clips = load_features(h5_path, embeddings="joint")
-    emb_cols = [c for c in clips.columns if c.startswith("joint_")]
+    kinds = computed_embeddings(h5_path)  # (a run limited with --embeddings may lack joint)
+    kind = "joint" if "joint" in kinds else kinds[0]
+    clips = load_features(h5_path, embeddings=kind)
+    emb_cols = [c for c in clips.columns if c.startswith(f"{kind}_")]
     emb = clips[emb_cols].to_numpy(np.float64)
     ok = np.isfinite(emb).all(1)
     pcs = np.full((len(clips), 2), np.nan)
@@ -158,13 +162,13 @@ def build_report(h5_path: str | Path, output: str | Path) -> Path:
             ax.legend(dots, [str(p) for p in groups], fontsize=7)
         ax.set_xlabel("PC1")
         ax.set_ylabel("PC2")
-        ax.set_title("joint embeddings of all clips (PCA), coloured by video", fontsize=9)
+        ax.set_title(f"{kind} embeddings of all clips (PCA), coloured by video", fontsize=9)
         overview = f'<img alt="embedding overview" src="{_png(fig)}">'
     else:
-        overview = "<p>Too few clips with a joint embedding for an overview.</p>"
+        overview = f"<p>Too few clips with a {kind} embedding for an overview.</p>"
 
-    clips["joint_pc1"] = pcs[:, 0]
-    quantity = timeline_quantity(clips, _task_kinds(h5_path), pcs[:, 0])
+    clips[f"{kind}_pc1"] = pcs[:, 0]
+    quantity = timeline_quantity(clips, _task_kinds(h5_path), pcs[:, 0], kind)
     timelines = []
     for path, video in list(clips.groupby("path", sort=False))[:MAX_TIMELINES]:
         title = f"{path} ({len(video)} clips)"

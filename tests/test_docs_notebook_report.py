@@ -110,3 +110,25 @@ def test_cli_reference_is_current_and_equals_help():
     for command in ("extract", "models", "info"):
         shown = run_cli(command, "--help", env={"COLUMNS": "80"}).stdout
         assert f"## socialfeat {command}\n\n```text\n{shown}```" in text
+
+
+@pytest.fixture(scope="module")
+def silent_visual_only(corpus, tiny_ckpt, tmp_path_factory) -> Path:
+    """A run that computed only the visual embedding, of recordings without audio (no joint)."""
+    out = tmp_path_factory.mktemp("visual_only") / "visual.h5"
+    run_cli("extract", corpus["noaudio"], corpus["vfr"], corpus["talk"], corpus["rotated"], "-o", out, "--weights",
+            tiny_ckpt, "--embeddings", "visual", "--no-progress")
+    return out
+
+
+def test_notebook_and_report_use_the_visual_embedding_when_there_is_no_joint(silent_visual_only, monkeypatch,
+                                                                             tmp_path):
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    monkeypatch.setenv("SOCIALFEAT_FEATURES", str(silent_visual_only))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert "embedding analysed: visual" in "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    page = tmp_path / "report.html"
+    run_cli("report", silent_visual_only, "-o", page)
+    assert 'alt="embedding overview"' in page.read_text()  # the PCA of the visual embeddings

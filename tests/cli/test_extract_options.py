@@ -168,3 +168,23 @@ def test_overlapping_windows_equal_the_same_windows_alone(corpus, tiny_ckpt, tmp
     assert list(b.index) == [0.5 * k for k in range(17)]  # up to the window reaching the end
     cols = [c for c in a.columns if c.startswith(("joint_", "audio_", "visual_"))]
     np.testing.assert_allclose(b.loc[a.index, cols].to_numpy(), a[cols].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"crop": "Face"}, {"faces": "every", "crop": "face"}, {"missing_audio": "silent"},
+                                 {"engine": "dask"}, {"device": "gpu"}, {"batch_size": 0}, {"batch_size": -1},
+                                 {"workers": -1}, {"video_timeout": 0}, {"faces": "all"}, {"require_face": True}])
+def test_the_library_call_checks_what_the_cli_options_check(bad, corpus, tiny_ckpt, tmp_path):
+    """From Python a misspelt choice ran as the default and was recorded as given."""
+    from socialfeat.errors import UsageError
+    from socialfeat.extract import extract
+    with pytest.raises(UsageError):
+        extract([corpus["short"]], tmp_path / "x.h5", weights=tiny_ckpt, progress=False, **bad)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_the_library_call_takes_one_path_as_it_is(corpus, tiny_ckpt, tmp_path):
+    from socialfeat.extract import extract
+    for given in (str(corpus["short"]), corpus["short"]):
+        out = tmp_path / f"{type(given).__name__}.h5"
+        summary = extract(given, out, weights=tiny_ckpt, workers=0, progress=False)
+        assert summary.n_videos == 1 and list(socialfeat.load_videos(out).path) == ["short.mp4"]
