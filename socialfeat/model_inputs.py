@@ -12,7 +12,9 @@ import torch
 from socialfeat.media import AudioTrack, FrameStream, MediaError, MediaInfo, load_audio
 from socialfeat.preprocess import PreprocessSpec, fbank, frames_tensor, video_input
 
-FRAME_GAP_S = 0.5  # a sampled frame further than this from its requested time is flagged
+# a sampled frame further than this from its requested time is flagged (or than 1.5 frame intervals
+# of the video's own rate, for videos of a frame a second or slower: that is their normal)
+FRAME_GAP_S = 0.5
 AUDIO_COMPLETE = 0.99  # audio coverage below this (of the content) is flagged partial
 
 
@@ -66,7 +68,7 @@ class ClipInputs:
 
 def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: float,
                       frames: list[tuple[float, float, torch.Tensor]], audio: AudioTrack | None,
-                      missing_audio: str = "nan", stack: bool = True) -> ClipInputs:
+                      missing_audio: str = "nan", stack: bool = True, fps: float = 0.0) -> ClipInputs:
     """Inputs of the clip [start, end) in a window of ``window`` s.
 
     frames: (requested time, frame time, transformed frame (3, S, S)) in order; or
@@ -83,7 +85,7 @@ def build_clip_inputs(spec: PreprocessSpec, start: float, window: float, end: fl
     n_distinct = len({got for _, got, _ in frames})
     if n_rep or n_distinct < len(frames):
         flags.append("frames_repeated")
-    if max(abs(req - got) for req, got, _ in frames) > FRAME_GAP_S:
+    if max(abs(req - got) for req, got, _ in frames) > max(FRAME_GAP_S, 1.5 / fps if fps > 0 else 0.0):
         flags.append("frame_gap")
     a_tensor, a_cov = None, 0.0
     if audio is not None:
@@ -131,5 +133,5 @@ def read_clip(info: MediaInfo, spec: PreprocessSpec, start: float, window: float
     if not frames:
         raise MediaError(info.path, "decode-video", f"no decodable frame in [{start:.2f}, {end:.2f}) s")
     audio = load_audio(info, spec.sample_rate, start, end) if info.has_audio else None
-    return build_clip_inputs(spec, start, window, end, frames, audio)
+    return build_clip_inputs(spec, start, window, end, frames, audio, fps=info.fps)
 

@@ -497,7 +497,7 @@ class VideoRun:
         """The model inputs of one clip and its row of the clips table."""
         spec, plan = self.spec, self.plan
         x = build_clip_inputs(spec, clip.start, clip.window, end, frames, self.audio, plan.missing_audio,
-                              stack=self.stack_frames)
+                              stack=self.stack_frames, fps=self.video.get("fps") or 0.0)
         flags = x.flags + (["no_face"] if extra.get("track") == -1 else []) + (["skipped"] if skip else [])
         row = {"video_id": clip.video_id, "path": self.ref.relpath, "clip_index": clip.clip_index,
                "start_s": clip.start, "end_s": round(end, 6), "window_s": clip.window,

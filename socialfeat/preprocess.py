@@ -176,6 +176,8 @@ def _float_frames(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     than the conversion itself (1.2-1.7x slower). The caller must not keep the
     result; every use here resizes it (or copies it) at once.
     """
+    if isinstance(rgb, np.ndarray) and not rgb.flags.writeable:  # (a face crop of a frame: torch warns on
+        rgb = rgb.copy()  # a read-only array on every clip, though it is only read)
     src = (rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)).permute(0, 3, 1, 2)
     if src.device.type != "cpu":
         return src.float().contiguous().div_(255.0)

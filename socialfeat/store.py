@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from socialfeat.atomic import atomic_path
-from socialfeat.errors import UsageError
+from socialfeat.errors import InputNotFoundError, UsageError
 
 if TYPE_CHECKING:  # pandas is imported where tables are read: 0.2 s that extract's start-up need not pay
     import pandas as pd
@@ -253,6 +253,8 @@ def check_features_file(path: str | Path) -> None:
     """Raise a one-line UsageError unless ``path`` is a features file written by socialfeat."""
     path = Path(path)
     hint = f"; the HDF5 kept beside a CSV output is {path.name}.h5" if path.suffix.lower() == ".csv" else ""
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise UsageError(f"{path}: not an HDF5 file{hint}")
     if not is_features_file(path):
@@ -281,14 +283,34 @@ def read_table(group: h5py.Group) -> pd.DataFrame:
 
 def load_videos(path: str | Path) -> pd.DataFrame:
     """The videos table (one row per input file, status and error included)."""
+    check_features_file(path)
     with h5py.File(path, "r") as f:
         return read_table(f["videos"])
 
 
 def load_errors(path: str | Path) -> pd.DataFrame:
     """The errors table: one row per problem (file, stage, one-line cause)."""
+    check_features_file(path)
     with h5py.File(path, "r") as f:
         return read_table(f["errors"])
+
+
+def requested_kinds(embeddings: str | list[str] | tuple[str, ...] | None, computed: tuple[str, ...]) -> list[str]:
+    """The embedding kinds asked for, in the file's order, each once: None; 'all' (what the run
+    computed); a kind, a comma-separated string or a list of kinds (any letter case), as extract takes them."""
+    if embeddings is None:
+        return []
+    if not isinstance(embeddings, (str, list, tuple)):
+        raise UsageError(f"embeddings must be 'all', None or some of {', '.join(EMBEDDING_KINDS)}, "
+                         f"got {embeddings!r}")
+    names = embeddings.split(",") if isinstance(embeddings, str) else [str(n) for n in embeddings]
+    names = [n.strip().lower() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(computed)
+    bad = sorted(set(names) - set(EMBEDDING_KINDS))
+    if bad or not names:
+        raise UsageError(f"unknown embedding kind(s) {bad}; choose 'all' or from {', '.join(EMBEDDING_KINDS)}")
+    return [k for k in EMBEDDING_KINDS if k in names]
 
 
 def load_features(path: str | Path, embeddings: str | list[str] | None = "joint",
@@ -301,16 +323,9 @@ def load_features(path: str | Path, embeddings: str | list[str] | None = "joint"
     """
     import pandas as pd
 
+    check_features_file(path)
     computed = computed_embeddings(path)
-    if embeddings == "all":
-        kinds = list(computed)
-    elif embeddings is None:
-        kinds = []
-    else:
-        kinds = [embeddings] if isinstance(embeddings, str) else list(embeddings)
-    bad = set(kinds) - set(EMBEDDING_KINDS)
-    if bad:
-        raise ValueError(f"unknown embedding kind(s) {sorted(bad)}; choose from {EMBEDDING_KINDS}")
+    kinds = requested_kinds(embeddings, computed)
     absent = [k for k in kinds if k not in computed]
     if absent:
         raise ValueError(f"{path}: the run computed only the {', '.join(computed)} embedding(s) "

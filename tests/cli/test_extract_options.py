@@ -188,3 +188,26 @@ def test_the_library_call_takes_one_path_as_it_is(corpus, tiny_ckpt, tmp_path):
         out = tmp_path / f"{type(given).__name__}.h5"
         summary = extract(given, out, weights=tiny_ckpt, workers=0, progress=False)
         assert summary.n_videos == 1 and list(socialfeat.load_videos(out).path) == ["short.mp4"]
+
+
+def test_load_functions_take_kinds_as_extract_does_and_refuse_foreign_files(corpus, tiny_ckpt, tmp_path):
+    from socialfeat.errors import UsageError
+    out = tmp_path / "kinds.h5"
+    run_cli("extract", corpus["short"], "-o", out, "--weights", tiny_ckpt, "--no-progress", "--embeddings",
+            "joint,visual")
+    both = socialfeat.load_features(out, embeddings="Joint, visual")
+    assert [c for c in both if c.endswith("_000")] == ["joint_000", "visual_000"]
+    assert socialfeat.load_features(out, embeddings=["visual", "joint", "joint"]).columns.equals(both.columns)
+    assert socialfeat.load_features(out, embeddings="ALL").columns.equals(both.columns)
+    for bad in (3, "jiont"):
+        with pytest.raises(UsageError):
+            socialfeat.load_features(out, embeddings=bad)
+    foreign = tmp_path / "other.h5"
+    import h5py
+    with h5py.File(foreign, "w") as f:
+        f["x"] = [1]
+    for load in (socialfeat.load_features, socialfeat.load_videos, socialfeat.load_errors):
+        with pytest.raises(UsageError, match="not one written by socialfeat"):
+            load(foreign)
+        with pytest.raises(FileNotFoundError):
+            load(tmp_path / "missing.h5")

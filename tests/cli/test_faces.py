@@ -46,8 +46,9 @@ def centers(boxes: str) -> list[tuple[float, float, float]]:
 def test_moving_face_is_cropped_on_every_frame(tiny_ckpt, tmp_path, face_offset):
     video = face_video(tmp_path / "one_face.mp4", [("180+120*sin(2*PI*t/6)", "100+40*cos(2*PI*t/4)")])
     out = tmp_path / "face.h5"
-    run_cli("extract", video, "-o", out, "--weights", tiny_ckpt, "--crop", "face", "--csv", tmp_path / "csv",
-            "--no-progress")
+    proc = run_cli("extract", video, "-o", out, "--weights", tiny_ckpt, "--crop", "face", "--csv", tmp_path / "csv",
+                   "--no-progress")
+    assert "Warning" not in proc.stderr, proc.stderr  # (torch warned on every face crop)
     df = socialfeat.load_features(out, embeddings="visual")
     assert len(df) == 3 and (df.track == 0).all() and (df.face_fraction == 1.0).all()
     dx, dy, size = face_offset

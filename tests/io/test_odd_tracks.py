@@ -14,7 +14,7 @@ from media_factory import talking_video
 
 from socialfeat.media import load_audio, probe
 from socialfeat.models import create_model
-from socialfeat.pipeline import PlanSettings, VideoDone, video_items
+from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone, video_items
 from socialfeat.walk import VideoRef
 
 
@@ -156,3 +156,22 @@ def test_the_default_audio_track_and_the_largest_picture_are_used(source, tmp_pa
     ours = load_audio(info).samples[16000:32000]  # the tone, not the speech
     spectrum = np.abs(np.fft.rfft(ours))
     assert abs(int(np.argmax(spectrum)) - 440) <= 2
+
+
+def clip_rows(path: Path) -> list[dict]:
+    spec = create_model("social-mae-tiny").info.preprocess
+    plan = PlanSettings(clip_seconds=spec.clip_seconds, hop_seconds=None, missing_audio="nan")
+    return [x.clip for x in video_items(0, VideoRef(path, path.name), spec, plan, None) if isinstance(x, ClipItem)]
+
+
+def test_frame_gaps_are_holes_in_the_picture_not_a_slow_frame_rate(source, tmp_path):
+    one_fps = tmp_path / "one_fps.mp4"  # a screen recording at one frame a second: its normal
+    ffmpeg("-i", str(source), "-vf", "fps=1", "-c:v", "libx264", "-c:a", "copy", str(one_fps))
+    rows = clip_rows(one_fps)
+    assert rows and not any("frame_gap" in r["qc_flags"] for r in rows)
+    assert all(r["n_frames"] <= 2 and "frames_repeated" in r["qc_flags"] for r in rows)  # 2-s clips, 1 fps
+    hole = tmp_path / "hole.mp4"  # 25 fps with the frames of 4-7 s missing (timestamps kept)
+    ffmpeg("-i", str(source), "-vf", "select='not(between(t,4,7))'", "-fps_mode", "vfr", "-c:v", "libx264",
+           "-c:a", "copy", str(hole))
+    flagged = [r["start_s"] for r in clip_rows(hole) if "frame_gap" in r["qc_flags"]]
+    assert flagged and all(4.0 <= s < 7.0 for s in flagged)
