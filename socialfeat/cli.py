@@ -384,7 +384,8 @@ def pretrain(inputs, resume, overwrite, no_progress, **settings) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Head / model checkpoint to write.")
 @click.option("--probe", "probe_only", is_flag=True, help="Frozen backbone: fit a head on the embeddings.")
 @click.option("--features", type=click.Path(exists=True, dir_okay=False),
-              help="With --probe: an existing feats.h5 extracted with --segments LABELS (skips extraction).")
+              help="With --probe: an existing feats.h5 holding the labelled clips (extracted with --segments "
+                   "LABELS; skips extraction). The labels decide which clips are used and their labels.")
 @click.option("--model", default="social-mae", help="Backbone registry name.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Backbone checkpoint (overrides --model).")
 @click.option("--embedding", type=click.Choice(["joint", "audio", "visual"]), default="joint")
@@ -409,7 +410,10 @@ def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, pr
     import json
 
     from socialfeat.finetune import finetune as run_finetune
+    from socialfeat.finetune import json_safe
 
+    if features and not probe_only:
+        raise click.UsageError("--features works with --probe only (full finetuning reads the videos)")
     if not inputs and not features:
         raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
     if not features:
@@ -423,7 +427,8 @@ def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, pr
                                epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
                                regression_loss=regression_loss, workers=workers, seed=seed,
                                overwrite=overwrite, progress=not no_progress)
-    click.echo(json.dumps({"held_out": metrics["held_out"], "baseline": metrics["baseline"]}, indent=1), err=True)
+    click.echo(json.dumps(json_safe({"held_out": metrics["held_out"], "baseline": metrics["baseline"]}), indent=1,
+                          allow_nan=False), err=True)
 
 
 @main.command()

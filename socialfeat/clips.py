@@ -249,13 +249,14 @@ def _column_values(cells: list[str]) -> list[Any]:
 
 
 def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source: str | Path,
-                   cwd: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+                   cwd: Path | None = None, warn: bool = True) -> dict[str, list[dict[str, Any]]]:
     """The segments of each input video, keyed by its relative path: never a guess.
 
     A ``video`` text may be the path relative to an input root (``P01/session1.mp4``), a path as
     typed on the command line (``study/P01/session1.mp4``, relative to the working folder, or
     absolute), or a file name that only one input video has. A name that fits several videos is
-    a SegmentsError listing them; rows that match no video are listed by line in a warning.
+    a SegmentsError listing them; rows that match no video are listed by line in a warning (unless
+    ``warn`` is False: a caller that reads the file again later, and warns then, says it once).
     """
     cwd = (cwd or Path.cwd()).resolve()
     by_rel = {v.relpath: v for v in videos}
@@ -280,7 +281,7 @@ def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source:
             unmatched += [str(s.get("segment_row", "?")) for s in segs]
             continue
         out.setdefault(hit.relpath, []).extend(segs)
-    if unmatched:
+    if unmatched and warn:
         log.warning("%s: line(s) %s name no input video (by relative path, path or file name)", source,
                     ", ".join(sorted(unmatched, key=lambda x: int(x) if x.isdigit() else 0)))
     for segs in out.values():

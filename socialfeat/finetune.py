@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from socialfeat.errors import OutputExistsError, UsageError
+from socialfeat.errors import OutputExistsError, SocialfeatError, UsageError
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
@@ -65,7 +65,7 @@ def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns:
     if task_type == "classification":
         if len(cols) != 1:
             raise UsageError(f"classification needs one label column, got {cols}")
-        names = sorted(table[cols[0]].astype(str).unique().tolist())
+        names = class_names(table[cols[0]])
         if len(names) < 2:
             raise UsageError(f"classification needs at least two classes, found {names}")
     elif task_type == "regression":
@@ -77,15 +77,36 @@ def infer_labelling(table: pd.DataFrame, task_type: str = "auto", label_columns:
     return Labelling(task_type, cols, names, groups)
 
 
+def class_names(values: pd.Series) -> list[str]:
+    """The classes as text, in numeric order when all are numbers (ratings 1, 2, ..., 10, not
+    1, 10, 2 as text sorts them), else alphabetically."""
+    names = values.astype(str).unique().tolist()
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+# how spreadsheets and R (write.csv writes NA) spell a missing value; compared in lower case
+MISSING_SPELLINGS = ("na", "n/a", "#n/a", "nan", "null")
+
+
 def refuse_empty_labels(table: pd.DataFrame, column: str, source: str, allow_empty: bool = False) -> None:
-    """A label cell left empty is a mistake to fix, not a label: as NaN it would turn a column of
-    classes into a regression (and NaN targets), as '' it would become a class of its own."""
+    """A label cell left empty (or written NA, NaN, NULL ...) is a mistake to fix, not a label: as NaN
+    it would turn a column of classes into a regression (and NaN targets), as text ('', 'NA') it would
+    become a class of its own, and a score column with one 'nan' would become classes. ``allow_empty``
+    (annotation values): '' and 'NA' are values an annotator typed, only a missing one is refused."""
     values = table[column]
-    empty = values.isna() | (values.astype(str).str.strip() == "") if not allow_empty else values.isna()
+    text = values.astype(str).str.strip()
+    spelled = text.str.lower().isin(MISSING_SPELLINGS) & values.notna()
+    empty = values.isna() if allow_empty else values.isna() | (text == "") | spelled
     if empty.any():
         rows = table["segment_row"][empty] if "segment_row" in table else pd.Series(np.flatnonzero(empty) + 2)
         lines = ", ".join(map(str, sorted(rows.astype(int))[:10])) + (" ..." if empty.sum() > 10 else "")
-        raise UsageError(f"{source}: label column {column!r} is empty at line(s) {lines}; fill in those cells "
+        how = "is empty" if allow_empty or not spelled.any() else \
+            f"is {'empty or ' if (empty & ~spelled).any() else ''}missing (written " \
+            f"{', '.join(map(repr, dict.fromkeys(text[spelled])))})"
+        raise UsageError(f"{source}: label column {column!r} {how} at line(s) {lines}; fill in those cells "
                          "or remove their rows")
 
 
@@ -171,11 +192,14 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
 def evaluate(task_type: str, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict[str, float]:
     """Classification: balanced accuracy (unweighted average recall, as the Social-MAE paper)
     and accuracy. Regression, per trait and averaged: mean absolute error on the label's own
-    scale, and Pearson's r (NaN where the predictions or the labels do not vary)."""
+    scale, and Pearson's r (NaN where the predictions or the labels do not vary). Balanced accuracy
+    is NaN (undefined) when the clips hold one class: it is then that class's recall, whose chance
+    level is not 1/K, and a majority baseline of another class scores 0."""
     if task_type == "classification":
         pred = y_pred.argmax(1) if y_pred.ndim == 2 else y_pred
         recalls = [float((pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
-        return {"balanced_accuracy": float(np.mean(recalls)), "accuracy": float((pred == y_true).mean())}
+        balanced = float(np.mean(recalls)) if len(recalls) > 1 else float("nan")
+        return {"balanced_accuracy": balanced, "accuracy": float((pred == y_true).mean())}
     y_true, y_pred = y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)
     mae = np.abs(y_pred - y_true).mean(0)
     r = np.array([pearson_r(y_true[:, k], y_pred[:, k]) for k in range(y_true.shape[1])])
@@ -200,14 +224,32 @@ def baseline_predictions(task_type: str, y_train: np.ndarray, n: int, n_classes:
 
 
 def summarise(folds: list[dict[str, float]]) -> dict[str, Any]:
-    """Mean over folds, and their standard deviation when there are several (one split has none)."""
-    out = {}
+    """Mean over the folds where a score is defined, and their standard deviation when there are
+    several (one split has none); None when no fold defines it, and ``undefined_folds`` counts the
+    folds left out of the mean."""
+    out: dict[str, Any] = {}
     for k in folds[0]:
-        values = [f[k] for f in folds]
-        out[k] = {"mean": float(np.mean(values))}
+        values = np.array([f[k] for f in folds], dtype=float)
+        defined = values[np.isfinite(values)]
+        out[k] = {"mean": float(defined.mean()) if len(defined) else None}
         if len(folds) > 1:
-            out[k]["sd"] = float(np.std(values))
+            out[k]["sd"] = float(defined.std()) if len(defined) > 1 else None
+        if len(defined) < len(values):
+            out[k]["undefined_folds"] = int(len(values) - len(defined))
     return out
+
+
+def add_single_class_folds(metrics: dict[str, Any], labelling: Labelling, held_out: list[np.ndarray]) -> None:
+    """Record (``single_class_folds``, numbered from 1) and say in a warning which held-out folds hold
+    clips of one class only: their balanced accuracy is undefined (null in the metrics)."""
+    if labelling.task_type != "classification":
+        return
+    folds = [k + 1 for k, y in enumerate(held_out) if len(np.unique(y)) < 2]
+    metrics["single_class_folds"] = folds
+    if folds:
+        log.warning("held-out fold(s) %s of %d hold clips of one class only: balanced accuracy is undefined "
+                    "there (null in the metrics); use fewer folds (--cv), a larger --val-fraction or more "
+                    "recordings", ", ".join(map(str, folds)), len(held_out))
 
 
 # ---------------------------------------------------------------- probe
@@ -237,26 +279,90 @@ def _head_predict(head: TaskHead, x: np.ndarray) -> np.ndarray:
         return head(torch.from_numpy(x)).numpy()
 
 
-def probe(features: str | Path, task: str, labelling: Labelling, output: str | Path, embedding: str = "joint",
-          cv: int = 0, val_fraction: float = 0.2, regression_loss: str = "l1", epochs: int = 300,
-          lr: float = 1e-2, seed: int = 0, tier: str | None = None) -> dict[str, Any]:
-    """Fit a head on the embeddings of a features file whose clips carry the label columns
-    (extracted with ``--segments labels.csv``, or annotation files: then only the clips of
-    annotation ``tier`` are used). Reports held-out metrics (grouped split or grouped K-fold)
-    against a baseline, then saves a head fitted on all clips."""
+COVER_TOLERANCE_S = 0.05  # time of a labelled segment its clips may leave uncovered (rounding of bounds)
+
+
+def segment_clips(clips: pd.DataFrame, seg: dict[str, Any], duration: float) -> pd.DataFrame | None:
+    """The clips of one video lying inside labelled segment ``seg``; None when they do not cover its
+    time (up to the video's end): the features file was made from other segments."""
+    start = max(0.0, float(seg["start"]))
+    end = min(float(seg["end"]), duration) if np.isfinite(duration) else float(seg["end"])
+    tol = COVER_TOLERANCE_S
+    inside = clips[(clips["start_s"] >= start - tol) & (clips["end_s"] <= end + tol)]
+    inside = inside.drop_duplicates(["start_s", "end_s"])
+    covered = start
+    for a, b in sorted(zip(inside["start_s"], inside["end_s"])):
+        if a > covered + tol:
+            break
+        covered = max(covered, b)
+    return inside if covered >= end - tol else None
+
+
+def describe_segments(segs: list[tuple[str, dict[str, Any]]], n: int = 3) -> str:
+    """'line 4: a.mp4 1-5 s, ...' for a message (the first ``n``)."""
+    text = ", ".join(f"{'line ' + str(s['segment_row']) + ': ' if 'segment_row' in s else ''}{path} "
+                     f"{float(s['start']):g}-{float(s['end']):g} s" for path, s in segs[:n])
+    return text + (f" and {len(segs) - n} more" if len(segs) > n else "")
+
+
+def labelled_embeddings(df: pd.DataFrame, table: dict[str, list[dict[str, Any]]], labelling: Labelling,
+                        emb_cols: list[str], features: str | Path, strict: bool) -> pd.DataFrame:
+    """The labels decide: each labelled segment (``table``, keyed by the features file's video paths)
+    takes the features file's clips lying inside it, with the segment's labels and groups; the file's
+    own label columns are not read. A segment whose time the file's clips do not cover (the file was
+    extracted from other segments) is refused when ``strict`` (a file the user gave), else warned
+    about; segments of videos the extraction could not read are left out with a warning."""
+    from socialfeat.store import load_videos
+
+    status = load_videos(features).set_index("path")["status"].astype(str)
+    by_video = {path: clips for path, clips in df.groupby("path", sort=False)}
+    carried = list(dict.fromkeys(labelling.columns + labelling.group_columns))
+    parts, uncovered, unread = [], [], []
+    for path, segs in table.items():
+        clips = by_video.get(path, df.iloc[:0])
+        duration = float(clips["video_duration_s"].iloc[0]) if len(clips) else float("nan")
+        for seg in segs:
+            inside = segment_clips(clips, seg, duration)
+            if inside is not None:
+                parts.append(inside[["path", "start_s", "end_s", *emb_cols]].assign(**{c: seg[c] for c in carried}))
+            elif status.get(path, "skipped") in ("ok", "skipped"):
+                uncovered.append((path, seg))
+            else:
+                unread.append((path, seg))
+    if unread:
+        log.warning("%s: %d labelled segment(s) of videos it could not read (see its errors table) are left "
+                    "out: %s", features, len(unread), describe_segments(unread))
+    if uncovered and strict:
+        raise UsageError(f"{features} lacks the clips of {len(uncovered)} labelled segment(s) "
+                         f"({describe_segments(uncovered)}): it was extracted from other segments; extract "
+                         "them with --segments LABELS, or leave out --features to extract them")
+    if uncovered:
+        log.warning("%s: %d labelled segment(s) have no clips in it and are left out: %s", features,
+                    len(uncovered), describe_segments(uncovered))
+    if not parts:
+        raise UsageError(f"{features}: none of the labelled segments has clips in it")
+    return pd.concat(parts, ignore_index=True)
+
+
+def probe(features: str | Path, task: str, labelling: Labelling, output: str | Path,
+          table: dict[str, list[dict[str, Any]]], embedding: str = "joint", cv: int = 0,
+          val_fraction: float = 0.2, regression_loss: str = "l1", epochs: int = 300, lr: float = 1e-2,
+          seed: int = 0, tier: str | None = None, strict: bool = True) -> dict[str, Any]:
+    """Fit a head on the embeddings of a features file's clips that lie inside the labelled
+    segments ``table`` (labels and groups from the table; for annotation files, only the clips of
+    annotation ``tier``). Reports held-out metrics (grouped split or grouped K-fold) against a
+    baseline, then saves a head fitted on all clips. ``strict``: see labelled_embeddings."""
     df = load_features(features, embeddings=embedding)
     if tier is not None:
         if "tier" not in df:
             raise UsageError(f"{features}: clips have no annotation tier; extract with --segments ANNOTATIONS")
         df = df[df["tier"] == tier].reset_index(drop=True)
     emb_cols = [c for c in df.columns if c.startswith(f"{embedding}_")]
-    missing = [c for c in labelling.columns + labelling.group_columns if c not in df.columns]
-    if missing:
-        raise UsageError(f"{features}: clips lack label column(s) {missing}; extract with --segments LABELS.csv")
-    keep = np.isfinite(df[emb_cols].to_numpy()).all(axis=1) & df[labelling.columns].notna().all(axis=1).to_numpy()
+    df = labelled_embeddings(df, table, labelling, emb_cols, features, strict)
+    keep = np.isfinite(df[emb_cols].to_numpy()).all(axis=1)
     dropped = int((~keep).sum())
     if dropped:
-        log.warning("%d clip(s) without a %s embedding or label are left out", dropped, embedding)
+        log.warning("%d clip(s) without a %s embedding are left out", dropped, embedding)
     df = df[keep].reset_index(drop=True)
     x = df[emb_cols].to_numpy(np.float32, copy=True)  # writable: torch refuses read-only views
     y = targets(df, labelling)
@@ -273,6 +379,7 @@ def probe(features: str | Path, task: str, labelling: Labelling, output: str | P
     metrics = {"mode": "probe", "task_type": labelling.task_type, "embedding": embedding, "n_clips": len(df),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
                "held_out": summarise(fold_scores), "baseline": summarise(fold_base)}
+    add_single_class_folds(metrics, labelling, [y[test] for _, test in splits])
     head = fit_head(x, y, labelling, regression_loss, epochs, lr, seed=seed)
     save_head(head, output, task=task, task_type=labelling.task_type, label_names=labelling.label_names,
               embedding=embedding, backbone_sha256=str(attrs["weights_sha256"]),
@@ -320,6 +427,23 @@ class SkippedClips:
     def records(self) -> list[dict[str, Any]]:
         return [{"path": c.path, "start_s": c.start_s, "error": c.error}
                 for _, c in sorted(self.clips.items())]
+
+
+class UnreadableFoldError(SocialfeatError):
+    """A held-out fold none of whose clips could be read: nothing to score it on."""
+
+
+def unreadable_fold_message(fold: int, n_folds: int, paths: np.ndarray, skipped: SkippedClips,
+                            infos: dict[str, Any]) -> str:
+    """One line naming the fold's videos and why their clips could not be read. Leaving the fold
+    out instead would score the model on the other folds only, under a name that says all."""
+    videos = list(dict.fromkeys(map(str, paths)))
+    errors: dict[str, str] = {}
+    for c in skipped.clips.values():
+        errors.setdefault(c.path, c.error)  # the first met: said in the warning too
+    why = "; ".join(f"{v}: {errors.get(str(infos[v].path), 'unreadable')}" for v in videos[:3]) + (" ..." if len(videos) > 3 else "")
+    return (f"held-out fold {fold} of {n_folds}: none of its clips could be read ({why}); fix those videos or "
+            "remove their rows from the labels")
 
 
 def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, task: str, labelling: Labelling,
@@ -389,22 +513,27 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                     outputs.append(model(audio, video, "multimodal").numpy())
                     read.append(position.numpy())
         if not outputs:
-            raise ValueError("no held-out clip could be read")
+            return np.empty((0, len(labelling.label_names)), np.float32), np.empty(0, np.int64)
         return np.concatenate(outputs), np.concatenate(read)
 
     splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
-    scores, base_scores = [], []
-    for train_idx, test_idx in splits:
+    scores, base_scores, held_out = [], [], []
+    for fold, (train_idx, test_idx) in enumerate(splits, 1):
         model = train(train_idx)
         pred, read = predict(model, test_idx)
-        scores.append(evaluate(labelling.task_type, y[test_idx][read], pred, labelling.label_names))
+        if not len(read):
+            raise UnreadableFoldError(unreadable_fold_message(fold, len(splits), clips["path"].to_numpy()[test_idx],
+                                                              skipped, infos))
+        held_out.append(y[test_idx][read])
+        scores.append(evaluate(labelling.task_type, held_out[-1], pred, labelling.label_names))
         base_pred = baseline_predictions(labelling.task_type, y[train_idx], len(read), len(labelling.label_names))
-        base_scores.append(evaluate(labelling.task_type, y[test_idx][read], base_pred, labelling.label_names))
+        base_scores.append(evaluate(labelling.task_type, held_out[-1], base_pred, labelling.label_names))
     final = train(np.arange(len(rows)))
     metrics = {"mode": "full", "task_type": labelling.task_type, "n_clips": len(rows),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
                "held_out": summarise(scores), "baseline": summarise(base_scores),
                "skipped_clips": skipped.records()}
+    add_single_class_folds(metrics, labelling, held_out)
     save_checkpoint(final, output, extra={"finetuned_from": base.info.sha256, "metrics": metrics})
     return metrics
 
@@ -413,9 +542,28 @@ def metrics_path(output: str | Path) -> Path:
     return Path(str(output) + ".metrics.json")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: bare NaN is not JSON (R's jsonlite, JavaScript and
+    strict parsers refuse the whole file); numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    """Metrics as strict JSON (missing numbers as null)."""
+    return json.dumps(json_safe(metrics), indent=1, allow_nan=False)
+
+
 def write_metrics(metrics: dict[str, Any], output: str | Path) -> Path:
     path = metrics_path(output)
-    path.write_text(json.dumps(metrics, indent=1))
+    path.write_text(metrics_json(metrics))
     return path
 
 
@@ -462,21 +610,46 @@ def annotation_labels(labels: str | Path, inputs: list[str | Path], features: st
     """ELAN / Praat files as labels: the values of one tier, as a segments table keyed by the
     videos under ``inputs`` (or, with only ``features``, the videos that file was made from)."""
     from socialfeat.annotations import AnnotationError, load_annotations, segments_table
-    from socialfeat.store import load_videos
-    from socialfeat.walk import VideoRef, find_videos
+    from socialfeat.walk import find_videos
 
     if tiers is not None and len(tiers) != 1:
         raise AnnotationError(f"labels: name one tier with --tiers, got {tiers}")
-    if inputs:
-        refs = find_videos(list(inputs))
-    else:
-        videos = load_videos(features)
-        refs = [VideoRef(Path(src), rel) for src, rel in zip(videos.source_path, videos.path)]
+    refs = find_videos(list(inputs)) if inputs else feature_videos(features)
     annotations = load_annotations(labels, refs, tiers=tiers, keep_empty=keep_empty, mapping=annotation_map)
     if len(annotations.tiers) != 1:
         raise AnnotationError(f"{labels}: tiers {', '.join(annotations.tiers) or '(none)'}: name the label tier "
                               "with --tiers")
     return annotations.tiers[0], segments_table(annotations)
+
+
+def feature_videos(features: str | Path) -> list:
+    """The videos a features file was made from, as input videos (its relative paths)."""
+    from socialfeat.store import load_videos
+    from socialfeat.walk import VideoRef
+
+    videos = load_videos(features)
+    return [VideoRef(Path(src), rel) for src, rel in zip(videos.source_path, videos.path)]
+
+
+def csv_labels(labels: str | Path, inputs: list[str | Path], features: str | Path | None,
+               warn: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The labels CSV's segments keyed by the input videos' relative paths; with ``features``, by the
+    videos of that file, and a row naming none of them is refused (its clips are not there to use).
+    ``warn``: say which rows name no input video (off when the extraction that follows says it)."""
+    from socialfeat.clips import match_segments, read_segments
+    from socialfeat.walk import find_videos
+
+    raw = read_segments(labels)
+    if features is None:
+        return match_segments(raw, find_videos(list(inputs)), labels, warn=warn)
+    table = match_segments(raw, feature_videos(features), labels, warn=False)
+    matched = {s["segment_row"] for segs in table.values() for s in segs}
+    lines = sorted(s["segment_row"] for segs in raw.values() for s in segs if s["segment_row"] not in matched)
+    if lines:
+        raise UsageError(f"{labels}: line(s) {', '.join(map(str, lines[:10]))}{' ...' if len(lines) > 10 else ''} "
+                         f"name no video of {features}; extract those videos with --segments {labels}, or "
+                         "remove the rows")
+    return table
 
 
 def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, task: str, *,
@@ -488,47 +661,49 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
              head_lr_mult: float = 50.0, batch_size: int = 8, regression_loss: str = "l1", workers: int = 2,
              seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fit a head (probe) or a whole finetuned model; writes ``output`` and ``output.metrics.json``
-    (an existing ``output`` is refused unless ``overwrite``).
-    ``labels``: a CSV, or ELAN / Praat files whose tier (``tiers``: one name) holds the labels."""
+    (an existing ``output`` is refused unless ``overwrite``; the output is claimed before any work).
+    ``labels``: a CSV, or ELAN / Praat files whose tier (``tiers``: one name) holds the labels; they
+    decide which clips are used and their labels, also with ``features`` (which supplies embeddings)."""
     from socialfeat.annotations import is_annotation_source
-    from socialfeat.clips import match_segments, read_segments
     from socialfeat.extract import extract
+    from socialfeat.outputs import claim_output
 
+    if features is not None and not probe_only:
+        raise UsageError("--features works with --probe only (full finetuning reads the videos)")
     refuse_to_replace(output, overwrite)
-    tier, annotation_opts = None, {}
-    if is_annotation_source(labels):
-        tier, table = annotation_labels(labels, inputs, features, tiers, keep_empty, annotation_map)
-        label_columns = label_columns or ["value"]
-        annotation_opts = dict(tiers=[tier], keep_empty=keep_empty, annotation_map=annotation_map)
-    else:
-        table = read_segments(labels)
-        if inputs:
-            from socialfeat.walk import find_videos
-            table = match_segments(table, find_videos(list(inputs)), labels)
-    flat = pd.DataFrame([s for segs in table.values() for s in segs])
-    if flat.empty:
-        raise UsageError(f"{labels}: no labelled segment matches the input videos")
-    labelling = infer_labelling(flat, task_type, label_columns, group_columns, source=str(labels),
-                                allow_empty=tier is not None)
-    videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
-    announce(labelling, flat, task_type)
-    check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)
-    backbone = weights if weights is not None else model
-    if probe_only:
-        if features is None:
-            features = Path(str(output) + ".features.h5")
-            extract(list(inputs), features, model=model, weights=weights, segments=labels, workers=workers,
-                    batch_size=batch_size, progress=progress, **annotation_opts)
-        metrics = probe(features, task, labelling, output, embedding, cv, val_fraction, regression_loss,
-                        epochs or 300, lr or 1e-2, seed, tier=tier)
-    else:
-        from socialfeat.models import load_model
-        base = load_model(backbone)  # loaded once: its clip length plans the clips, its weights start training
-        clips, infos = labelled_clips(inputs, table, base.info.preprocess.clip_seconds)
-        metrics = finetune_full(clips, infos, base, task, labelling, output, cv, val_fraction, epochs or 10,
-                                lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
-    metrics.update(task=task, label_names=list(labelling.label_names), labels_file=str(labels))
-    if tier is not None:
-        metrics["label_tier"] = tier
-    write_metrics(metrics, output)
+    with claim_output(output):
+        tier, annotation_opts = None, {}
+        if is_annotation_source(labels):
+            tier, table = annotation_labels(labels, inputs, features, tiers, keep_empty, annotation_map)
+            label_columns = label_columns or ["value"]
+            annotation_opts = dict(tiers=[tier], keep_empty=keep_empty, annotation_map=annotation_map)
+        else:
+            table = csv_labels(labels, inputs, features, warn=not (probe_only and features is None))
+        flat = pd.DataFrame([s for segs in table.values() for s in segs])
+        if flat.empty:
+            raise UsageError(f"{labels}: no labelled segment matches the input videos")
+        labelling = infer_labelling(flat, task_type, label_columns, group_columns, source=str(labels),
+                                    allow_empty=tier is not None)
+        videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
+        announce(labelling, flat, task_type)
+        check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)
+        backbone = weights if weights is not None else model
+        if probe_only:
+            strict = features is not None  # a file the user gave must hold the labelled clips
+            if features is None:
+                features = Path(str(output) + ".features.h5")
+                extract(list(inputs), features, model=model, weights=weights, segments=labels, workers=workers,
+                        batch_size=batch_size, progress=progress, **annotation_opts)
+            metrics = probe(features, task, labelling, output, table, embedding, cv, val_fraction, regression_loss,
+                            epochs or 300, lr or 1e-2, seed, tier=tier, strict=strict)
+        else:
+            from socialfeat.models import load_model
+            base = load_model(backbone)  # loaded once: its clip length plans the clips, its weights start training
+            clips, infos = labelled_clips(inputs, table, base.info.preprocess.clip_seconds)
+            metrics = finetune_full(clips, infos, base, task, labelling, output, cv, val_fraction, epochs or 10,
+                                    lr or 1e-4, head_lr_mult, batch_size, regression_loss, workers, seed)
+        metrics.update(task=task, label_names=list(labelling.label_names), labels_file=str(labels))
+        if tier is not None:
+            metrics["label_tier"] = tier
+        write_metrics(metrics, output)
     return metrics

@@ -39,8 +39,47 @@ def task_media(tmp_path_factory):
     return root, sound, loud
 
 
+@pytest.fixture(scope="module")
+def sound_probe(task_media, tiny_ckpt, tmp_path_factory):
+    """One probe run with extraction (its features file serves the --features tests), on labels with
+    a row naming no video; returns the head and the finished process."""
+    root, sound, _ = task_media
+    labels = tmp_path_factory.mktemp("probe") / "sound_ghost.csv"
+    labels.write_text(sound.read_text() + "ghost.mp4,0,6,speech,s9\n")
+    head = labels.parent / "sound_head.pt"
+    proc = run_cli("finetune", root, "--task", "sound", "--labels", labels, "-o", head, "--probe", "--weights",
+                   tiny_ckpt, "--embedding", "audio", "--group-columns", "speaker", "--cv", "4", "--no-progress")
+    return head, proc
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def metrics_of(path) -> dict:
-    return json.loads(open(str(path) + ".metrics.json").read())
+    """The metrics file, parsed strictly: bare NaN or Infinity (not JSON) fails."""
+    return json.loads(open(str(path) + ".metrics.json").read(), parse_constant=_no_constant)
+
+
+def one_line_error(proc, code: int, *needles: str) -> None:
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("socialfeat: error: ") or last.startswith("Error: "), proc.stderr
+    for needle in needles:
+        assert needle in last, proc.stderr
+
+
+def labels_csv(path: Path, column: str, labels: dict[str, object]) -> Path:
+    """A labels CSV with one whole-recording (0-6 s) segment per video."""
+    path.write_text(f"video,start,end,{column}\n" + "".join(f"{v}.mp4,0,6,{x}\n" for v, x in labels.items()))
+    return path
+
+
+def on_features(sound_probe, labels, out, *args: str, check: bool = False):
+    """finetune --probe --features on the module's extracted features file."""
+    head, _ = sound_probe
+    return run_cli("finetune", "--task", "t", "--labels", labels, "-o", out, "--probe", "--features",
+                   str(head) + ".features.h5", "--embedding", "audio", "--epochs", "50", *args, check=check)
 
 
 def test_grouped_splits_never_leak():
@@ -52,11 +91,9 @@ def test_grouped_splits_never_leak():
         assert not set(df.speaker[train]) & set(df.speaker[test])
 
 
-def test_probe_classifies_sound_and_extract_writes_probabilities(task_media, tiny_ckpt, tmp_path):
-    root, sound, _ = task_media
-    head = tmp_path / "sound_head.pt"
-    run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", head, "--probe", "--weights", tiny_ckpt,
-            "--embedding", "audio", "--group-columns", "speaker", "--cv", "4", "--no-progress")
+def test_probe_classifies_sound_and_extract_writes_probabilities(task_media, sound_probe, tiny_ckpt, tmp_path):
+    root, _, _ = task_media
+    head, _ = sound_probe
     m = metrics_of(head)
     assert m["task_type"] == "classification" and m["folds"] == 4 and m["n_groups"] == 4
     assert m["label_names"] == ["noise", "silence", "speech"]
@@ -181,3 +218,110 @@ def test_a_split_that_cannot_work_is_refused_before_extraction(task_media, tiny_
     proc = run_cli("finetune", root, "--task", "rapport", "--labels", likert, "-o", head, "--probe", "--weights",
                    tiny_ckpt, "--cv", "20", "--no-progress", check=False)
     assert "classification of 'rapport' into 7 classes" in proc.stderr and "--type regression" in proc.stderr
+
+
+def test_a_row_naming_no_video_is_warned_about_once(sound_probe):
+    _, proc = sound_probe
+    assert proc.stderr.count("name no input video") == 1, proc.stderr
+
+
+def test_probe_on_features_takes_clips_and_labels_from_the_labels_file(sound_probe, tmp_path):
+    """The features file supplies embeddings only: the labels file decides which clips (4 of its 12
+    recordings, 3 clips each) and what they are called (red/blue, not its sound column)."""
+    colours = labels_csv(tmp_path / "colours.csv", "colour", {"speech_0": "red", "speech_1": "red",
+                                                             "silence_0": "blue", "silence_1": "blue"})
+    proc = on_features(sound_probe, colours, tmp_path / "c.pt")
+    assert proc.returncode == 0, proc.stderr
+    m = metrics_of(tmp_path / "c.pt")
+    assert m["label_names"] == ["blue", "red"] and m["n_clips"] == 12 and m["n_groups"] == 4, m
+
+
+def test_probe_on_features_refuses_labelled_clips_it_lacks(sound_probe, tmp_path):
+    part = tmp_path / "part.csv"  # speech_0's clips are 0-2, 2-4, 4-6 s: none covers 1-2 s
+    part.write_text("video,start,end,sound\nspeech_0.mp4,1,5,speech\nsilence_0.mp4,0,6,silence\n"
+                    "silence_1.mp4,0,6,silence\nspeech_1.mp4,0,6,speech\n")
+    one_line_error(on_features(sound_probe, part, tmp_path / "p.pt"), 2, "lacks the clips of 1 labelled segment",
+                   "line 2: speech_0.mp4 1-5 s")
+    ghost = labels_csv(tmp_path / "ghost.csv", "sound", {"speech_0": "speech", "level_9": "speech",
+                                                          "silence_0": "silence", "silence_1": "silence"})
+    one_line_error(on_features(sound_probe, ghost, tmp_path / "g.pt"), 2, "line(s) 3 name no video of")
+    assert not (tmp_path / "p.pt").exists() and not (tmp_path / "g.pt").exists()
+
+
+def test_missing_labels_written_as_na_are_refused(sound_probe, tmp_path):
+    """R's write.csv writes NA; spreadsheets nan, NULL, N/A: missing values, not a class or a reason to
+    read a score column as classes."""
+    for column, value, rows in (("score", "nan", {"speech_0": 1.5, "speech_1": 3.5, "silence_0": 4.0}),
+                                ("colour", "NA", {"speech_0": "red", "speech_1": "red", "silence_0": "blue"}),
+                                ("colour", "NULL", {"speech_0": "red", "speech_1": "red", "silence_0": "blue"})):
+        labels = labels_csv(tmp_path / f"{value}.csv", column, {**rows, "silence_1": value})
+        one_line_error(on_features(sound_probe, labels, tmp_path / "na.pt"), 2,
+                       f"label column {column!r} is missing (written {value!r}) at line(s) 5")
+    assert not (tmp_path / "na.pt").exists()
+
+
+def test_numeric_classes_are_ordered_as_numbers(sound_probe, tmp_path):
+    videos = [f"{kind}_{i}" for kind in ("speech", "silence", "noise") for i in range(4)]
+    labels = labels_csv(tmp_path / "twelve.csv", "rank", {v: k + 1 for k, v in enumerate(videos)})
+    proc = on_features(sound_probe, labels, tmp_path / "r.pt", "--cv", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert metrics_of(tmp_path / "r.pt")["label_names"] == [str(k) for k in range(1, 13)]
+
+
+def test_a_single_class_held_out_fold_has_no_balanced_accuracy(sound_probe, task_media, tmp_path):
+    """One held-out recording holds one class: its balanced accuracy is undefined (null, with a
+    warning), not the 0.0 a majority baseline of another class would get."""
+    _, sound, _ = task_media
+    proc = on_features(sound_probe, sound, tmp_path / "s.pt", "--label-columns", "sound", "--val-fraction", "0.05")
+    assert proc.returncode == 0 and "hold clips of one class only" in proc.stderr, proc.stderr
+    m = metrics_of(tmp_path / "s.pt")
+    assert m["single_class_folds"] == [1] and m["held_out"]["accuracy"]["mean"] is not None
+    for scores in (m["held_out"], m["baseline"]):
+        assert scores["balanced_accuracy"] == {"mean": None, "undefined_folds": 1}, m
+
+
+def test_metrics_file_is_strict_json(sound_probe, tmp_path):
+    """Pearson's r of one held-out recording (labels constant) is undefined: null, not bare NaN."""
+    videos = [f"{kind}_{i}" for kind in ("speech", "silence", "noise") for i in range(4)]
+    labels = labels_csv(tmp_path / "score.csv", "score", {v: round(0.5 + 0.25 * k, 2) for k, v in enumerate(videos)})
+    proc = on_features(sound_probe, labels, tmp_path / "r.pt", "--type", "regression", "--val-fraction", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    m = metrics_of(tmp_path / "r.pt")  # strict: NaN fails
+    assert m["held_out"]["r_mean"]["mean"] is None and m["held_out"]["mae_mean"]["mean"] > 0, m
+
+
+def test_features_without_probe_is_a_usage_error(task_media, sound_probe, tmp_path):
+    root, sound, _ = task_media
+    head, _ = sound_probe
+    proc = run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", tmp_path / "m.pt", "--features",
+                   str(head) + ".features.h5", check=False)
+    one_line_error(proc, 2, "--features works with --probe only")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_full_finetuning_checks_its_output_before_training(task_media, tiny_ckpt, tmp_path):
+    root, sound, _ = task_media
+    (tmp_path / "afile").write_text("not a folder")
+    proc = run_cli("finetune", root, "--task", "sound", "--labels", sound, "-o", tmp_path / "afile" / "m.pt",
+                   "--weights", tiny_ckpt, "--label-columns", "sound", "--workers", "0", "--no-progress",
+                   check=False, timeout=60)
+    one_line_error(proc, 2, "it is a file, not a folder")
+    assert "task:" not in proc.stderr  # refused before the labels were even read
+
+
+def test_full_finetuning_names_a_held_out_fold_it_cannot_read(task_media, tiny_ckpt, tmp_path):
+    root, _, _ = task_media
+    corpus = tmp_path / "videos"
+    corpus.mkdir()
+    for name in ("speech_0", "silence_0"):
+        shutil.copy(root / f"{name}.mp4", corpus)
+    data = (root / "speech_1.mp4").read_bytes()
+    (corpus / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,start,end,sound\nspeech_0.mp4,0,6,speech\nsilence_0.mp4,0,6,silence\n"
+                      "truncated.mp4,3,6,speech\n")  # its labelled segment lies past the remaining data
+    proc = run_cli("finetune", corpus, "--task", "sound", "--labels", labels, "-o", tmp_path / "m.pt", "--weights",
+                   tiny_ckpt, "--cv", "3", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--no-progress",
+                   check=False)
+    one_line_error(proc, 1, "held-out fold", "none of its clips could be read (truncated.mp4: ")
+    assert not (tmp_path / "m.pt").exists()
