@@ -10,8 +10,12 @@ run it continues.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from socialfeat.clips import MIN_SECONDS
+from socialfeat.errors import UsageError
 
 ARCHITECTURES = ("social-mae", "cav-mae", "social-mae-tiny", "cav-mae-tiny")
 
@@ -51,20 +55,21 @@ class PretrainConfig:
                                     low=1)
     batch_size: int = setting(8, "Clips per process and micro-step.", low=2)
     accum_steps: int = setting(1, "Gradient accumulation.", low=1)
-    lr: float = setting(5e-5)
+    lr: float = setting(5e-5, low=0, low_open=True)
     weight_decay: float = setting(5e-7, "Adam weight decay.", low=0)
-    betas: tuple[float, float] = setting((0.95, 0.999), "Adam betas.")
+    betas: tuple[float, float] = setting((0.95, 0.999), "Adam betas.", low=0, high=1, high_open=True)
     warmup_steps: int = setting(0, low=0)
-    lr_decay: float = setting(0.5, "Step decay factor.")
+    lr_decay: float = setting(0.5, "Step decay factor.", low=0, low_open=True)
     lr_decay_start: int = setting(10, "First epoch with decayed lr.", low=0)
     lr_decay_every: int = setting(5, "Epochs between decays.", low=1)
     mask_ratio_a: float = setting(0.75, "Fraction of patches masked (audio and visual).", flag="--mask-ratio",
                                   low=0, high=1, high_open=True)
     mask_ratio_v: float = setting(0.75, flag="--mask-ratio", low=0, high=1, high_open=True)
-    mae_weight: float = setting(1.0, "Weight of the reconstruction loss.")
-    contrast_weight: float = setting(0.01, "Weight of the contrastive loss.")
+    mae_weight: float = setting(1.0, "Weight of the reconstruction loss.", low=0)
+    contrast_weight: float = setting(0.01, "Weight of the contrastive loss.", low=0)
     norm_pix_loss: bool = setting(False, "Per-patch normalised MAE targets.")
-    clip_seconds: float | None = setting(None, "Clip length [default: the architecture's].", low=0, low_open=True)
+    clip_seconds: float | None = setting(None, f"Clip length, at least {MIN_SECONDS} s [default: the architecture's].",
+                                         low=MIN_SECONDS)
     clips_per_video: int | None = setting(None, "Random clips per video and epoch [default: as many as fixed "
                                                 "windows fit].", low=1)
     target_order: str = setting("tokens", "Social-MAE MAE target order: the encoder's tokens, or the "
@@ -96,3 +101,28 @@ class PretrainConfig:
     def from_dict(cls, saved: dict[str, Any]) -> PretrainConfig:
         """The config stored in a checkpoint by :meth:`to_dict`."""
         return cls(**saved)
+
+
+def _out_of_bounds(value: Any, meta: dict[str, Any]) -> bool:
+    """Whether a number is NaN, infinite or outside the field's bounds (torch takes some such
+    values and fails later with a traceback, or never: a NaN clip length plans windows forever)."""
+    low, high = meta.get("low"), meta.get("high")
+    return (not math.isfinite(value) or (low is not None and (value <= low if meta.get("low_open") else value < low))
+            or (high is not None and (value >= high if meta.get("high_open") else value > high)))
+
+
+def check_settings(cfg: PretrainConfig) -> None:
+    """Refuse (UsageError) a value that the command line would refuse, for callers of the
+    library: the same bounds and choices, from the same field definitions."""
+    from socialfeat.extract import checked_seconds
+
+    checked_seconds(cfg.clip_seconds, "clip_seconds")
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UsageError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            continue
+        if any(_out_of_bounds(float(v), meta) for v in numbers):
+            raise UsageError(f"{f.name} {value!r} is not a finite number within its bounds (see --help)")

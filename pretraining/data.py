@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from socialfeat.clips import plan_windows
+from socialfeat.errors import SocialfeatError
 from socialfeat.media import MediaError, MediaInfo, probe
 from socialfeat.model_inputs import ClipInputs, read_clip
 from socialfeat.preprocess import PreprocessSpec
@@ -36,6 +37,17 @@ log = logging.getLogger(__name__)
 # with no decodable frame (e.g. past the end of a truncated file).
 DAMAGED_MEDIA = (MediaError, av.error.FFmpegError, OSError)  # a bug (ValueError ...) is not "damage"
 MAX_STAND_INS = 20  # stand-ins tried for one damaged training clip before giving up
+
+
+class DamagedCorpusError(SocialfeatError, RuntimeError):
+    """A training clip and all its stand-ins were damaged: the corpus (or most of it) cannot be
+    read. A DataLoader worker re-raises it with its traceback in the message; ``str`` gives the
+    original one line (what the command prints)."""
+
+    def __str__(self) -> str:
+        text = super().__str__().rstrip()
+        last = text.splitlines()[-1] if text else text
+        return last.split(f"{type(self).__name__}: ", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -158,8 +170,8 @@ class TrainClips(Dataset):
             skipped.append(x)
         if not self.replace_damaged:
             return skipped[0]
-        raise RuntimeError(f"clip {i} and {MAX_STAND_INS} stand-ins drawn from the corpus are all damaged "
-                           f"(last: {skipped[-1].error}): is the corpus readable?")
+        raise DamagedCorpusError(f"training clip {i} and {MAX_STAND_INS} stand-ins drawn from the corpus are all "
+                                 f"damaged (last: {skipped[-1].path}: {skipped[-1].error}): are the files readable?")
 
     def _sample(self, i: int, x: ClipInputs, skipped: list[SkippedClip]) -> dict[str, Any]:
         audio = x.audio if x.audio is not None else torch.zeros(self.spec.target_length, self.spec.num_mel_bins)

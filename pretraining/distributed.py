@@ -53,6 +53,15 @@ def all_gather_objects(items: list) -> list:
     return [x for part in gathered for x in part]
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true in any process (so that all act on it at the same step)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -1,7 +1,9 @@
-"""The pretraining loop, as the steps :func:`pretrain` runs in order: prepare the run
-folder, build (or restore) the model, build the data, build the optimisation, restore
-its state, then epochs of training steps, each epoch followed by a validation pass,
-with atomic checkpoints along the way and at the end."""
+"""The pretraining loop, as the steps :func:`pretrain` runs in order: check the settings
+and the run folder, build (or restore) the model, build the data, build the optimisation,
+restore its state (every check that can fail is done by then), then prepare the run folder
+(``--overwrite`` removes the earlier run only now) and run epochs of training steps, each
+epoch followed by a validation pass, with atomic checkpoints along the way (after the
+validation of a complete epoch, never between the two), at Ctrl-C / SIGTERM and at the end."""
 
 from __future__ import annotations
 
@@ -9,19 +11,23 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretraining.config import PretrainConfig
+from pretraining.config import PretrainConfig, check_settings, option_flag
 from pretraining.data import (
+    DamagedCorpusError,
     GlobalBatchSampler,
     SkippedClip,
     TrainClips,
@@ -31,6 +37,7 @@ from pretraining.data import (
 )
 from pretraining.distributed import (
     all_gather_objects,
+    any_process,
     barrier,
     cleanup,
     init_distributed,
@@ -61,26 +68,48 @@ LOSS_TERMS = ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc")
 VAL_TERMS = ("val_loss_mae_a", "val_loss_mae_v", "val_loss_c", "val_r1_audio_to_visual",
              "val_r1_visual_to_audio", "val_clips")
 SKIPPED_COLUMNS = ["step", "epoch", "path", "start_s", "error"]
+# What --resume takes from the command line (when given): how long and how the run goes on,
+# not what it trains; every other setting comes from the checkpoint.
+RESUME_OVERRIDES = ("epochs", "max_steps", "checkpoint_every", "workers", "device")
 
-__all__ = ["PretrainConfig", "pretrain", "validate"]
+__all__ = ["Interrupted", "PretrainConfig", "pretrain", "validate"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (``signum``) stopped the run between two optimizer steps; ``checkpoint``
+    holds everything up to ``step``, so ``--resume`` continues exactly."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(signum, step, checkpoint)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 # ---------------------------------------------------------------- steps before training
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool, started: float, rank: int) -> bool:
-    """Make ``out`` ready and say whether there is a checkpoint to resume. Refuses to
-    start over an earlier run unasked (every process checks, so all stop together);
-    rank 0 then clears it (``overwrite``) and removes stale checkpoint temporaries."""
+def check_run_folder_use(out: Path, resume: bool, overwrite: bool, rank: int) -> bool:
+    """Say whether there is a checkpoint to resume; refuses to start over an earlier run
+    unasked (every process checks, so all stop together). Changes nothing."""
     check_run_folder(out, resume, overwrite)
     resuming = resume and (out / CHECKPOINT).exists()
     if resume and not resuming and rank == 0:
         log.warning("%s: no checkpoint to resume, starting a new run", out / CHECKPOINT)
+    return resuming
+
+
+def prepare_run_folder(out: Path, overwrite: bool, started: float, rank: int) -> None:
+    """Make ``out`` ready once the run is known to start: rank 0 clears the earlier run
+    (``overwrite``) and removes stale checkpoint temporaries; the others wait."""
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             clear_previous_run(out)
         remove_stale_temporaries(out, started)
     barrier()
-    return resuming
+
+
+def absolute_inputs(cfg: PretrainConfig) -> PretrainConfig:
+    """The config with absolute input paths, so that the run folder's record does not depend
+    on the directory the command was started from."""
+    return dataclasses.replace(cfg, inputs=[os.path.abspath(p) for p in cfg.inputs])
 
 
 def new_model(cfg: PretrainConfig) -> nn.Module:
@@ -98,13 +127,31 @@ def new_model(cfg: PretrainConfig) -> nn.Module:
     return model
 
 
-def restore_model(cfg: PretrainConfig, ckpt_path: Path) -> tuple[PretrainConfig, nn.Module, dict[str, Any]]:
+def resumed_config(saved: PretrainConfig, cfg: PretrainConfig, given: Collection[str],
+                   rank: int) -> PretrainConfig:
+    """The run's own settings, with the RESUME_OVERRIDES that were ``given`` (else the run's,
+    e.g. its --epochs) and the inputs given now (a warning when they differ from the run's);
+    a warning names every other given setting that differs from the run's, as it is ignored."""
+    taken = {name: getattr(cfg, name) for name in RESUME_OVERRIDES if name in given}
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    ignored = [f"{option_flag(fields[n])} {getattr(cfg, n)!r} (the run's: {getattr(saved, n)!r})" for n in fields
+               if n in given and n not in (*RESUME_OVERRIDES, "inputs", "out") and getattr(cfg, n) != getattr(saved, n)]
+    inputs = cfg.inputs or saved.inputs
+    if rank == 0 and ignored:
+        log.warning("--resume continues the run with its own settings; ignored: %s", ", ".join(ignored))
+    if rank == 0 and inputs != saved.inputs:
+        log.warning("INPUTS %s differ from the run's %s: training goes on with the videos found in INPUTS (the "
+                    "same clips as before only if these are the same files)", " ".join(inputs), " ".join(saved.inputs))
+    return dataclasses.replace(saved, **taken, inputs=inputs, out=cfg.out)
+
+
+def restore_model(cfg: PretrainConfig, ckpt_path: Path, given: Collection[str],
+                  rank: int) -> tuple[PretrainConfig, nn.Module, dict[str, Any]]:
     """(config, model, training state) of the checkpoint: a resumed run continues with
-    its own settings; only how long it runs (``epochs``, ``max_steps``) may change."""
+    its own settings (see resumed_config)."""
     obj = read_checkpoint(ckpt_path)
     state = obj["extra"]["train_state"]
-    saved = PretrainConfig.from_dict(state["config"])
-    cfg = dataclasses.replace(saved, max_steps=cfg.max_steps, epochs=cfg.epochs)
+    cfg = resumed_config(PretrainConfig.from_dict(state["config"]), cfg, given, rank)
     model = build_model(ModelInfo.from_dict(obj["config"]))
     load_state_dict_strict(model, obj["state_dict"], str(ckpt_path))
     return cfg, model, state
@@ -247,6 +294,66 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
 
 
 # ---------------------------------------------------------------- the loop
+class StopRequest:
+    """Ctrl-C and SIGTERM during training are noted, not raised: the trainer acts on them
+    between two optimizer steps, where a checkpoint is consistent (weights, optimizer, logs).
+    A second signal gets the handlers that were there before (it stops at once, unsaved).
+    Outside the main thread (the library called from a program's thread) signals stay as they are."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def note(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.restore()
+        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, unsaved)",
+                    signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        self.previous = {}
+
+    def requested(self, device: torch.device) -> int | None:
+        """The signal that asked to stop (in any process: all stop at the same step), or None."""
+        signum = self.signum
+        if any_process(signum is not None, device):
+            return signum or signal.SIGTERM
+        return None
+
+
+@contextlib.contextmanager
+def batches(loader: DataLoader):
+    """Iterate ``loader`` and stop its workers however the iteration ends. An exception's
+    traceback keeps the iterator (and so its workers) alive until the interpreter exits, and at
+    exit multiprocessing would wait for ever on workers that ignore SIGTERM (quiet_worker_init)."""
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # absent without workers
+        if shutdown is not None:
+            shutdown()
+
+
+def quiet_worker_init(worker_id: int) -> None:
+    """A decoding worker leaves Ctrl-C and SIGTERM to the main process (which saves and stops
+    the run between two steps): a worker that died of them would fail the next batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_init(worker_id)
+
+
 @dataclass(frozen=True)
 class Process:
     """This process's place in the run: rank 0 writes the logs and checkpoints."""
@@ -265,20 +372,36 @@ class Trainer:
         self.logs, self.ckpt_path = logs, ckpt_path
         self.rank, self.world, self.device = process.rank, process.world, process.device
         self.total_steps = total_steps(cfg, data.steps_per_epoch)
+        self.saved_step = step if step else None  # the step of the checkpoint in the folder
+        self.stop = StopRequest()
         self.bar = tqdm(total=self.total_steps, initial=step, unit="step", desc="pretrain",
                         disable=not progress or self.rank != 0, file=sys.stderr)
 
     def run(self) -> None:
-        """Epochs until the run's last step, a validation pass after each complete
-        epoch, and a checkpoint at the end."""
+        """Epochs until the run's last step, a validation pass after each complete epoch
+        and then its checkpoint (a checkpoint between the two would resume without that
+        validation), and a checkpoint at the end. Ctrl-C / SIGTERM: see stop_if_requested."""
         epoch = self.step // self.data.steps_per_epoch
-        while self.step < self.total_steps and epoch < self.cfg.epochs:
-            self.train_epoch(epoch)
-            if self.step % self.data.steps_per_epoch == 0:  # the epoch is complete
-                self.validate(epoch)
-                epoch += 1
-        self.save()
+        with self.stop:
+            while self.step < self.total_steps and epoch < self.cfg.epochs:
+                self.train_epoch(epoch)
+                if self.step % self.data.steps_per_epoch == 0:  # the epoch is complete
+                    self.validate(epoch)
+                    epoch += 1
+                if self.step < self.total_steps:  # else the final checkpoint follows
+                    if self.step % self.cfg.checkpoint_every == 0:
+                        self.save()
+                    self.stop_if_requested()
+            self.save()
         self.bar.close()
+
+    def stop_if_requested(self) -> None:
+        """After Ctrl-C or SIGTERM: save the current step and raise Interrupted."""
+        signum = self.stop.requested(self.device)
+        if signum is not None:
+            self.save()
+            self.bar.close()
+            raise Interrupted(signum, self.step, self.ckpt_path)
 
     def loader(self, epoch: int) -> DataLoader:
         """This epoch's training batches, from the current step on (a resumed run
@@ -287,14 +410,25 @@ class Trainer:
         data.train.set_epoch(epoch)
         data.sampler.set_epoch(epoch, start_batch=(self.step - epoch * data.steps_per_epoch) * cfg.accum_steps)
         return DataLoader(data.train, batch_sampler=data.sampler, num_workers=cfg.workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=quiet_worker_init,
                           collate_fn=collate_readable)
 
     def train_epoch(self, epoch: int) -> None:
-        """Optimizer steps of one epoch (``accum_steps`` micro-batches each), logged
-        per step and checkpointed every ``checkpoint_every`` steps."""
+        """Optimizer steps of one epoch (``accum_steps`` micro-batches each), logged per
+        step and checkpointed every ``checkpoint_every`` steps; the epoch's last step and
+        the run's are left to ``run`` (validation first, then the checkpoint)."""
+        try:
+            self._train_epoch(epoch)
+        except DamagedCorpusError as e:  # raised in a worker: one line again, without the worker's traceback
+            raise DamagedCorpusError(str(e)) from None
+
+    def _train_epoch(self, epoch: int) -> None:
+        with batches(self.loader(epoch)) as loader:
+            self._train_steps(epoch, loader)
+
+    def _train_steps(self, epoch: int, loader) -> None:
         sums, n_micro, n_clips, skipped, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, 0, [], time.perf_counter()
-        for batch, skipped_here in self.loader(epoch):
+        for batch, skipped_here in loader:
             n_micro += 1
             last_micro = n_micro % self.cfg.accum_steps == 0
             terms = self.forward_backward(batch, sync=last_micro)
@@ -307,10 +441,11 @@ class Trainer:
             lr = self.optimizer_step()
             self.log_step(epoch, lr, sums, n_clips / (time.perf_counter() - t0), skipped)
             sums, n_clips, skipped, t0 = {k: 0.0 for k in LOSS_TERMS}, 0, [], time.perf_counter()
+            if self.step >= self.total_steps or self.step % self.data.steps_per_epoch == 0:
+                break
             if self.step % self.cfg.checkpoint_every == 0:
                 self.save()
-            if self.step >= self.total_steps:
-                break
+            self.stop_if_requested()
 
     def forward_backward(self, batch: dict[str, torch.Tensor], sync: bool) -> dict[str, torch.Tensor]:
         """Loss terms of one micro-batch, gradients accumulated; DDP synchronises
@@ -358,7 +493,11 @@ class Trainer:
             barrier()
 
     def save(self) -> None:
-        """Checkpoint weights and everything needed to resume exactly (rank 0; the others wait)."""
+        """Checkpoint weights and everything needed to resume exactly (rank 0; the others wait);
+        once per step."""
+        if self.saved_step == self.step:
+            return
+        self.saved_step = self.step
         if self.rank == 0:
             train_state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
                            "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict()}
@@ -367,23 +506,32 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- entry point
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+             given: Collection[str] | None = None) -> Path:
     """Train; returns the path of the last checkpoint (``<out>/last.pt``).
 
-    ``resume``: continue from ``<out>/last.pt`` (start anew if there is none);
-    ``overwrite``: replace an earlier run in ``<out>``. Without either, a folder that
-    holds an earlier run is refused (FileExistsError) before anything is written.
+    ``resume``: continue from ``<out>/last.pt`` (start anew if there is none) with the
+    run's settings, except the RESUME_OVERRIDES and inputs among ``given`` (the settings
+    the caller chose; default: all of ``cfg``); ``overwrite``: replace an earlier run in
+    ``<out>``. Without either, a folder that holds an earlier run is refused
+    (FileExistsError) before anything is written. Every check that can fail (settings,
+    inputs, starting weights) comes before an earlier run is removed. Ctrl-C / SIGTERM
+    save the current step and raise :class:`Interrupted`.
     """
     started = time.time()
+    check_settings(cfg)
+    cfg = absolute_inputs(cfg)
+    given = {f.name for f in dataclasses.fields(cfg)} if given is None else set(given)
     rank, world, dev = init_distributed(cfg.device)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    resuming = prepare_run_folder(out, resume, overwrite, started, rank)
-    cfg, model, state = restore_model(cfg, ckpt_path) if resuming else (cfg, new_model(cfg), None)
+    resuming = check_run_folder_use(out, resume, overwrite, rank)
+    cfg, model, state = restore_model(cfg, ckpt_path, given, rank) if resuming else (cfg, new_model(cfg), None)
     model.to(dev).train()
     data = build_data(cfg, model, rank, world)
     opt = build_optimisation(cfg, model, world, data.steps_per_epoch)
     step = restore_optimisation(opt, state)
+    prepare_run_folder(out, overwrite, started, rank)
     logs = open_logs(out, step if resuming else None, data.val is not None) if rank == 0 else None
     Trainer(cfg, model, data, opt, step, logs, ckpt_path, Process(rank, world, dev), progress).run()
     cleanup()

@@ -16,14 +16,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from socialfeat.errors import UsageError
 from socialfeat.models import read_checkpoint, strip_prefix
 from socialfeat.models.hub import fetch
 from socialfeat.models.registry import list_pretrained
 
 log = logging.getLogger(__name__)
+MIN_ENCODER_SHARE = 0.5  # below this share of the encoder's tensors loaded, --init is not a backbone
 
 
 def _source_state_dict(init: str) -> dict[str, torch.Tensor]:
+    if init not in list_pretrained() and not Path(init).is_file():
+        raise UsageError(f"--init {init}: no such checkpoint file, nor a registry name ({', '.join(list_pretrained())})")
     path = fetch(init) if init in list_pretrained() and not Path(init).exists() else Path(init)
     obj = read_checkpoint(path)
     sd = obj["state_dict"] if obj.get("format") == "socialfeat" else obj
@@ -57,9 +61,30 @@ def inflate(key: str, src: torch.Tensor, dst: torch.Tensor, model: nn.Module) ->
 def load_initial_weights(model: nn.Module, init: str, video_patch_init: str = "inflate") -> dict[str, list[str]]:
     """Copy what fits from the checkpoint ``init`` into ``model``; see copy_matching_weights."""
     report = copy_matching_weights(model, _source_state_dict(init), video_patch_init)
-    log.info("init from %s: %d tensors loaded, %d inflated, %d fresh, %d ignored", init, len(report["loaded"]),
-             len(report["inflated"]), len(report["fresh"]), len(report["ignored"]))
+    check_backbone(model, init, report)
     return report
+
+
+def is_encoder_key(key: str) -> bool:
+    """Whether a state-dict key belongs to the encoder (what extract uses), not the MAE decoder."""
+    return not key.startswith(("decoder", "mask_token"))
+
+
+def check_backbone(model: nn.Module, init: str, report: dict[str, list[str]]) -> None:
+    """Refuse starting weights that give less than half of the encoder (a probe head, another
+    architecture: the run would train from scratch under a name that says otherwise); say at
+    WARNING level how much of the encoder stayed fresh when some did, at INFO level otherwise."""
+    encoder = [k for k in model.state_dict() if is_encoder_key(k)]
+    taken = set(report["loaded"]) | set(report["inflated"])
+    n_taken = sum(k in taken for k in encoder)
+    counts = (f"{len(report['loaded'])} tensors loaded, {len(report['inflated'])} inflated, "
+              f"{len(report['fresh'])} fresh, {len(report['ignored'])} ignored")
+    if n_taken < MIN_ENCODER_SHARE * len(encoder):
+        raise UsageError(f"--init {init} is not a backbone of {model.info.name}: it gives {n_taken} of the "
+                         f"encoder's {len(encoder)} tensors ({counts})")
+    level = logging.WARNING if n_taken < len(encoder) else logging.INFO
+    log.log(level, "init from %s: %d of the encoder's %d tensors taken, the others fresh (%s)", init, n_taken,
+            len(encoder), counts)
 
 
 def copy_matching_weights(model: nn.Module, src: dict[str, torch.Tensor],

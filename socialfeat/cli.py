@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from pretraining.cli_options import config_from_options, config_options
+from pretraining.cli_options import config_from_options, config_options, given_settings
 from pretraining.config import PretrainConfig
 from socialfeat import __version__
 from socialfeat.clips import MIN_SECONDS
@@ -34,7 +34,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTER
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM during ``extract`` (a cluster job at its time limit or requeued, ``kill``): the run
+    """SIGTERM during ``extract`` or ``pretrain`` (a cluster job at its time limit or requeued, ``kill``): the run
     stops as Ctrl-C stops it, so that finished videos still queued for the journal are written
     and the workers are stopped, instead of the process ending mid-write."""
 
@@ -352,21 +352,46 @@ def _refuse_foreign_csvs(files: list[Path], csv_dir: str | None) -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@config_options(PretrainConfig, skip=("inputs",))
+@config_options(PretrainConfig, skip=("inputs",), types={"clip_seconds": Seconds(MIN_SECONDS)})
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped "
               "(a folder without a checkpoint starts a new run, so a job script can always pass it).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out (its checkpoint and logs) with a new one.")
 @click.option("--no-progress", is_flag=True)
 def pretrain(inputs, resume, overwrite, no_progress, **settings) -> None:
-    """Self-supervised pretraining on the videos in INPUTS; checkpoints feed `extract --weights`."""
+    """Self-supervised pretraining on the videos in INPUTS; checkpoints feed `extract --weights`.
+    Ctrl-C or SIGTERM saves the current step; --resume continues the run (with its own settings:
+    --epochs, --max-steps, --checkpoint-every, --workers and --device may be given anew)."""
     from pretraining import pretrain as run_pretrain
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: choose one")
     cfg = config_from_options(PretrainConfig, settings, inputs=list(inputs))
-    with _fatal_errors_as_one_line():
-        path = run_pretrain(cfg, resume=resume, progress=not no_progress, overwrite=overwrite)
+    given = given_settings(PretrainConfig, click.get_current_context()) | {"inputs"}
+    try:
+        with _fatal_errors_as_one_line(), _sigterm_as_interrupt():
+            path = run_pretrain(cfg, resume=resume, progress=not no_progress, overwrite=overwrite, given=given)
+    except KeyboardInterrupt as e:
+        _pretrain_stopped(e, list(inputs), cfg.out)
     click.echo(f"checkpoint: {path}", err=True)
+
+
+def _pretrain_stopped(e: KeyboardInterrupt, inputs: list[str], out: str) -> None:
+    """One line after Ctrl-C / SIGTERM: what was saved and the command that continues the run;
+    exit 130 / 143."""
+    from pretraining.engine import Interrupted
+
+    terminated = isinstance(e, Terminated) or (isinstance(e, Interrupted) and e.signum == signal.SIGTERM)
+    checkpoint = Path(out) / "last.pt"
+    if isinstance(e, Interrupted):
+        saved = f"step {e.step} is saved in {e.checkpoint}"
+    elif checkpoint.is_file():
+        saved = f"the last checkpoint is {checkpoint}"
+    else:
+        saved = "nothing was saved yet"
+    resume = shlex.join(["socialfeat", "pretrain", *inputs, "--out", out, "--resume"])
+    click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {saved}; "
+               f"continue with: {resume}", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 @main.command()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -209,3 +211,145 @@ def test_damaged_file_is_skipped_and_training_finishes(train_videos, tmp_path):
     skipped = read_log(run, "skipped.csv")
     assert skipped and {r["path"] for r in skipped} == {str(damaged)}, skipped
     assert proc.stderr.count(f"skipping damaged clips of {damaged}") == 1, proc.stderr
+
+
+def wait_for(condition, what: str, timeout: float = 300) -> None:
+    """Poll an event of a running command (not a duration)."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("option", [["--clip-seconds", "nan"], ["--clip-seconds", "1e-7"], ["--lr", "nan"],
+                                    ["--lr", "-1"], ["--betas", "0.9", "inf"], ["--contrast-weight", "nan"]])
+def test_nonsense_numbers_are_usage_errors(train_videos, tmp_path, option):
+    proc = run_cli("pretrain", train_videos, "--out", tmp_path / "run", *TINY, "--max-steps", "1", *option,
+                   check=False, timeout=60)  # --clip-seconds nan planned windows for ever, 1e-7 ran out of memory
+    assert proc.returncode == 2 and f"Invalid value for '{option[0]}'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_library_refuses_what_the_command_line_refuses(tmp_path):
+    from pretraining import PretrainConfig, pretrain
+    from socialfeat.errors import UsageError
+
+    for bad in ({"clip_seconds": float("nan")}, {"clip_seconds": 1e-7}, {"lr": -1.0}, {"betas": (0.9, 1.5)}):
+        with pytest.raises(UsageError):
+            pretrain(PretrainConfig(inputs=[str(tmp_path)], out=str(tmp_path / "run"), **bad))
+    assert not (tmp_path / "run").exists()
+
+
+def probe_head(path: Path) -> Path:
+    """A probe head's weights: a .pt file of tensors that are no backbone."""
+    torch.save({"head.weight": torch.randn(3, 64), "head.bias": torch.zeros(3), "norm.weight": torch.ones(64),
+                "norm.bias": torch.zeros(64)}, path)
+    return path
+
+
+@pytest.mark.parametrize("problem", ["init-missing", "init-not-a-backbone", "no-videos"])
+def test_overwrite_removes_nothing_when_the_new_run_cannot_start(train_videos, straight_run, tmp_path, problem):
+    run = shutil.copytree(straight_run, tmp_path / "kept")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    inputs, init = train_videos, "scratch"
+    if problem == "init-missing":
+        init = tmp_path / "no-such.pt"
+    elif problem == "init-not-a-backbone":
+        init = probe_head(tmp_path / "head.pt")
+    else:
+        inputs = empty
+    proc = run_cli("pretrain", inputs, "--out", run, "--overwrite", *TINY, "--init", init, "--max-steps", "1",
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.count("socialfeat: error:") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_init_that_is_no_backbone_is_refused_and_fresh_parts_are_warned(tmp_path, caplog):
+    from socialfeat.errors import UsageError
+
+    with pytest.raises(UsageError, match="is not a backbone of social-mae-tiny"):
+        load_initial_weights(create_model("social-mae-tiny"), str(probe_head(tmp_path / "head.pt")))
+    cav = save_checkpoint(create_model("cav-mae-tiny"), tmp_path / "cav.pt")
+    with caplog.at_level("WARNING", logger="pretraining.init"):
+        load_initial_weights(create_model("social-mae-tiny"), str(cav), "reference")  # 2-D visual parts dropped
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "tensors taken, the others fresh" in warned[0], warned
+
+
+def test_every_file_damaged_ends_with_one_line(train_videos, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for video in sorted(train_videos.glob("*.mp4")):  # the header and the first frames: probed fine, then damaged
+        (corpus / video.name).write_bytes(video.read_bytes()[:10000])
+    proc = run_cli("pretrain", corpus, "--out", tmp_path / "run", *TINY, "--workers", "1", "--val-fraction", "0",
+                   check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "are all damaged" in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr
+
+
+def start_pretrain(train_videos: Path, run: Path, *extra: str) -> subprocess.Popen:
+    """The straight run's command, started in the background."""
+    return subprocess.Popen([str(SOCIALFEAT), "pretrain", str(train_videos), "--out", str(run), *TINY, "--epochs", "4",
+                             "--val-fraction", "0.2", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_killed_between_checkpoint_and_validation_resumes_with_every_validation(train_videos, straight_run,
+                                                                                tmp_path):
+    run = tmp_path / "killed"
+    proc = start_pretrain(train_videos, run, "--checkpoint-every", "8")  # 8 steps per epoch
+    wait_for(lambda: (run / "last.pt").exists(), "no checkpoint")
+    freeze(proc.pid)  # at once: the checkpoint of an epoch's last step used to come before its validation
+    kill(proc.pid)
+    proc.wait()
+    run_cli("pretrain", train_videos, "--out", run, "--resume", "--no-progress")
+    assert read_log(run, "val_log.csv") == read_log(straight_run, "val_log.csv")
+    terms = ("step", "epoch", "lr", "loss", "loss_c")
+    assert [[r[t] for t in terms] for r in read_log(run)] == [[r[t] for t in terms] for r in read_log(straight_run)]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_saves_the_step_and_says_how_to_resume(train_videos, straight_run, tmp_path, signum, code):
+    run = tmp_path / "stopped"
+    proc = start_pretrain(train_videos, run, "--checkpoint-every", "100")
+    wait_for(lambda: (run / "train_log.csv").exists() and len(read_log(run)) >= 10, "the run did not start")
+    proc.send_signal(signum)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == code, stderr
+    steps = len(read_log(run))
+    assert 10 <= steps < 32
+    assert torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["step"] == steps
+    last = stderr.strip().splitlines()[-1]
+    assert f"step {steps} is saved in {run / 'last.pt'}" in last, stderr
+    command = shlex.split(last.split("continue with: ")[1])
+    assert command[0] == "socialfeat" and "--resume" in command
+    run_cli(*command[1:], "--no-progress")
+    assert read_log(run, "val_log.csv") == read_log(straight_run, "val_log.csv")
+    terms = ("step", "epoch", "lr", "loss", "loss_c")
+    assert [[r[t] for t in terms] for r in read_log(run)] == [[r[t] for t in terms] for r in read_log(straight_run)]
+
+
+def test_resume_from_elsewhere_takes_inputs_keeps_run_length_and_names_ignored_options(train_videos, tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    (here / "v").symlink_to(train_videos)
+    run_cli("pretrain", "v", "--out", "run", *TINY, "--max-steps", "2", "--val-fraction", "0", cwd=here)
+    run = here / "run"
+    saved = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["config"]
+    assert saved["inputs"] == [str(here / "v")]  # absolute: the record does not depend on the directory
+    proc = run_cli("pretrain", here / "v", "--out", run, "--resume", "--lr", "0.01", "--batch-size", "2",
+                   "--no-progress", cwd=elsewhere)
+    assert [int(r["step"]) for r in read_log(run)] == [1, 2]  # --max-steps 2 is the run's, not the default
+    assert "ignored: --batch-size 2 (the run's: 4), --lr 0.01 (the run's: 0.001)" in proc.stderr, proc.stderr
+    moved = tmp_path / "moved"
+    moved.symlink_to(train_videos)
+    proc = run_cli("pretrain", moved, "--out", run, "--resume", "--max-steps", "3", "--no-progress", cwd=elsewhere)
+    assert f"INPUTS {moved} differ from the run's {here / 'v'}" in proc.stderr
+    assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3]
+    state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
+    assert state["step"] == 3 and state["config"]["lr"] == 1e-3 and state["config"]["inputs"] == [str(moved)]
