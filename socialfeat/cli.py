@@ -130,8 +130,9 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt as e:
             terminated = isinstance(e, Terminated)
-            click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}; everything "
-                       "finished so far is kept: run the same command again to resume", err=True)
+            click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}; every finished "
+                       "video is kept (one cut off mid-way starts again): run the same command again to resume",
+                       err=True)
             sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
