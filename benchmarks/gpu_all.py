@@ -21,6 +21,8 @@ Sections, in the order ``--sections`` gives (default: end to end first, the figu
   an experiment), eager and compiled: peak memory and embedding cosine to fp32 per kind for each,
   compile time and whether a padded partial batch recompiled;
 - pretrain: pretraining step rate (bf16 autocast, batch 16).
+- profile (asked for by name): where the GPU's time goes in the model call, eager and compiled (kernel time
+  per kind from torch.profiler), and one compile with max-autotune.
 
 On the GPU machine (PyAV travels as a wheel, see docs/performance.md):
   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_all.py
@@ -100,7 +102,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.0, help="timing window per encode figure")
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--sections", default="e2e,encode,pretrain",
-                   help="comma-separated subset of e2e, encode, pretrain, run in that order")
+                   help="comma-separated subset of e2e, encode, pretrain, profile, run in that order")
     p.add_argument("--e2e-videos", type=int, default=24, help="videos at the first size (half, at least one per "
                    "core, at the others)")
     p.add_argument("--e2e-seconds", type=float, default=120.0)
@@ -130,7 +132,8 @@ def main() -> None:
 
     steps = {"encode": lambda: measure_encode(model, a64, v64, dev, args, report),
              "e2e": lambda: measure_end_to_end(model, dev, args, report),
-             "pretrain": lambda: measure_pretrain(args.arch, a64, v64, dev, args.seconds, report)}
+             "pretrain": lambda: measure_pretrain(args.arch, a64, v64, dev, args.seconds, report),
+             "profile": lambda: measure_profile(model, a64, v64, dev, args, report)}
     for name in args.sections.split(","):  # in the order asked; one failing section does not cost the
         step = steps[name]  # others' figures (a GPU slot is short)
         if dev.type == "cuda":
@@ -161,13 +164,7 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
     reference = ModelCall(model, dev, "fp32", bs)(a64, v64)
 
     def row(name: str, call: ModelCall, batch: int = bs) -> dict:
-        reset_peak(dev)
-        sec = timed(lambda: call(a64[:batch], v64[:batch]), args.seconds, dev)
-        out = call(a64, v64)
-        cos = {k: round(float(F.cosine_similarity(getattr(reference, k), getattr(out, k), dim=-1).min()), 6)
-               for k in ("joint", "audio", "visual")}
-        return {"variant": name, "batch": batch, "clips_per_s": round(batch / sec, 2), "peak_gib": peak_gib(dev),
-                "cosine_min_to_fp32": cos}
+        return encode_row(name, call, a64, v64, reference, dev, args.seconds, batch)
 
     rows = []
     for name, kw in ENCODE_VARIANTS + (("bf16_weights", dict(precision="bf16", bf16_weights=True, batch=16)),):
@@ -212,6 +209,90 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
         report.store("encode", rows)
         torch._dynamo.reset()
     report["encode"] = rows
+
+
+def encode_row(name: str, call, a64: torch.Tensor, v64: torch.Tensor, reference, dev: torch.device, seconds: float,
+               batch: int) -> dict:
+    """clips/s of ``call`` on ``batch`` clips, its peak memory and its embeddings' cosine to fp32."""
+    reset_peak(dev)
+    sec = timed(lambda: call(a64[:batch], v64[:batch]), seconds, dev)
+    out = call(a64, v64)
+    cos = {k: round(float(F.cosine_similarity(getattr(reference, k), getattr(out, k), dim=-1).min()), 6)
+           for k in ("joint", "audio", "visual")}
+    return {"variant": name, "batch": batch, "clips_per_s": round(batch / sec, 2), "peak_gib": peak_gib(dev),
+            "cosine_min_to_fp32": cos}
+
+
+KERNEL_KINDS = (  # (kind, substrings of a kernel's name), first match wins
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "sm90")),
+    ("convolution", ("conv", "implicit")),
+    ("layer_norm", ("layer_norm", "layernorm")),
+    ("fused (triton)", ("triton",)),
+    ("copy / cast", ("copy", "memcpy", "memset", "cast")),
+    ("elementwise / reduce", ("elementwise", "vectorized", "reduce", "cat")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lower = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lower for k in keys)), "other")
+
+
+def measure_profile(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device, args, report: Report) -> None:
+    """Where the GPU's time goes in extract's model call (bf16 weights, batch 64), eager and compiled:
+    kernel time per kind over 5 batches (torch.profiler), the gap to 2000 clips/s in kernels rather
+    than guesses; then one compile with max-autotune (Triton and cuBLAS matmuls timed, picked per shape)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from socialfeat.model_call import ModelCall
+
+    bs, rows = a64.shape[0], []
+    reference = ModelCall(model, dev, "fp32", bs)(a64, v64)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    for name, compiled in (("bf16_weights", False), ("bf16_weights +compile", True)):
+        call = ModelCall(model, dev, "bf16", bs, compile=compiled)
+        for _ in range(3):
+            call(a64, v64)
+        sync(dev)
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(5):
+                call(a64, v64)
+            sync(dev)
+        wall = (time.perf_counter() - t0) / 5
+        kinds: dict[str, float] = {}
+        kernels: dict[str, float] = {}
+        for event in prof.events():
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = event.time_range.elapsed_us()
+            kinds[kernel_kind(event.name)] = kinds.get(kernel_kind(event.name), 0.0) + us
+            kernels[event.name] = kernels.get(event.name, 0.0) + us
+        total = sum(kinds.values()) or 1.0
+        rows.append({"variant": name, "wall_ms_per_batch_profiled": round(1000 * wall, 2),
+                     "gpu_kernel_ms_per_batch": round(total / 5000, 2),
+                     "share": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                     "top_kernels_ms_per_batch": [[n[:100], round(us / 5000, 3)] for n, us in
+                                                  sorted(kernels.items(), key=lambda kv: -kv[1])[:15]]})
+        print(rows[-1], flush=True)
+        report.store("profile", rows)
+        torch._dynamo.reset()
+    if args.skip_compile:
+        report["profile"] = rows
+        return
+    import functools
+
+    compile_ = torch.compile
+    with patch.object(torch, "compile", functools.partial(compile_, mode="max-autotune-no-cudagraphs")):
+        try:
+            rows.append(measure_compiled("bf16_weights +compile max-autotune", model, a64, v64, dev, None,
+                                         lambda n, c: encode_row(n, c, a64, v64, reference, dev, args.seconds, bs)))
+        except Exception as e:
+            rows.append({"variant": "bf16_weights +compile max-autotune", "error": f"{type(e).__name__}: {e}"[:300]})
+    print(rows[-1], flush=True)
+    torch._dynamo.reset()
+    report["profile"] = rows
 
 
 def measure_compiled(name: str, model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.device,
