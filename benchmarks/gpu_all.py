@@ -250,7 +250,7 @@ def measure_profile(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devi
     bs, rows = a64.shape[0], []
     reference = ModelCall(model, dev, "fp32", bs)(a64, v64)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    for name, compiled in (("bf16_weights", False), ("bf16_weights +compile", True)):
+    for name, compiled in (("bf16_weights", False),) + (() if args.skip_compile else (("bf16_weights +compile", True),)):
         call = ModelCall(model, dev, "bf16", bs, compile=compiled)
         for _ in range(3):
             call(a64, v64)

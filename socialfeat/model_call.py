@@ -1,8 +1,9 @@
 """How ``extract`` calls the model: one object that owns precision, torch.compile and batch shape.
 
-Measured on an H100 (released Social-MAE, batch 64, docs/performance.md): bf16 *weights*
-run ``encode`` at 905 clips/s against 807-820 for bf16 autocast (embedding cosine to fp32
-0.99999), and torch.compile of the bf16-weights model at 1311 (22-27 s to compile once).
+Measured on an H100 and an H200 (released Social-MAE, batch 64, docs/performance.md): bf16
+*weights* run ``encode`` at 905 / 1428 clips/s against 807-820 / 1207 for bf16 autocast (embedding
+cosine to fp32 0.99999), and torch.compile of the bf16-weights model at 1311 / 1524 (18-27 s to
+compile once; its kernels alone bound it at 1577 on the H200).
 So on CUDA, bf16 means a bf16 copy of the model; on the CPU, bf16 stays autocast (faster
 there, docs/performance.md). Compiled graphs are specialised to one input shape, so with
 compilation every batch is padded to the batch size: the last, partial batch reuses the

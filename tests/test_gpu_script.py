@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_gpu_script_runs_every_section_on_a_cpu(tmp_path):
     args = [sys.executable, str(ROOT / "benchmarks" / "gpu_all.py"), "--device", "cpu", "--arch", "social-mae-tiny",
-            "--seconds", "0.2", "--e2e-videos", "2", "--e2e-seconds", "8", "--sweep-videos", "1",
+            "--seconds", "0.2", "--e2e-videos", "2", "--e2e-seconds", "8", "--piece-seconds", "4", "--sweep-videos", "1",
             "--e2e-sizes", "320x240", "--skip-compile", "--long-videos", "1", "--long-repeats", "3",
-            "--sections", "e2e,encode,pretrain"]
+            "--sections", "e2e,encode,pretrain,profile"]
     proc = subprocess.run(args, cwd=tmp_path, env={**os.environ, "OUT": str(tmp_path)}, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -40,3 +40,4 @@ def test_the_gpu_script_runs_every_section_on_a_cpu(tmp_path):
     mlp, every = (min(encode[v]["cosine_min_to_fp32"].values()) for v in ("fp8 fc1+fc2", "fp8 qkv+proj+fc1+fc2"))
     assert 0.99 < every < mlp < 1.0
     assert figures["pretrain"]["clips_per_s"] > 0
+    assert [r["variant"] for r in figures["profile"]] == ["bf16_weights"]  # (no CUDA kernels on a CPU)
