@@ -401,8 +401,8 @@ def pinned_slots_run(step):
 
     cudart, pinned, take = torch.cuda.cudart(), [], BatchEncoder._take
 
-    def items(jobs, spec, plan, workers, timeout):
-        pool = WorkerPool(jobs, spec, plan, workers, timeout, lend_tensors=True).start()
+    def items(jobs, spec, plan, workers, timeout, resumed=None):
+        pool = WorkerPool(jobs, spec, plan, workers, timeout, lend_tensors=True, resumed=resumed).start()
         if pool.slots is not None:
             memory = pool.slots._bytes
             t0 = time.perf_counter()
@@ -555,8 +555,8 @@ def measure_end_to_end(model, dev: torch.device, args, report: Report) -> None:
 
         # 3. at the first size: the hand-over before issue #16 (each tensor in shared memory of its own,
         # passed as a descriptor), a no-op encoder, the worker sweep
-        with patch.object(extract_module, "decoded_items", lambda jobs, spec, plan, workers, timeout: WorkerPool(
-                jobs, spec, plan, workers, timeout, lend_tensors=False).start()):
+        with patch.object(extract_module, "decoded_items", lambda jobs, spec, plan, workers, timeout, resumed=None:
+                        WorkerPool(jobs, spec, plan, workers, timeout, lend_tensors=False, resumed=resumed).start()):
             entry["runs"].append(run("descriptor_handover", folder, n_clips, decode_rate))
         entry["same_numbers_both_handovers"] = same_numbers(tmp / f"out_defaults_{folder.name}.h5",
                                                             tmp / f"out_descriptor_handover_{folder.name}.h5")

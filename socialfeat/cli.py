@@ -131,7 +131,7 @@ class _Commands(click.Group):
         except KeyboardInterrupt as e:
             terminated = isinstance(e, Terminated)
             click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}; every finished "
-                       "video is kept (one cut off mid-way starts again): run the same command again to resume",
+                       "video, and every finished 10-minute part of a long one, is kept: run the same command again to resume",
                        err=True)
             sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 

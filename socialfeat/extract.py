@@ -57,18 +57,26 @@ from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.models.checkpoint import own_memory
 from socialfeat.outputs import claim_output, refuse_foreign_output
-from socialfeat.pipeline import ClipItem, PlanSettings, VideoDone
+from socialfeat.pipeline import (
+    SPAN_SECONDS,
+    ClipItem,
+    PartDone,
+    PlanSettings,
+    VideoDone,
+    spans_left,
+)
 from socialfeat.store import (
     CLIP_COLUMNS,
     Failure,
     Journal,
+    SpanResult,
     VideoResult,
     VideoStatus,
     assemble_output,
     is_features_file,
 )
 from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
-from socialfeat.workers import WorkerPool, in_process_items
+from socialfeat.workers import Resumed, WorkerPool, in_process_items
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "social-mae"
@@ -364,6 +372,7 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
             log.warning("--compile: ignored (it compiles the model on CUDA with the local engine only)")
         results, jobs, fingerprints, strikes = reuse_finished(refs, seg_table, journal, run, retry_failed)
         record_kw = dict(journal=journal, fingerprints=fingerprints, results=results, strikes=strikes, run=run)
+        resumed = resume_parts(jobs, journal, fingerprints) if engine == "local" else ({}, {})
 
         if jobs and engine == "ray":
             from socialfeat.ray_engine import run_ray
@@ -379,7 +388,7 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
         elif jobs:
             with logging_redirect_tqdm():
                 _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, predictors,
-                          video_timeout, compiling)
+                          video_timeout, compiling, resumed)
 
         ordered = [results[p] for p in range(len(refs))]
         for r in ordered:
@@ -500,7 +509,7 @@ def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> N
     journal's), and only those: our own name pattern, not touched since before this run."""
     names = [output] + ([output.with_suffix("")] if output.name.endswith(".csv.h5") else [])  # (and feats.csv)
     stale = [t for n in names for t in stale_temporaries(n, before)]
-    stale += stale_temporaries_in(journal.dir, before, r"[0-9a-f]{16}\.h5")
+    stale += stale_temporaries_in(journal.dir, before, r"[0-9a-f]{16}(?:\.span-\d+-(?:\d+|end))?\.h5")
     for path in stale:
         log.info("removing %s, left by a run that was killed", path)
         path.unlink(missing_ok=True)
@@ -546,6 +555,37 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run: str, 
                     "fail, or that crashed or stalled a worker %d times); --retry-failed processes them again",
                     kept, MAX_STRIKES)
     return results, largest_first(jobs, sizes), fingerprints, strikes
+
+
+def resume_parts(jobs: list, journal: Journal, fingerprints: dict[int, str]
+                 ) -> tuple[Resumed, dict[int, list[tuple[dict, dict[str, Any]]]]]:
+    """Long recordings an earlier run left part-way (journalled spans with the same fingerprint):
+    the records of their finished parts and the spans still to decode (for the workers), and
+    those parts' clips with their vectors (for the video's result)."""
+    resumed: Resumed = {}
+    preloaded: dict[int, list[tuple[dict, dict[str, Any]]]] = {}
+    for pos, ref, _ in jobs:
+        parts = journal.read_spans(ref.video_id, fingerprints[pos])
+        if not parts:
+            continue
+        records = [VideoDone(pos, **dict(p.record, span=tuple(p.record["span"]),
+                                         clip_range=tuple(p.record["clip_range"]))) for p in parts]
+        resumed[pos] = (records, spans_left([r.span for r in records]))
+        preloaded[pos] = [(row, {**{k: v[i] for k, v in p.embeddings.items()},
+                                 **{t: v[i] for t, v in p.predictions.items()}})
+                          for p in parts for i, row in enumerate(p.clips)]
+    if resumed:
+        minutes = sum(((r.span[1] or 0) - r.span[0]) * SPAN_SECONDS for records, _ in resumed.values()
+                      for r in records) / 60
+        log.info("resuming %d recording(s) part-way: %.0f min of recording already done", len(resumed), minutes)
+    return resumed, preloaded
+
+
+def span_record(done: VideoDone) -> dict[str, Any]:
+    """A finished part's record as the journal keeps it (resume_parts reads it back)."""
+    record = asdict(done)
+    del record["video_pos"]
+    return record
 
 
 def warn_recomputed(other_runs: list[str], run: str, journal: Journal) -> None:
@@ -609,6 +649,13 @@ class _Recorder:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="socialfeat-journal")
         self.writes: list[Future] = []
 
+    def part(self, pos: int, done: VideoDone, res: VideoResult) -> None:
+        """A finished part of a long recording whose other parts are still decoding."""
+        self._raise_failed()
+        span = SpanResult(span_record(done), res.clips, res.embeddings, res.predictions)
+        self.writes.append(self.writer.submit(self.journal.write_span, done.video["video_id"], span,
+                                              self.fingerprints[pos]))
+
     def __call__(self, pos: int, res: VideoResult) -> None:
         prior = self.strikes.get(pos, 0)
         res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
@@ -642,18 +689,21 @@ class _Recorder:
             self._raise_failed()
 
 
-def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None):
-    """ClipItem and VideoDone records of ``jobs``: from isolated worker processes, or (``workers=0``) here.
-    Clips come as views of the workers' shared slots: the encoder copies them at once, to the GPU or
-    into tensors it reuses on the CPU (BatchEncoder._take); no descriptor per tensor crosses processes."""
+def decoded_items(jobs, spec, plan: PlanSettings, workers: int, video_timeout: float | None,
+                  resumed: Resumed | None = None):
+    """ClipItem, PartDone and VideoDone records of ``jobs``: from isolated worker processes, or
+    (``workers=0``) here. Clips come as views of the workers' shared slots: the encoder copies them at
+    once, to the GPU or into tensors it reuses on the CPU (BatchEncoder._take); no descriptor per tensor
+    crosses processes. ``resumed``: see resume_parts."""
     if workers:
-        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=True).start()
-    return in_process_items(jobs, spec, plan)
+        return WorkerPool(jobs, spec, plan, workers, video_timeout, lend_tensors=True, resumed=resumed).start()
+    return in_process_items(jobs, spec, plan, resumed)
 
 
 def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_kw, tasks, video_timeout,
-              compile_model=False):
-    items = decoded_items(jobs, spec, plan, workers, video_timeout)  # decoding before the model is set up
+              compile_model=False, resumed=({}, {})):
+    parts, preloaded = resumed
+    items = decoded_items(jobs, spec, plan, workers, video_timeout, parts)  # decoding before the model is set up
     with contextlib.closing(items):  # (the workers are stopped if the set-up below fails)
         net.to(dev)  # the weights are read from the checkpoint's memory map now, while the workers decode
         if dev.type == "cpu":
@@ -665,25 +715,43 @@ def _run_jobs(jobs, net, dev, spec, plan, batch_size, workers, progress, record_
         bar_v = tqdm(total=len(jobs), unit="video", desc="videos", disable=not progress, file=sys.stderr)
         bar_c = tqdm(unit="clip", desc="clips ", disable=not progress, file=sys.stderr, position=1)
         with _Recorder(bar=bar_v, **record_kw) as record:  # journal writes off the model's path
-            _encode_all(items, encoder, record, [t.name for t in tasks], bar_c)
+            _encode_all(items, encoder, record, [t.name for t in tasks], bar_c, preloaded)
     bar_c.close()
     bar_v.close()
 
 
-def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: list[str], bar_c) -> None:
-    """Clips into the encoder as they come; each video to the journal once its record and all its clips are back."""
-    encoded: dict[int, list] = {}  # per video: (clip row, vectors) back from the encoder
+def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: list[str], bar_c,
+                preloaded: dict[int, list] | None = None) -> None:
+    """Clips into the encoder as they come; each video to the journal once its record and all its clips
+    are back, and each finished part of a long recording (PartDone) once all of its clips are back."""
+    encoded: dict[int, list] = {pos: list(clips) for pos, clips in (preloaded or {}).items()}  # per video:
+    # (clip row, vectors) back from the encoder (or from the parts an earlier run journalled)
     finished: dict[int, VideoDone] = {}
     open_clips: dict[int, int] = {}  # clips handed to the encoder but not yet back, per video
+    waiting: dict[int, list[list]] = {}  # per video: [part record, its clips back so far] not yet journalled
 
     def write(pos: int) -> None:
+        waiting.pop(pos, None)  # (the whole video is journalled instead)
         record(pos, video_result(finished.pop(pos), encoded.pop(pos, []), task_names))
+
+    def write_parts(pos: int) -> None:
+        for entry in [e for e in waiting.get(pos, []) if e[1] >= e[0].n_clips]:
+            done = entry[0]
+            waiting[pos].remove(entry)
+            lo, hi = done.clip_range
+            record.part(pos, done, video_result(done, [c for c in encoded.get(pos, []) if lo <= c[0]["clip_index"] < hi],
+                                                task_names))
 
     def collect(done_items) -> None:
         for item, vecs in done_items:
             encoded.setdefault(item.video_pos, []).append((item.clip, vecs))
             open_clips[item.video_pos] -= 1
+            for entry in waiting.get(item.video_pos, []):
+                lo, hi = entry[0].clip_range
+                entry[1] += lo <= item.clip["clip_index"] < hi
         bar_c.update(len(done_items))
+        for pos in [p for p in waiting if waiting[p]]:
+            write_parts(pos)
         for pos in [p for p in finished if open_clips.get(p, 0) == 0]:
             write(pos)
 
@@ -691,6 +759,15 @@ def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: lis
         if isinstance(item, ClipItem):
             open_clips[item.video_pos] = open_clips.get(item.video_pos, 0) + 1
             collect(encoder.add(item))
+        elif isinstance(item, PartDone):
+            done = item.done
+            failed = done.video["status"] == VideoStatus.ERROR or done.failure in (Failure.TRANSIENT, Failure.CRASH,
+                                                                                    Failure.TIMEOUT)
+            if not failed:  # (a part that failed is decoded again by the next run)
+                lo, hi = done.clip_range
+                back = sum(lo <= row["clip_index"] < hi for row, _ in encoded.get(item.video_pos, []))
+                waiting.setdefault(item.video_pos, []).append([done, back])
+                write_parts(item.video_pos)
         else:
             finished[item.video_pos] = item
             if open_clips.get(item.video_pos, 0) == 0:

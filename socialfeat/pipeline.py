@@ -55,6 +55,12 @@ RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to 
 # a worker would idle). Audio is decoded in chunks of the same grid whatever the parts (media.AudioStream),
 # so a recording gives the same numbers decoded whole or in parts.
 SPAN_SECONDS = 30.0
+# A long recording decoded by a worker ends its part every CHECKPOINT_SPANS spans (10 minutes of
+# recording) and goes on as a new part: each finished part is journalled (store.Journal.write_span),
+# so a run cut off in a recording of hours resumes from its last finished part, not from its start.
+# The cost is one seek per part (decoding from the keyframe before it; keyframes at most
+# MAX_SPLIT_KEYFRAME_GAP_S apart); the numbers are those of the recording decoded whole.
+CHECKPOINT_SPANS = 20
 # Audio missing inside its track (timestamps jump) from this much on makes the video damaged: a
 # dropped AAC frame is 21-64 ms; smaller jumps are the muxers' rounding.
 LOST_AUDIO_S = 0.1
@@ -122,6 +128,15 @@ class VideoDone:
     span: tuple[int, int | None] = (0, None)  # the part of the video this record covers (SPAN_SECONDS grid)
     audio_samples: int = 0  # audio samples really decoded in that part (merged into audio_duration_s)
     audio_end: int = 0  # timeline sample after the part's last decoded audio sample (merged into audio_gap_s)
+    clip_range: tuple[int, int] = (0, 0)  # clip_index values [first, end) of the clips this part emitted
+
+
+@dataclass
+class PartDone:
+    """A finished part of a video decoded in several (its record; the video's own VideoDone comes
+    once every part is done): the engine journals it, so a rerun need not decode it again."""
+    video_pos: int
+    done: VideoDone
 
 
 def error_row(ref: VideoRef, stage: str, message: str) -> dict[str, Any]:
@@ -190,13 +205,16 @@ class VideoRun:
     ``span``: the part of the recording to decode, spans [first, end) of the SPAN_SECONDS grid
     (end None: to the end; the clips are those that start in it). ``cut_requested``: asked before
     each clip of a splittable video whether its worker should share the rest; it then keeps the
-    span it is in and half of the spans after it, and yields a PartCut.
+    span it is in and half of the spans after it, and yields a PartCut. ``checkpoint_spans``: a
+    splittable video's part also ends (PartCut) once it has covered that many spans.
     """
 
     def __init__(self, pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
                  span: tuple[int, int | None] = (0, None), cut_requested: Callable[[], bool] | None = None,
-                 stack_frames: bool = True):
+                 stack_frames: bool = True, checkpoint_spans: int | None = None):
         self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
+        self.checkpoint_spans = checkpoint_spans
+        self.clip_range: tuple[int, int] | None = None  # clip_index values emitted: [first, end)
         self.stack_frames = stack_frames  # False: decoded frames as a FrameList (a worker's slot takes them)
         self.first, self.end = span
         self.cut_requested = cut_requested
@@ -229,7 +247,8 @@ class VideoRun:
             self.failure = Failure.CONTENT  # the same bytes give the same verdict
         samples = self.audio.decoded_samples(self.first, self.end) if self.audio is not None else 0
         return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure,
-                         (self.first, self.end), samples, self.audio.audio_end if self.audio is not None else 0)
+                         (self.first, self.end), samples, self.audio.audio_end if self.audio is not None else 0,
+                         self.clip_range or (0, 0))
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
@@ -293,12 +312,18 @@ class VideoRun:
             if self.end is not None and span >= self.end:
                 return
             self.offer_cut(span, n_spans)
+            if self.end is not None and span >= self.end:  # (a checkpoint ended the part here)
+                return
             yield clip
 
     def offer_cut(self, span: int, n_spans: int) -> None:
         """In ``span``: if the worker is asked to share, it keeps this span and half of those after
         it (rounded down); the others go (their clips are not planned yet)."""
         end = self.end if self.end is not None else n_spans
+        if self.checkpoint_spans and span - self.first >= self.checkpoint_spans and span < end:
+            self.end = span  # a checkpoint: this part ends before ``span``, the rest is a new part
+            self.cut_notices.append(span)
+            return
         if self.cut_requested is None or end - span < 2 or not self.cut_requested():
             return
         self.end = end - (end - span) // 2
@@ -471,6 +496,10 @@ class VideoRun:
         items = self.face_items(clip, end, entries) if self.detector is not None else \
             [self.clip_item(clip, end, entries, {})]
         self.n_emitted += len(items)
+        for item in items:
+            index = item.clip["clip_index"]
+            lo, hi = self.clip_range or (index, index + 1)
+            self.clip_range = (min(lo, index), max(hi, index + 1))
         yield from items
 
     def face_items(self, clip: Clip, end: float, entries: list) -> list[ClipItem]:
@@ -540,25 +569,38 @@ class VideoRun:
 
 def video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
                 segments: list[dict[str, Any]] | None, span: tuple[int, int | None] = (0, None),
-                cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True
-                ) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
+                cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True,
+                checkpoint_spans: int | None = None) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
     """Clips of one video (or part of it), then its VideoDone record (see VideoRun for the steps)."""
-    return VideoRun(pos, ref, spec, plan, span, cut_requested, stack_frames).items(segments)
+    return VideoRun(pos, ref, spec, plan, span, cut_requested, stack_frames, checkpoint_spans).items(segments)
 
 
 def guarded_video_items(pos: int, ref: VideoRef, spec: PreprocessSpec, plan: PlanSettings,
                         segments: list[dict[str, Any]] | None, span: tuple[int, int | None] = (0, None),
-                        cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True
-                        ) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
+                        cut_requested: Callable[[], bool] | None = None, stack_frames: bool = True,
+                        checkpoint_spans: int | None = None) -> Iterator[ClipItem | VideoStarted | PartCut | VideoDone]:
     """video_items, with an unexpected exception turned into the video's error record:
     one file never stops the batch."""
     try:
-        yield from video_items(pos, ref, spec, plan, segments, span, cut_requested, stack_frames)
+        yield from video_items(pos, ref, spec, plan, segments, span, cut_requested, stack_frames, checkpoint_spans)
     except Exception as e:
         log.exception("unexpected failure on %s", ref.path)
         video = video_row(ref, VideoStatus.ERROR, f"internal: {type(e).__name__}: {e}")
         yield VideoDone(pos, video, [error_row(ref, "internal", f"{type(e).__name__}: {e}")], -1, Failure.TRANSIENT,
                         span)
+
+
+def spans_left(finished: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    """The parts of a recording still to decode, given the spans [first, end) of its finished parts."""
+    left: list[tuple[int, int | None]] = []
+    at = 0
+    for first, end in sorted(finished, key=lambda span: span[0]):
+        if first > at:
+            left.append((at, first))
+        if end is None:
+            return left
+        at = max(at, end)
+    return left + [(at, None)]
 
 
 def span_of(t: float) -> int:

@@ -87,8 +87,20 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+@dataclass
+class SpanResult:
+    """A finished part of a long recording (spans [first, end) of pipeline.SPAN_SECONDS) that
+    its video's run had not finished: ``record`` holds the part's VideoDone fields."""
+
+    record: dict[str, Any]
+    clips: list[dict[str, Any]]
+    embeddings: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray]
+
+
 class Journal:
-    """Per-video part files under ``<output>.parts``."""
+    """Per-video part files under ``<output>.parts``; a long recording's finished spans also
+    have files of their own until the whole video is written (``<video_id>.span-<first>-<end>.h5``)."""
 
     def __init__(self, output: str | Path):
         self.dir = Path(str(output) + ".parts")
@@ -96,19 +108,45 @@ class Journal:
     def part_path(self, video_id: str) -> Path:
         return self.dir / f"{video_id}.h5"
 
+    def span_path(self, video_id: str, span: tuple[int, int | None]) -> Path:
+        return self.dir / f"{video_id}.span-{span[0]}-{'end' if span[1] is None else span[1]}.h5"
+
+    def span_paths(self, video_id: str) -> list[Path]:
+        return sorted(self.dir.glob(f"{video_id}.span-*.h5"))
+
     def write(self, result: VideoResult, fingerprint: str) -> None:
+        """The whole video; its spans' files are then no longer needed."""
         with atomic_path(self.part_path(result.video["video_id"]), fsync=True) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["fingerprint"] = fingerprint
                 f.attrs["failure"], f.attrs["strikes"] = str(result.failure), int(result.strikes)
                 f.attrs["run"] = result.run
                 f.attrs["video"] = json.dumps(result.video, default=_json_default)
-                f.attrs["clips"] = json.dumps(result.clips, default=_json_default)
-                f.attrs["errors"] = json.dumps(result.errors, default=_json_default)
-                for kind, arr in result.embeddings.items():
-                    f.create_dataset(f"embeddings/{kind}", data=np.asarray(arr, np.float32))
-                for task, arr in result.predictions.items():
-                    f.create_dataset(f"predictions/{task}", data=np.asarray(arr, np.float32))
+                _write_rows_and_arrays(f, result.clips, result.errors, result.embeddings, result.predictions)
+        for path in self.span_paths(result.video["video_id"]):
+            path.unlink(missing_ok=True)
+
+    def write_span(self, video_id: str, part: SpanResult, fingerprint: str) -> None:
+        with atomic_path(self.span_path(video_id, tuple(part.record["span"])), fsync=True) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["fingerprint"] = fingerprint
+                f.attrs["record"] = json.dumps(part.record, default=_json_default)
+                _write_rows_and_arrays(f, part.clips, [], part.embeddings, part.predictions)
+
+    def read_spans(self, video_id: str, fingerprint: str) -> list[SpanResult]:
+        """The finished spans of a video that a run with this fingerprint journalled (others are ignored,
+        and replaced when the video is written)."""
+        parts = []
+        for path in self.span_paths(video_id):
+            try:
+                with h5py.File(path, "r") as f:
+                    if str(f.attrs["fingerprint"]) != fingerprint:
+                        continue
+                    parts.append(SpanResult(json.loads(f.attrs["record"]), json.loads(f.attrs["clips"]),
+                                            *_read_arrays(f)))
+            except (OSError, KeyError, ValueError):
+                continue
+        return parts
 
     def read(self, video_id: str) -> tuple[VideoResult, str] | None:
         """A finished part and its fingerprint, or None when absent or unreadable."""
@@ -120,13 +158,25 @@ class Journal:
                 res = VideoResult(video=json.loads(f.attrs["video"]), clips=json.loads(f.attrs["clips"]),
                                   errors=json.loads(f.attrs["errors"]), failure=str(f.attrs.get("failure", "")),
                                   strikes=int(f.attrs.get("strikes", 0)), run=str(f.attrs.get("run", "")))
-                for kind in f.get("embeddings", {}):
-                    res.embeddings[kind] = f[f"embeddings/{kind}"][()]
-                for task in f.get("predictions", {}):
-                    res.predictions[task] = f[f"predictions/{task}"][()]
+                res.embeddings, res.predictions = _read_arrays(f)
                 return res, str(f.attrs["fingerprint"])
         except (OSError, KeyError, ValueError):
             return None
+
+
+def _write_rows_and_arrays(f: h5py.File, clips: list[dict[str, Any]], errors: list[dict[str, Any]],
+                           embeddings: dict[str, np.ndarray], predictions: dict[str, np.ndarray]) -> None:
+    f.attrs["clips"] = json.dumps(clips, default=_json_default)
+    f.attrs["errors"] = json.dumps(errors, default=_json_default)
+    for kind, arr in embeddings.items():
+        f.create_dataset(f"embeddings/{kind}", data=np.asarray(arr, np.float32))
+    for task, arr in predictions.items():
+        f.create_dataset(f"predictions/{task}", data=np.asarray(arr, np.float32))
+
+
+def _read_arrays(f: h5py.File) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return ({kind: f[f"embeddings/{kind}"][()] for kind in f.get("embeddings", {})},
+            {task: f[f"predictions/{task}"][()] for task in f.get("predictions", {})})
 
 
 INT_MISSING = -1  # a missing value of an integer column (the columns are never negative)

@@ -11,7 +11,9 @@ When no video is left to hand out and a worker idles, a worker busy with a long
 recording is asked to share it: before its next clip it keeps the span it is in
 and half of those after it, and the rest becomes a part for the idle worker
 (spans of pipeline.SPAN_SECONDS);
-the parts' records are merged into the video's one (pipeline.merge_parts).
+the parts' records are merged into the video's one (pipeline.merge_parts). A long recording
+is also decoded in parts of pipeline.CHECKPOINT_SPANS spans, each passed on as a PartDone when
+it is finished (and journalled), so that an interrupted run resumes from its last finished part.
 A clip's tensors travel through slots of a shared region mapped before the
 workers start (``handover.py``); only a small record goes through the pipe.
 """
@@ -37,10 +39,12 @@ from socialfeat.errors import SocialfeatError
 from socialfeat.handover import SharedSlots, in_slot, pack, slot_bytes, unpack
 from socialfeat.media import use_decoder_threads
 from socialfeat.pipeline import (
+    CHECKPOINT_SPANS,
     RAW_FRAMES_MAX_PIXELS,
     SPAN_SECONDS,
     ClipItem,
     PartCut,
+    PartDone,
     PlanSettings,
     VideoDone,
     VideoStarted,
@@ -66,6 +70,8 @@ VIDEOS_AHEAD = 2  # videos handed to a worker at once: it starts the next withou
 MAX_UNEXPLAINED_DEATHS = 3  # workers dying before they take up any video: something else is wrong
 
 Job = tuple[int, Any, Any]  # (position, VideoRef, segments)
+# per video position: records of the parts an earlier run finished, and the spans still to decode
+Resumed = dict[int, tuple[list[VideoDone], list[tuple[int, int | None]]]]
 
 
 class WorkerError(SocialfeatError, RuntimeError):
@@ -94,12 +100,25 @@ def stall_limit(duration: float | None, fixed: float | None = None) -> float:
     return TIMEOUT_BASE_S + TIMEOUT_PER_RECORDED_S * min(duration or 0.0, TIMEOUT_DURATION_CAP_S)
 
 
-def in_process_items(jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings) -> Iterator[ClipItem | VideoDone]:
-    """The videos decoded in this process (``--workers 0``): no isolation, no time limit."""
+def in_process_items(jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, resumed: Resumed | None = None
+                     ) -> Iterator[ClipItem | PartDone | VideoDone]:
+    """The videos decoded in this process (``--workers 0``): no isolation, no time limit. Long
+    recordings in parts of CHECKPOINT_SPANS spans, one after the other (see WorkerPool)."""
     for pos, ref, segs in jobs:
-        for item in guarded_video_items(pos, ref, spec, plan, segs):
-            if not isinstance(item, VideoStarted):
-                yield item
+        records, todo = resumed.get(pos, ([], [(0, None)])) if resumed else ([], [(0, None)])
+        records, todo = list(records), deque(todo)
+        while todo:
+            first, end = todo.popleft()
+            for item in guarded_video_items(pos, ref, spec, plan, segs, (first, end), checkpoint_spans=CHECKPOINT_SPANS):
+                if isinstance(item, PartCut):  # the rest of this part is the next one
+                    todo.appendleft((item.at, end))
+                elif isinstance(item, VideoDone):
+                    records.append(item)
+                    if todo:
+                        yield PartDone(pos, item)
+                elif not isinstance(item, VideoStarted):
+                    yield item
+        yield merge_parts(records, spec.sample_rate)
 
 
 # ---------------------------------------------------------------- worker side
@@ -165,7 +184,7 @@ def _serve(all_jobs: list[Job], jobs, out, credits, spec: PreprocessSpec, plan: 
         send(VideoStarted(pos))
         # (with slots, decoded frames go straight into them: see model_inputs.FrameList)
         for item in guarded_video_items(pos, ref, spec, plan, segs, (first, end), cut_requested,
-                                        stack_frames=slots is None):
+                                        stack_frames=slots is None, checkpoint_spans=CHECKPOINT_SPANS):
             send(item)
 
 
@@ -206,14 +225,24 @@ class WorkerPool:
     views of them, which their worker writes again once the next item is asked for: for a
     consumer that copies them at once anyway (BatchEncoder.add: to the GPU, or on the CPU into
     tensors it reuses). Otherwise each
-    tensor travels in shared memory of its own, which the consumer may keep."""
+    tensor travels in shared memory of its own, which the consumer may keep.
+
+    A video decoded in several parts also yields a PartDone for each part but its last.
+    ``resumed``: videos an earlier run left part-way (their finished parts' records, merged with
+    the new ones, and the spans still to decode)."""
 
     def __init__(self, jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, n_workers: int,
-                 video_timeout: float | None = None, lend_tensors: bool = False):
+                 video_timeout: float | None = None, lend_tensors: bool = False, resumed: Resumed | None = None):
         self.jobs = jobs
-        self.pending: deque[_Part] = deque(_Part(i) for i in range(len(jobs)))  # handed out in order
-        self.open_parts = {i: 1 for i in range(len(jobs))}  # per job: parts handed out or pending, not done
+        self.pending: deque[_Part] = deque()  # handed out in order
+        self.open_parts: dict[int, int] = {}  # per job: parts handed out or pending, not done
         self.part_records: dict[int, list[VideoDone]] = {}  # per job: records of its finished parts
+        for i, (pos, _, _) in enumerate(jobs):
+            records, todo = (resumed or {}).get(pos, ([], [(0, None)]))
+            if records:
+                self.part_records[i] = list(records)
+            self.pending.extend(_Part(i, first, end) for first, end in todo)
+            self.open_parts[i] = len(todo)
         self.spec, self.plan, self.timeout = spec, plan, video_timeout
         # (more workers than videos: a long recording is shared among them)
         self.n_workers = max(1, n_workers)
@@ -240,8 +269,11 @@ class WorkerPool:
         for w in self.workers or []:
             self._stop(w)
 
-    def __iter__(self) -> Iterator[ClipItem | VideoDone]:
+    def __iter__(self) -> Iterator[ClipItem | PartDone | VideoDone]:
         workers = self.start().workers
+        for index in [i for i, n in self.open_parts.items() if n == 0]:  # every part finished before
+            self.open_parts[index] = 1
+            yield self._part_done(index, self.part_records[index].pop())
         try:
             while self.pending or any(w.videos for w in workers):
                 self._hand_out_all(workers)
@@ -315,12 +347,12 @@ class WorkerPool:
         end = part.end if part.end is not None else span_of(max(0.0, w.duration - 1e-6)) + 1
         return end - max(part.first, span_of(w.progress_s))
 
-    def _part_done(self, index: int, done: VideoDone) -> VideoDone | None:
-        """A part's record; the video's (merged) once its last part is done."""
+    def _part_done(self, index: int, done: VideoDone) -> VideoDone | PartDone:
+        """The video's record (merged) once its last part is done; before, the part's."""
         self.part_records.setdefault(index, []).append(done)
         self.open_parts[index] -= 1
         if self.open_parts[index]:
-            return None
+            return PartDone(done.video_pos, done)
         return merge_parts(self.part_records.pop(index), self.spec.sample_rate)
 
     def _shut_down(self, workers: list[_Worker]) -> None:
@@ -377,7 +409,7 @@ class WorkerPool:
                 yield from self._replace(w, workers, Failure.TIMEOUT, f"no progress for {w.limit:.0f} s (stalled "
                                          "decoding: a network file system or a pathological file); stopped")
 
-    def _received(self, w: _Worker, item) -> tuple[ClipItem | VideoDone | None, bool]:
+    def _received(self, w: _Worker, item) -> tuple[ClipItem | PartDone | VideoDone | None, bool]:
         """Book-keeping for one message: the item to pass on, if any, and whether it is lent (a
         clip whose tensors are views of its slot: its credit goes back, in _collect, once the
         consumer has taken it, that is, when the next item is asked for)."""
@@ -408,7 +440,8 @@ class WorkerPool:
             return self._part_done(part.index, item), False
         return item, False
 
-    def _replace(self, w: _Worker, workers: list[_Worker], failure: Failure, message: str) -> Iterator[VideoDone]:
+    def _replace(self, w: _Worker, workers: list[_Worker], failure: Failure, message: str
+                 ) -> Iterator[VideoDone | PartDone]:
         """Stop ``w``, record its video as failed (when it had taken it up), start a fresh worker."""
         self._stop(w)
         head = w.videos.popleft() if w.videos else None
@@ -433,7 +466,5 @@ class WorkerPool:
             message += f" (the part from {head.first * SPAN_SECONDS:g} s)"
         log.debug("%s: %s: %s", ref.path, stage, message)
         video = video_row(ref, VideoStatus.ERROR, f"{stage}: {message}")
-        merged = self._part_done(head.index, VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure,
-                                                       (head.first, head.end)))
-        if merged is not None:
-            yield merged
+        yield self._part_done(head.index, VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure,
+                                                    (head.first, head.end)))

@@ -1,0 +1,114 @@
+"""A run cut off inside a long recording keeps the recording's finished parts and resumes after
+them (a recording of hours must not start again from its beginning at every SLURM requeue)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from media_factory import talking_video
+
+import socialfeat.pipeline as pipeline
+import socialfeat.workers as workers_module
+from socialfeat.demo import synthetic_video
+from socialfeat.encoder import BatchEncoder
+from socialfeat.extract import extract
+from socialfeat.pipeline import spans_left
+from socialfeat.store import Journal, load_features, load_videos
+
+SPAN = 4.0  # s: the tests' grid (30 s in use)
+CHECKPOINT = 2  # spans per part (20 in use): parts of 8 s
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume") / "videos"
+    folder.mkdir()
+    synthetic_video(folder / "long.mp4", 40.0, size="160x120", fps=25)
+    talking_video(folder / "short.mp4", seconds=6.0, size="160x120")
+    return folder
+
+
+def _run(folder, out, ckpt, workers, **kw):
+    extract([folder], out, weights=ckpt, device="cpu", workers=workers, batch_size=2, progress=False, **kw)
+    return load_features(out, embeddings="all"), load_videos(out)
+
+
+def _counting_encoder(monkeypatch, stop_after: int | None = None) -> list[int]:
+    """Count the clips handed to the model; with ``stop_after``, Ctrl-C once that many were (the
+    KeyboardInterrupt a terminal or SLURM's signal handler raises in the model's process)."""
+    seen = [0]
+    add = BatchEncoder.add
+
+    def counting_add(self, item):
+        seen[0] += 1
+        if stop_after is not None and seen[0] > stop_after:
+            raise KeyboardInterrupt
+        return add(self, item)
+
+    monkeypatch.setattr(BatchEncoder, "add", counting_add)
+    return seen
+
+
+def test_spans_left_are_the_gaps_between_finished_parts():
+    assert spans_left([]) == [(0, None)]
+    assert spans_left([(0, 20)]) == [(20, None)]
+    assert spans_left([(20, 40), (0, 20)]) == [(40, None)]
+    assert spans_left([(0, 20), (40, 60)]) == [(20, 40), (60, None)]
+    assert spans_left([(10, None)]) == [(0, 10)]
+    assert spans_left([(0, 20), (20, None)]) == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_cut_off_inside_a_long_recording_resumes_after_its_finished_parts(
+        recordings, tiny_ckpt, tmp_path, monkeypatch, caplog, workers):
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    whole = _run(recordings, tmp_path / "whole.h5", tiny_ckpt, workers=0)  # 10 spans < 20: one part
+    assert not Journal(tmp_path / "whole.h5").span_paths(whole[1]["video_id"][0])
+
+    monkeypatch.setattr(workers_module, "CHECKPOINT_SPANS", CHECKPOINT)
+    out = tmp_path / "cut.h5"
+    with monkeypatch.context() as m:
+        _counting_encoder(m, stop_after=13)
+        with pytest.raises(KeyboardInterrupt):
+            _run(recordings, out, tiny_ckpt, workers=workers)
+    long_id = whole[1].set_index("path").loc["long.mp4", "video_id"]
+    kept = Journal(out).span_paths(long_id)
+    assert kept, "no finished part of the long recording was journalled"
+    assert not out.exists()
+
+    seen = _counting_encoder(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="socialfeat.extract"):
+        resumed = _run(recordings, out, tiny_ckpt, workers=workers)
+    assert any("part-way" in r.getMessage() for r in caplog.records)
+    n_total = len(whole[0])
+    assert seen[0] <= n_total - 4 * len(kept)  # each kept part (8 s, 2-s clips) is not decoded again
+
+    embeddings = [c for c in whole[0].columns if c.startswith(("joint_", "audio_", "visual_"))]
+    key = ["path", "clip_index"]
+    a, b = whole[0].sort_values(key), resumed[0].sort_values(key)
+    assert a[key].to_dict("records") == b[key].to_dict("records")
+    np.testing.assert_array_equal(b[embeddings].to_numpy(), a[embeddings].to_numpy())
+    facts = ["path", "status", "n_clips", "decoded_duration_s", "audio_duration_s", "audio_gap_s", "decode_errors",
+             "has_audio", "duration_s"]
+    assert resumed[1].sort_values("path")[facts].to_dict("records") == \
+        whole[1].sort_values("path")[facts].to_dict("records")
+    assert not Journal(out).span_paths(long_id)  # the whole video is journalled: its parts are gone
+
+
+def test_parts_journalled_under_other_settings_are_not_reused(recordings, tiny_ckpt, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    monkeypatch.setattr(workers_module, "CHECKPOINT_SPANS", CHECKPOINT)
+    out = tmp_path / "cut.h5"
+    with monkeypatch.context() as m:
+        _counting_encoder(m, stop_after=13)
+        with pytest.raises(KeyboardInterrupt):
+            _run(recordings, out, tiny_ckpt, workers=0)
+    seen = _counting_encoder(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="socialfeat.extract"):
+        feats, videos = _run(recordings, out, tiny_ckpt, workers=0, clip_seconds=4.0)
+    assert not any("part-way" in r.getMessage() for r in caplog.records)
+    assert seen[0] == len(feats) > 10  # every clip of the new plan computed (4-s clips)
+    assert set(videos["status"]) == {"ok"}
+    assert not list(Journal(out).dir.glob("*.span-*"))
