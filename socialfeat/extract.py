@@ -131,6 +131,7 @@ class ExtractSummary:
     n_failed: int  # videos with status other than ok
     n_reused: int  # videos taken from the journal of an earlier run
     statuses: dict[str, int] = field(default_factory=dict)
+    n_resumed: int = 0  # long recordings taken up after the parts an earlier run finished
 
     @property
     def all_ok(self) -> bool:
@@ -402,7 +403,7 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
                     "compile": compiling,
                     "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
         write_output(ordered, output, net, predictors, settings, shard, found, command_line, started)
-        return summarise(ordered, output, n_reused=len(refs) - len(jobs))
+        return summarise(ordered, output, n_reused=len(refs) - len(jobs), n_resumed=len(resumed[0]))
 
 
 CHOICES = {"missing_audio": ("nan", "silence"), "crop": ("none", "face"), "faces": ("main", "all"),
@@ -625,13 +626,13 @@ def write_output(ordered: list[VideoResult], output: Path, net, predictors: list
                     prediction_labels={p.name: p.meta() for p in predictors})
 
 
-def summarise(ordered: list[VideoResult], output: Path, n_reused: int) -> ExtractSummary:
+def summarise(ordered: list[VideoResult], output: Path, n_reused: int, n_resumed: int = 0) -> ExtractSummary:
     statuses: dict[str, int] = {}
     for r in ordered:
         statuses[r.video["status"]] = statuses.get(r.video["status"], 0) + 1
     n_failed = sum(v for k, v in statuses.items() if not VideoStatus(k).clean)
     return ExtractSummary(output=output, n_videos=len(ordered), n_clips=sum(len(r.clips) for r in ordered),
-                          n_failed=n_failed, n_reused=n_reused, statuses=statuses)
+                          n_failed=n_failed, n_reused=n_reused, statuses=statuses, n_resumed=n_resumed)
 
 
 class _Recorder:

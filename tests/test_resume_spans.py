@@ -4,9 +4,13 @@ them (a recording of hours must not start again from its beginning at every SLUR
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
+from conftest import SOCIALFEAT, run_cli
 from media_factory import talking_video
 
 import socialfeat.pipeline as pipeline
@@ -111,4 +115,38 @@ def test_parts_journalled_under_other_settings_are_not_reused(recordings, tiny_c
     assert not any("part-way" in r.getMessage() for r in caplog.records)
     assert seen[0] == len(feats) > 10  # every clip of the new plan computed (4-s clips)
     assert set(videos["status"]) == {"ok"}
+    assert not list(Journal(out).dir.glob("*.span-*"))
+
+
+def test_the_command_killed_by_sigterm_inside_a_22_minute_recording_resumes_from_its_first_10_minutes(
+        tmp_path, tiny_ckpt):
+    """The real thing: ``socialfeat extract`` as a cluster job at its time limit (SIGTERM once the first
+    10-minute part is journalled), run again: the first part is taken from the journal, the rest decoded,
+    and the output equals that of a run never interrupted."""
+    folder = tmp_path / "videos"
+    synthetic_video(folder / "session.mp4", 22 * 60.0, size="96x64", fps=5)
+    reference = tmp_path / "reference.h5"
+    run_cli("extract", folder, "-o", reference, "--weights", tiny_ckpt, "--device", "cpu")
+
+    out = tmp_path / "cut.h5"
+    args = [str(SOCIALFEAT), "extract", str(folder), "-o", str(out), "--weights", str(tiny_ckpt), "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(Journal(out).dir.glob("*.span-0-20.h5")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "every finished 10-minute part of a long one, is kept" in stderr
+    assert not out.exists()
+
+    again = run_cli("extract", folder, "-o", out, "--weights", tiny_ckpt, "--device", "cpu")
+    assert "1 resumed part-way" in again.stderr
+    a, b = load_features(reference, embeddings="all"), load_features(out, embeddings="all")
+    embeddings = [c for c in a.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    assert len(a) == len(b) == 660 and b["clip_index"].tolist() == a["clip_index"].tolist()
+    np.testing.assert_array_equal(b[embeddings].to_numpy(), a[embeddings].to_numpy())
+    va, vb = load_videos(reference), load_videos(out)
+    same = [c for c in va.columns if c != "source_path"]
+    assert vb[same].to_dict("records") == va[same].to_dict("records")
     assert not list(Journal(out).dir.glob("*.span-*"))
