@@ -24,6 +24,7 @@ import click
 from pretraining.cli_options import config_from_options, config_options, given_settings
 from pretraining.config import PretrainConfig
 from socialfeat import __version__
+from socialfeat.choices import EXTRACT_CHOICES
 from socialfeat.clips import MIN_SECONDS
 
 EXIT_PARTIAL = 3
@@ -250,24 +251,24 @@ def _describe_model(cfg, state) -> None:
 @click.option("--annotation-map", type=click.Path(exists=True, dir_okay=False), metavar="CSV",
               help="CSV with columns annotation_file, video: which annotation file belongs to which video "
                    "[default: ELAN's media path, then the file name].")
-@click.option("--missing-audio", type=click.Choice(["nan", "silence"]), default="nan",
+@click.option("--missing-audio", type=click.Choice(EXTRACT_CHOICES["missing_audio"]), default="nan",
               help="Videos without audio: NaN audio/joint embeddings, or embed silence.")
 @click.option("--csv", "csv_dir", type=click.Path(file_okay=False), help="Also write videos/clips/errors CSVs here.")
 @click.option("--csv-embeddings", is_flag=True, help="Put embeddings (wide columns) into the clips CSV.")
 @click.option("--tasks", default="", help="Comma-separated predictors: NAME (released finetuned model, e.g. "
               "emotion,laughter,personality) or NAME=PATH (head from `socialfeat finetune`, or a finetuned checkpoint).")
-@click.option("--crop", type=click.Choice(["none", "face"]), default="none",
+@click.option("--crop", type=click.Choice(EXTRACT_CHOICES["crop"]), default="none",
               help="face: feed square crops around detected faces (VoxCeleb2-like framing) instead of the frame.")
-@click.option("--faces", type=click.Choice(["main", "all"]), default="main",
+@click.option("--faces", type=click.Choice(EXTRACT_CHOICES["faces"]), default="main",
               help="With --crop face: the main face track, or one row per face track (a `track` column).")
 @click.option("--require-face", is_flag=True, help="With --crop face: do not embed clips without a face.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Process only shard I of N (e.g. $SLURM_ARRAY_TASK_ID/N); combine with `socialfeat merge`.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+@click.option("--engine", type=click.Choice(EXTRACT_CHOICES["engine"]), default="local",
               help="local: decoding worker processes on this machine; ray: CPU tasks + encoder actors on a Ray cluster.")
 @click.option("--address", default=None, help="With --engine ray: cluster address ('auto' to join a running one).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8", "fast"]), default="auto",
+@click.option("--device", type=click.Choice(EXTRACT_CHOICES["device"]), default="auto")
+@click.option("--precision", type=click.Choice(EXTRACT_CHOICES["precision"]), default="auto",
               help="auto: bf16 autocast on CUDA, exact fp32 on the CPU. fast: the fastest approximate precision "
                    "of the device: bf16 on CUDA and on CPUs with AMX (2.5x fp32), int8 linear layers on other CPUs "
                    "(1.4-1.7x fp32 end to end); embeddings at cosine >= 0.999 to fp32 (docs/performance.md). "

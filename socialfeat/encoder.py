@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from socialfeat.choices import EXTRACT_CHOICES
 from socialfeat.errors import DeviceError, UsageError
 from socialfeat.heads import Task, load_task, outputs_to_values
 from socialfeat.model_call import ModelCall
@@ -31,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "fast")
+PRECISIONS = EXTRACT_CHOICES["precision"]
 SPARE_SHAPES = 4  # CPU: shapes of clip tensors kept for reuse (audio, frames, and a few frame sizes)
 
 

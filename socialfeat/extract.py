@@ -40,9 +40,9 @@ from socialfeat.annotations import (
     segments_table,
 )
 from socialfeat.atomic import stale_temporaries, stale_temporaries_in
+from socialfeat.choices import EXTRACT_CHOICES
 from socialfeat.clips import MIN_SECONDS, SegmentsError, match_segments, read_segments
 from socialfeat.encoder import (
-    PRECISIONS,
     BatchEncoder,
     build_predictors,
     prepare_models,
@@ -73,6 +73,7 @@ from socialfeat.store import (
     VideoResult,
     VideoStatus,
     assemble_output,
+    differing_keys,
     is_features_file,
 )
 from socialfeat.walk import VIDEO_EXTENSIONS, VideoRef, find_videos
@@ -186,13 +187,10 @@ def run_changes(old: str, new: str) -> list[str]:
     except ValueError:
         return ["made by an earlier socialfeat"]
     changes = []
-    for key in sorted(before.keys() | now.keys()):
+    for key in differing_keys(before, now):
         then, value = before.get(key), now.get(key)
-        if then == value:
-            continue
         if key in ("plan", "versions") and isinstance(then, dict) and isinstance(value, dict):
-            changes += [f"{k} {_brief(then.get(k))} -> {_brief(value.get(k))}"
-                        for k in sorted(then.keys() | value.keys()) if then.get(k) != value.get(k)]
+            changes += [f"{k} {_brief(then.get(k))} -> {_brief(value.get(k))}" for k in differing_keys(then, value)]
         elif isinstance(then, (dict, list)) or isinstance(value, (dict, list)):
             changes.append(key)
         else:
@@ -406,17 +404,13 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
         return summarise(ordered, output, n_reused=len(refs) - len(jobs), n_resumed=len(resumed[0]))
 
 
-CHOICES = {"missing_audio": ("nan", "silence"), "crop": ("none", "face"), "faces": ("main", "all"),
-           "engine": ("local", "ray"), "device": ("auto", "cpu", "cuda"), "precision": PRECISIONS}
-
-
 def check_arguments(*, require_face: bool, batch_size: int | None, workers: int | None,
                     video_timeout: float | None, **choices: str) -> None:
     """What the CLI's option types check, for a call from Python: a misspelt choice would
     otherwise run as the default and be recorded as given, a negative batch fail deep inside."""
     for name, value in choices.items():
-        if value not in CHOICES[name]:
-            raise UsageError(f"{name} must be one of {', '.join(map(repr, CHOICES[name]))}, got {value!r}")
+        if value not in EXTRACT_CHOICES[name]:
+            raise UsageError(f"{name} must be one of {', '.join(map(repr, EXTRACT_CHOICES[name]))}, got {value!r}")
     if (choices["faces"] != "main" or require_face) and choices["crop"] != "face":
         raise UsageError("faces='all' and require_face apply to face crops: give crop='face' (--crop face) too")
     for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0)):

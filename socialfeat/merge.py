@@ -27,6 +27,7 @@ from socialfeat.store import (
     EMBEDDING_KINDS,
     VideoResult,
     assemble_output,
+    differing_keys,
     is_features_file,
     read_attrs,
     read_table,
@@ -137,8 +138,7 @@ def _parsed(value: Any) -> Any:
 
 def _difference(a: Any, b: Any, pa: str | Path, pb: str | Path) -> str:
     """'KEY: A in PA, B in PB' for each key in which two JSON objects differ; 'A in PA, B in PB' otherwise."""
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...)) \
-        if isinstance(a, dict) and isinstance(b, dict) else []
+    keys = differing_keys(a, b)
     if not keys:
         return f"{_shown(a)} in {pa}, {_shown(b)} in {pb}"
     return "; ".join(f"{k}: {_shown(a.get(k, ...))} in {pa}, {_shown(b.get(k, ...))} in {pb}" for k in keys)

@@ -419,6 +419,15 @@ def prediction_tasks(path: str | Path) -> list[str]:
         return list(f["predictions"])
 
 
+def differing_keys(a: Any, b: Any) -> list[str]:
+    """The keys in which two recorded JSON objects differ (absent differs from null), sorted; empty
+    when either is not an object. What a rerun (extract.run_changes) and a merge (merge._difference)
+    name when the settings of two runs differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return []
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...))
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
