@@ -172,8 +172,20 @@ class _EafSpans:
         self.eaf, self.name = eaf, name
         self.times: dict[str, float | None] = {k: (None if v is None else float(v)) for k, v in eaf.timeslots.items()}
         self.memo: dict[str, tuple[float, float]] = {}
-        for aligned, _, _, _ in eaf.tiers.values():
-            self._interpolate(aligned)
+        for tier in self._parents_first(eaf.tiers):
+            self._interpolate(eaf.tiers[tier][0])
+
+    @staticmethod
+    def _parents_first(tiers: dict) -> list[str]:
+        """Tier ids, each after its PARENT_REF. A nested Time_Subdivision shares its parent's
+        unaligned slots: interpolated first, its chain would run past the parent's boundaries and
+        spread its own annotations evenly over the grandparent (ELAN may save a child tier first)."""
+        def depth(tier: str) -> int:
+            seen = {tier}
+            while (tier := tiers[tier][2].get("PARENT_REF")) in tiers and tier not in seen:
+                seen.add(tier)
+            return len(seen)
+        return sorted(tiers, key=depth)
 
     def _interpolate(self, aligned: dict) -> None:
         nxt = {a[0]: a[1] for a in aligned.values()}
