@@ -17,7 +17,6 @@ ELAN time slots without a time (interpolated, as ELAN displays them), symbolic t
 from __future__ import annotations
 
 import codecs
-import csv
 import io
 import logging
 import math
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 from xml.etree.ElementTree import ParseError
 
-from socialfeat.clips import SegmentsError
+from socialfeat.clips import SegmentsError, csv_records
 from socialfeat.walk import VideoRef
 
 if TYPE_CHECKING:  # imported where a table is made (0.2 s of every extract's start-up otherwise)
@@ -386,17 +385,20 @@ def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
 
 def _read_map(mapping: str | Path, files: list[AnnotationFile],
               videos: Sequence[VideoRef]) -> dict[int, list[VideoRef]]:
-    """Rows of a mapping CSV (annotation_file, video) as file index -> videos."""
+    """Rows of a mapping CSV (annotation_file, video) as file index -> videos. Read as a segments
+    CSV is (clips.csv_records): a spreadsheet's encodings and empty rows are not errors, and a row
+    missing a cell is one naming its line, not a traceback."""
     mapping = Path(mapping)
-    with open(mapping, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    cols = set(rows[0]) if rows else set()
-    key = next((c for c in ("annotation_file", "annotation") if c in cols), None)
+    header, records = csv_records(mapping)
+    cols = {c.lower(): i for i, c in enumerate(header or [])}
+    key = next((cols[c] for c in ("annotation_file", "annotation") if c in cols), None)
     if key is None or "video" not in cols:
         raise AnnotationError(f"{mapping}: a mapping needs columns annotation_file and video")
     out: dict[int, list[VideoRef]] = {}
-    for line, row in enumerate(rows, start=2):
-        entry, video = row[key].strip(), row["video"].strip()
+    for line, cells in records:
+        entry, video = cells[key].strip(), cells[cols["video"]].strip()
+        if not entry or not video:
+            raise AnnotationError(f"{mapping}:{line}: a row needs both an annotation file and a video")
         target = (mapping.parent / entry).resolve()
         idx = [i for i, a in enumerate(files) if a.path == target or entry in (a.name, a.path.name)]
         if len(idx) != 1:

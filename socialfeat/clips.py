@@ -131,7 +131,7 @@ def read_segments(path: str | Path, taken: Callable[[str], bool] = lambda name: 
     decided by ``match_segments``.
     """
     path = Path(path)
-    header, records = _csv_records(path)
+    header, records = csv_records(path)
     if header is None:
         return {}
     names = _column_names(path, header, records)
@@ -166,9 +166,10 @@ def _decode_csv(path: Path) -> str:
         return raw.decode("cp1252", errors="replace")
 
 
-def _csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+def csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
     """The header and the data rows as (line where the row starts, cells padded to the header's
-    width). Rows of empty cells are skipped; cells past the header's columns must be empty."""
+    width). Rows of empty cells are skipped; cells past the header's columns must be empty.
+    Shared by every CSV a researcher hands in (segments, annotation maps), so that all read alike."""
     reader = csv.reader(io.StringIO(_decode_csv(path), newline=""))
     header: list[str] | None = None
     records: list[tuple[int, list[str]]] = []

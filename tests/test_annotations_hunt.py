@@ -4,9 +4,21 @@ reader, the matcher and the CSV readers against such files."""
 from __future__ import annotations
 
 import pytest
-from annotation_files import LINGUISTIC_TYPES
+from annotation_files import LINGUISTIC_TYPES, write_textgrid
 
-from socialfeat.annotations import read_annotation_file
+from socialfeat.annotations import AnnotationError, match_files, read_annotation_file
+from socialfeat.walk import find_videos
+
+SPEAKER = [(1.0, 3.5, "Ana"), (5.0, 9.0, "Ben")]
+
+
+@pytest.fixture
+def videos(tmp_path):
+    root = tmp_path / "videos"
+    for rel in ("site1/cam.mp4", "site2/cam.mp4", "séance.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    return find_videos([root])
 
 # utterance 0-4 s; words: w1, w2 (Time_Subdivision of utterance); syllables: s1, s2, s3 in w1 and s4
 # in w2 (Time_Subdivision of words). Slots are shared as ELAN shares them; only 0 and 4000 ms are aligned.
@@ -51,3 +63,22 @@ def test_nested_time_subdivisions_take_elan_times_whatever_the_tier_order(tmp_pa
     assert tiers["words"] == [(0.0, 2.0, "w1"), (2.0, 4.0, "w2")]
     assert tiers["syllables"] == [(0.0, 0.666667, "s1"), (0.666667, 1.333333, "s2"), (1.333333, 2.0, "s3"),
                                   (2.0, 4.0, "s4")]
+
+
+def test_annotation_map_as_a_spreadsheet_saves_it(tmp_path, videos):
+    """Excel's residue (rows of empty cells), its plain 'CSV' encoding (Windows-1252) and a header in
+    other letters are read; a row without its video is an error naming the line, not a traceback."""
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    files = [read_annotation_file(write_textgrid(ann / name, [("speaker", SPEAKER)], 10.0), name)
+             for name in ("a.TextGrid", "b.TextGrid", "c.TextGrid")]
+    mapping = tmp_path / "map.csv"
+    mapping.write_bytes("Annotation_File,Video\r\na.TextGrid,site1/cam.mp4\r\n,\r\nb.TextGrid,site2/cam.mp4\r\n"
+                        "c.TextGrid,séance.mp4\r\n,\r\n".encode("cp1252"))
+    matches, unmatched = match_files(files, videos, mapping)
+    assert {v: [m.file.name for m in ms] for v, ms in matches.items()} == {
+        "site1/cam.mp4": ["a.TextGrid"], "site2/cam.mp4": ["b.TextGrid"], "séance.mp4": ["c.TextGrid"]}
+    assert unmatched == []
+    mapping.write_text("annotation_file,video\na.TextGrid,site1/cam.mp4\nb.TextGrid\n")
+    with pytest.raises(AnnotationError, match=r"map.csv:3: a row needs both an annotation file and a video"):
+        match_files(files, videos, mapping)
