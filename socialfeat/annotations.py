@@ -389,7 +389,7 @@ def _read_map(mapping: str | Path, files: list[AnnotationFile],
     CSV is (clips.csv_records): a spreadsheet's encodings and empty rows are not errors, and a row
     missing a cell is one naming its line, not a traceback."""
     mapping = Path(mapping)
-    header, records = csv_records(mapping)
+    header, records, _ = csv_records(mapping)
     cols = {c.lower(): i for i, c in enumerate(header or [])}
     key = next((cols[c] for c in ("annotation_file", "annotation") if c in cols), None)
     if key is None or "video" not in cols:
