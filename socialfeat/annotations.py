@@ -330,9 +330,9 @@ def _url_path(url: str) -> str:
     return url
 
 
-def _tail_score(parts: list[str], ref: VideoRef) -> int:
+def _tail_score(parts: list[str], ref: VideoRef | str) -> int:
     """How many trailing path components a media path shares with a video's relative path."""
-    rel = ref.relpath.split("/")
+    rel = (ref if isinstance(ref, str) else ref.relpath).split("/")
     n = 0
     while n < min(len(parts), len(rel)) and parts[-1 - n] == rel[-1 - n]:
         n += 1
@@ -370,6 +370,16 @@ def _videos_for_link(link: MediaLink, file: AnnotationFile, videos: Sequence[Vid
     fits = ", ".join(r.relpath for r in best[1])
     raise AnnotationError(f"{file.name}: its media link {link.relative_url or link.url!r} fits several videos "
                           f"({fits}); say which in --annotation-map")
+
+
+def _same_subfolders(file: AnnotationFile, refs: list[VideoRef]) -> list[VideoRef]:
+    """Of videos named like ``file``, the one whose relative path has the file's relative folders
+    (``site1/cam.TextGrid`` in an annotation folder that mirrors the video folder: ``site1/cam.mp4``,
+    not ``site2/cam.mp4``); all of them when no single one has more of them than the others."""
+    parts = PurePosixPath(file.name).with_suffix("").parts
+    scores = [_tail_score(list(parts), PurePosixPath(ref.relpath).with_suffix("").as_posix()) for ref in refs]
+    best = max(scores)
+    return [refs[scores.index(best)]] if best > 1 and scores.count(best) == 1 else refs
 
 
 def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
@@ -432,8 +442,9 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
                       if all(ref != r for r, _, _ in found)]
         if not found and i not in mapped:
             by_name = [ref for ref in videos if PurePosixPath(ref.relpath).stem == file.path.stem]
-            if len(by_name) > 1:  # prefer the one beside the file
-                by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or by_name
+            if len(by_name) > 1:  # prefer the one beside the file, then the one in the same subfolders
+                by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or \
+                    _same_subfolders(file, by_name)
             if len(by_name) > 1:
                 fits = ", ".join(r.relpath for r in by_name)
                 raise AnnotationError(f"{file.name}: its name fits several videos ({fits}); say which in "

@@ -82,3 +82,21 @@ def test_annotation_map_as_a_spreadsheet_saves_it(tmp_path, videos):
     mapping.write_text("annotation_file,video\na.TextGrid,site1/cam.mp4\nb.TextGrid\n")
     with pytest.raises(AnnotationError, match=r"map.csv:3: a row needs both an annotation file and a video"):
         match_files(files, videos, mapping)
+
+
+def test_an_annotation_folder_that_mirrors_the_video_folders_matches_by_name(tmp_path, videos):
+    """annotations/site1/cam.TextGrid is site1/cam.mp4's, not site2/cam.mp4's; a cam.TextGrid with
+    no such folder still fits both and is refused."""
+    ann = tmp_path / "annotations"
+    for site in ("site1", "site2"):
+        (ann / site).mkdir(parents=True)
+        write_textgrid(ann / site / "cam.TextGrid", [(f"speaker_{site}", SPEAKER)], 10.0)
+    files = [read_annotation_file(ann / site / "cam.TextGrid", f"{site}/cam.TextGrid")
+             for site in ("site1", "site2")]
+    matches, unmatched = match_files(files, videos)
+    assert {v: [m.file.name for m in ms] for v, ms in matches.items()} == {
+        "site1/cam.mp4": ["site1/cam.TextGrid"], "site2/cam.mp4": ["site2/cam.TextGrid"]}
+    loose = read_annotation_file(write_textgrid(ann / "cam.TextGrid", [("speaker", SPEAKER)], 10.0), "cam.TextGrid")
+    with pytest.raises(AnnotationError, match=r"cam.TextGrid: its name fits several videos \(site1/cam.mp4, "
+                                              r"site2/cam.mp4\)"):
+        match_files([loose], videos)
