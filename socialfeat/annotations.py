@@ -21,6 +21,7 @@ import io
 import logging
 import math
 import re
+import unicodedata
 import warnings
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -330,9 +331,16 @@ def _url_path(url: str) -> str:
     return url
 
 
+def _nfc(text: str) -> str:
+    """Names compared as Unicode NFC: macOS file systems hand out 'é' decomposed (NFD), ELAN,
+    Praat and Windows write it composed, so 'séance' would otherwise not be 'séance'."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _tail_score(parts: list[str], ref: VideoRef | str) -> int:
     """How many trailing path components a media path shares with a video's relative path."""
-    rel = (ref if isinstance(ref, str) else ref.relpath).split("/")
+    rel = _nfc(ref if isinstance(ref, str) else ref.relpath).split("/")
+    parts = [_nfc(p) for p in parts]
     n = 0
     while n < min(len(parts), len(rel)) and parts[-1 - n] == rel[-1 - n]:
         n += 1
@@ -410,12 +418,13 @@ def _read_map(mapping: str | Path, files: list[AnnotationFile],
         if not entry or not video:
             raise AnnotationError(f"{mapping}:{line}: a row needs both an annotation file and a video")
         target = (mapping.parent / entry).resolve()
-        idx = [i for i, a in enumerate(files) if a.path == target or entry in (a.name, a.path.name)]
+        idx = [i for i, a in enumerate(files) if a.path == target or _nfc(entry) in map(_nfc, (a.name, a.path.name))]
         if len(idx) != 1:
             raise AnnotationError(f"{mapping}:{line}: annotation file '{entry}' is "
                                   f"{'not among the annotation files given' if not idx else 'ambiguous'}")
         vpath = (mapping.parent / video).resolve()
-        refs = [r for r in videos if video in (r.relpath, r.path.name, str(r.path)) or r.path == vpath]
+        refs = [r for r in videos if _nfc(video) in map(_nfc, (r.relpath, r.path.name, str(r.path)))
+                or r.path == vpath]
         if len(refs) != 1:
             raise AnnotationError(f"{mapping}:{line}: video '{video}' "
                                   f"{'is not among the input videos' if not refs else 'names several videos'}")
@@ -441,7 +450,7 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
             found += [(ref, "media", link.origin_s) for ref in _videos_for_link(link, file, videos)
                       if all(ref != r for r, _, _ in found)]
         if not found and i not in mapped:
-            by_name = [ref for ref in videos if PurePosixPath(ref.relpath).stem == file.path.stem]
+            by_name = [ref for ref in videos if _nfc(PurePosixPath(ref.relpath).stem) == _nfc(file.path.stem)]
             if len(by_name) > 1:  # prefer the one beside the file, then the one in the same subfolders
                 by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or \
                     _same_subfolders(file, by_name)

@@ -3,6 +3,8 @@ reader, the matcher and the CSV readers against such files."""
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from annotation_files import LINGUISTIC_TYPES, write_textgrid
 
@@ -100,3 +102,21 @@ def test_an_annotation_folder_that_mirrors_the_video_folders_matches_by_name(tmp
     with pytest.raises(AnnotationError, match=r"cam.TextGrid: its name fits several videos \(site1/cam.mp4, "
                                               r"site2/cam.mp4\)"):
         match_files([loose], videos)
+
+
+def test_names_match_whatever_unicode_form_the_file_system_gives(tmp_path):
+    """A video copied from a Mac has 'é' decomposed (NFD) in its name; the TextGrid named on Windows,
+    and the map typed there, have it composed (NFC). Same name: matched, not 'matching no video'."""
+    nfd, nfc = unicodedata.normalize("NFD", "séance"), unicodedata.normalize("NFC", "séance")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / f"{nfd}.mp4").write_bytes(b"")
+    (tmp_path / "videos" / "other.mp4").write_bytes(b"")
+    videos = find_videos([tmp_path / "videos"])
+    grid = read_annotation_file(write_textgrid(tmp_path / f"{nfc}.TextGrid", [("speaker", SPEAKER)], 10.0))
+    matches, unmatched = match_files([grid], videos)
+    assert list(matches) == [f"{nfd}.mp4"] and unmatched == []
+    other = read_annotation_file(write_textgrid(tmp_path / "coding.TextGrid", [("speaker", SPEAKER)], 10.0))
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"annotation_file,video\ncoding.TextGrid,{nfc}.mp4\n", encoding="utf-8")
+    matches, _ = match_files([other], videos, mapping)
+    assert list(matches) == [f"{nfd}.mp4"]
