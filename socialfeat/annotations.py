@@ -17,11 +17,11 @@ ELAN time slots without a time (interpolated, as ELAN displays them), symbolic t
 from __future__ import annotations
 
 import codecs
-import csv
 import io
 import logging
 import math
 import re
+import unicodedata
 import warnings
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 from xml.etree.ElementTree import ParseError
 
-from socialfeat.clips import SegmentsError
+from socialfeat.clips import SegmentsError, csv_records
 from socialfeat.walk import VideoRef
 
 if TYPE_CHECKING:  # imported where a table is made (0.2 s of every extract's start-up otherwise)
@@ -172,8 +172,20 @@ class _EafSpans:
         self.eaf, self.name = eaf, name
         self.times: dict[str, float | None] = {k: (None if v is None else float(v)) for k, v in eaf.timeslots.items()}
         self.memo: dict[str, tuple[float, float]] = {}
-        for aligned, _, _, _ in eaf.tiers.values():
-            self._interpolate(aligned)
+        for tier in self._parents_first(eaf.tiers):
+            self._interpolate(eaf.tiers[tier][0])
+
+    @staticmethod
+    def _parents_first(tiers: dict) -> list[str]:
+        """Tier ids, each after its PARENT_REF. A nested Time_Subdivision shares its parent's
+        unaligned slots: interpolated first, its chain would run past the parent's boundaries and
+        spread its own annotations evenly over the grandparent (ELAN may save a child tier first)."""
+        def depth(tier: str) -> int:
+            seen = {tier}
+            while (tier := tiers[tier][2].get("PARENT_REF")) in tiers and tier not in seen:
+                seen.add(tier)
+            return len(seen)
+        return sorted(tiers, key=depth)
 
     def _interpolate(self, aligned: dict) -> None:
         nxt = {a[0]: a[1] for a in aligned.values()}
@@ -319,9 +331,16 @@ def _url_path(url: str) -> str:
     return url
 
 
-def _tail_score(parts: list[str], ref: VideoRef) -> int:
+def _nfc(text: str) -> str:
+    """Names compared as Unicode NFC: macOS file systems hand out 'é' decomposed (NFD), ELAN,
+    Praat and Windows write it composed, so 'séance' would otherwise not be 'séance'."""
+    return unicodedata.normalize("NFC", text)
+
+
+def _tail_score(parts: list[str], ref: VideoRef | str) -> int:
     """How many trailing path components a media path shares with a video's relative path."""
-    rel = ref.relpath.split("/")
+    rel = _nfc(ref if isinstance(ref, str) else ref.relpath).split("/")
+    parts = [_nfc(p) for p in parts]
     n = 0
     while n < min(len(parts), len(rel)) and parts[-1 - n] == rel[-1 - n]:
         n += 1
@@ -361,6 +380,16 @@ def _videos_for_link(link: MediaLink, file: AnnotationFile, videos: Sequence[Vid
                           f"({fits}); say which in --annotation-map")
 
 
+def _same_subfolders(file: AnnotationFile, refs: list[VideoRef]) -> list[VideoRef]:
+    """Of videos named like ``file``, the one whose relative path has the file's relative folders
+    (``site1/cam.TextGrid`` in an annotation folder that mirrors the video folder: ``site1/cam.mp4``,
+    not ``site2/cam.mp4``); all of them when no single one has more of them than the others."""
+    parts = PurePosixPath(file.name).with_suffix("").parts
+    scores = [_tail_score(list(parts), PurePosixPath(ref.relpath).with_suffix("").as_posix()) for ref in refs]
+    best = max(scores)
+    return [refs[scores.index(best)]] if best > 1 and scores.count(best) == 1 else refs
+
+
 def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
     """TIME_ORIGIN of the media link that names this video, else of the first video link."""
     if not file.media:
@@ -374,24 +403,28 @@ def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
 
 def _read_map(mapping: str | Path, files: list[AnnotationFile],
               videos: Sequence[VideoRef]) -> dict[int, list[VideoRef]]:
-    """Rows of a mapping CSV (annotation_file, video) as file index -> videos."""
+    """Rows of a mapping CSV (annotation_file, video) as file index -> videos. Read as a segments
+    CSV is (clips.csv_records): a spreadsheet's encodings and empty rows are not errors, and a row
+    missing a cell is one naming its line, not a traceback."""
     mapping = Path(mapping)
-    with open(mapping, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    cols = set(rows[0]) if rows else set()
-    key = next((c for c in ("annotation_file", "annotation") if c in cols), None)
+    header, records, _ = csv_records(mapping)
+    cols = {c.lower(): i for i, c in enumerate(header or [])}
+    key = next((cols[c] for c in ("annotation_file", "annotation") if c in cols), None)
     if key is None or "video" not in cols:
         raise AnnotationError(f"{mapping}: a mapping needs columns annotation_file and video")
     out: dict[int, list[VideoRef]] = {}
-    for line, row in enumerate(rows, start=2):
-        entry, video = row[key].strip(), row["video"].strip()
+    for line, cells in records:
+        entry, video = cells[key].strip(), cells[cols["video"]].strip()
+        if not entry or not video:
+            raise AnnotationError(f"{mapping}:{line}: a row needs both an annotation file and a video")
         target = (mapping.parent / entry).resolve()
-        idx = [i for i, a in enumerate(files) if a.path == target or entry in (a.name, a.path.name)]
+        idx = [i for i, a in enumerate(files) if a.path == target or _nfc(entry) in map(_nfc, (a.name, a.path.name))]
         if len(idx) != 1:
             raise AnnotationError(f"{mapping}:{line}: annotation file '{entry}' is "
                                   f"{'not among the annotation files given' if not idx else 'ambiguous'}")
         vpath = (mapping.parent / video).resolve()
-        refs = [r for r in videos if video in (r.relpath, r.path.name, str(r.path)) or r.path == vpath]
+        refs = [r for r in videos if _nfc(video) in map(_nfc, (r.relpath, r.path.name, str(r.path)))
+                or r.path == vpath]
         if len(refs) != 1:
             raise AnnotationError(f"{mapping}:{line}: video '{video}' "
                                   f"{'is not among the input videos' if not refs else 'names several videos'}")
@@ -417,9 +450,10 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
             found += [(ref, "media", link.origin_s) for ref in _videos_for_link(link, file, videos)
                       if all(ref != r for r, _, _ in found)]
         if not found and i not in mapped:
-            by_name = [ref for ref in videos if PurePosixPath(ref.relpath).stem == file.path.stem]
-            if len(by_name) > 1:  # prefer the one beside the file
-                by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or by_name
+            by_name = [ref for ref in videos if _nfc(PurePosixPath(ref.relpath).stem) == _nfc(file.path.stem)]
+            if len(by_name) > 1:  # prefer the one beside the file, then the one in the same subfolders
+                by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or \
+                    _same_subfolders(file, by_name)
             if len(by_name) > 1:
                 fits = ", ".join(r.relpath for r in by_name)
                 raise AnnotationError(f"{file.name}: its name fits several videos ({fits}); say which in "

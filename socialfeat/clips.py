@@ -131,17 +131,18 @@ def read_segments(path: str | Path, taken: Callable[[str], bool] = lambda name: 
     decided by ``match_segments``.
     """
     path = Path(path)
-    header, records = _csv_records(path)
+    header, records, delimiter = csv_records(path)
     if header is None:
         return {}
+    comma = delimiter == ";"  # Excel's CSV where the decimal separator is a comma
     names = _column_names(path, header, records)
     video_col, start_col, end_col = (names[k] for k in ("video", "start", "end"))
     extra_cols = [i for i, c in enumerate(header) if c and i not in (video_col, start_col, end_col)]
     _refuse_taken(path, [header[i] for i in extra_cols], taken)
-    values = {i: _column_values([cells[i] for _, cells in records]) for i in extra_cols}
+    values = {i: _column_values([cells[i] for _, cells in records], comma) for i in extra_cols}
     out: dict[str, list[dict[str, Any]]] = {}
     for k, (line, cells) in enumerate(records):
-        start, end = _bounds(path, line, cells[start_col], cells[end_col])
+        start, end = _bounds(path, line, cells[start_col], cells[end_col], comma)
         seg = {"video": cells[video_col], "start": start, "end": end, "segment_row": line}
         seg.update({header[i]: values[i][k] for i in extra_cols})
         out.setdefault(cells[video_col], []).append(seg)
@@ -166,10 +167,23 @@ def _decode_csv(path: Path) -> str:
         return raw.decode("cp1252", errors="replace")
 
 
-def _csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    """The header and the data rows as (line where the row starts, cells padded to the header's
-    width). Rows of empty cells are skipped; cells past the header's columns must be empty."""
-    reader = csv.reader(io.StringIO(_decode_csv(path), newline=""))
+def _delimiter(text: str) -> str:
+    """',' unless the header (first non-empty line) has none and has ';' -- what Excel writes where
+    the decimal separator is a comma (most of continental Europe) -- or tabs."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "," in header:
+        return ","
+    return ";" if ";" in header else "\t" if "\t" in header else ","
+
+
+def csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]], str]:
+    """The header, the data rows as (line where the row starts, cells padded to the header's
+    width) and the delimiter (see _delimiter). Rows of empty cells are skipped; cells past the
+    header's columns must be empty. Shared by every CSV a researcher hands in (segments,
+    annotation maps), so that all read alike."""
+    text = _decode_csv(path)
+    delimiter = _delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     records: list[tuple[int, list[str]]] = []
     last = 0
@@ -185,7 +199,7 @@ def _csv_records(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str
             raise SegmentsError(f"{path}:{line}: {len(row)} fields but the header names {width} columns; "
                                 "name the extra column(s) in the header or remove the values")
         records.append((line, row[:width] + [""] * (width - len(row))))
-    return header, records
+    return header, records, delimiter
 
 
 def _column_names(path: Path, header: list[str], records: list[tuple[int, list[str]]]) -> dict[str, int]:
@@ -215,28 +229,52 @@ def _refuse_taken(path: Path, columns: list[str], taken: Callable[[str], bool]) 
                             "clip columns socialfeat writes (docs/format.md); rename them in the file")
 
 
-def _bounds(path: Path, line: int, start_text: str, end_text: str) -> tuple[float, float]:
+_CLOCK = re.compile(r"(\d+):([0-5]?\d):([0-5]?\d(?:\.\d*)?)")
+
+
+def _seconds(text: str, comma: bool) -> float:
+    """Seconds from a time as spreadsheets and ELAN's text export write it: ``12.5``, ``12,5`` in a
+    file whose decimal separator is a comma, or ``hh:mm:ss.mmm`` (three fields: Excel writes
+    ``h:mm`` too, and ``1:30`` would be a guess between minutes and hours)."""
+    text = text.strip()
+    if comma and _DECIMAL_COMMA.fullmatch(text):
+        text = text.replace(",", ".")
+    clock = _CLOCK.fullmatch(text.replace(",", ".") if comma else text)
+    if clock:
+        return int(clock[1]) * 3600 + int(clock[2]) * 60 + float(clock[3])
+    return float(text)
+
+
+def _bounds(path: Path, line: int, start_text: str, end_text: str, comma: bool = False) -> tuple[float, float]:
     try:
-        start, end = float(start_text), float(end_text)
+        start, end = _seconds(start_text, comma), _seconds(end_text, comma)
     except ValueError:
-        raise SegmentsError(f"{path}:{line}: start/end must be seconds, got {start_text!r}, {end_text!r}") from None
+        raise SegmentsError(f"{path}:{line}: start/end must be seconds or hh:mm:ss.mmm, got {start_text!r}, "
+                            f"{end_text!r}") from None
     if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
         raise SegmentsError(f"{path}:{line}: segment end {end} is not after start {start}")
     return start, end
 
 
 _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
 _INTEGER = re.compile(r"[-+]?\d+")
 _LEADING_ZERO = re.compile(r"[-+]?0\d")
 _INT64 = 2**63
 
 
-def _column_values(cells: list[str]) -> list[Any]:
+def _column_values(cells: list[str], comma: bool = False) -> list[Any]:
     """The values of one extra column, typed as a researcher means them: numbers only when every
     filled cell is a plain decimal number (not 'NaN', 'inf' or '1_000', which Python's float
     reads but a name may be), text when any has a leading zero (IDs: 007 stays '007') or an
     integer does not fit 64 bits; whole numbers stay integers. An empty cell is None in a numeric
-    column (NaN once stored; an integer column with one becomes float) and '' in a text column."""
+    column (NaN once stored; an integer column with one becomes float) and '' in a text column.
+    ``comma``: the file's decimal separator is a comma (``0,75`` is a number)."""
+    if comma and any(_DECIMAL_COMMA.fullmatch(c.strip()) for c in cells):
+        points = [c.strip().replace(",", ".") if _DECIMAL_COMMA.fullmatch(c.strip()) else c for c in cells]
+        typed = _column_values(points)
+        if any(isinstance(v, float) for v in typed):
+            return typed
     filled = [c.strip() for c in cells if c.strip()]
     numeric = bool(filled) and all(_DECIMAL.fullmatch(c) and not _LEADING_ZERO.match(c) for c in filled)
     if numeric and all(_INTEGER.fullmatch(c) for c in filled):

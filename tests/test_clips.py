@@ -111,3 +111,22 @@ def test_window_lengths_the_planner_cannot_use_are_usage_errors(tmp_path, option
     with pytest.raises(UsageError, match=f"{option} must be a finite number of seconds, at least 0.01"):
         extract([tmp_path], tmp_path / "out.h5", **{option: value})  # before anything else: no video needed
     assert not (tmp_path / "out.h5.parts").exists()
+
+
+def test_excel_csv_with_semicolons_decimal_commas_and_clock_times(tmp_path):
+    """Excel where the decimal separator is a comma writes ';'-separated cells and '1,5'; ELAN's text
+    export and Excel's time cells write hh:mm:ss.mmm. Read as meant, not refused as one column."""
+    f = tmp_path / "seg.csv"
+    f.write_text("Video;Start;End;rating;note\r\na.mp4;1,5;3;0,75;2,5 min\r\n;;;;\r\n"
+                 "a.mp4;00:01:02,250;01:00:00;1;x\r\n", encoding="cp1252")
+    rows = read_segments(f)["a.mp4"]
+    assert [(r["start"], r["end"], r["rating"], r["note"]) for r in rows] == [
+        (1.5, 3.0, 0.75, "2,5 min"), (62.25, 3600.0, 1.0, "x")]
+    f.write_text("video\tstart\tend\na.mp4\t00:00:01.5\t2\n")
+    assert [(r["start"], r["end"]) for r in read_segments(f)["a.mp4"]] == [(1.5, 2.0)]
+    f.write_text('video,start,end,n\na.mp4,"1,5",2,"1,500"\n')  # a comma file: '1,500' may be 1500 (US Excel)
+    with pytest.raises(SegmentsError, match=r"seg.csv:2: start/end must be seconds or hh:mm:ss.mmm, got '1,5'"):
+        read_segments(f)
+    f.write_text("video;start;end\na.mp4;1:30;2:00\n")  # minutes or hours: not guessed
+    with pytest.raises(SegmentsError, match=r"start/end must be seconds or hh:mm:ss.mmm, got '1:30'"):
+        read_segments(f)
