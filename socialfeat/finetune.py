@@ -687,7 +687,7 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
         videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
         announce(labelling, flat, task_type)
         check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)
-        backbone = weights if weights is not None else model
+        backbone = Path(weights) if weights is not None else model  # a file, or a registry name
         if probe_only:
             strict = features is not None  # a file the user gave must hold the labelled clips
             if features is None:

@@ -146,7 +146,7 @@ def load_task(request: str, backbone_info) -> Task:
         return _from_finetuned_model(name, load_model(released_task_model(name)), backbone_info)
     obj = read_checkpoint(path)
     if obj.get("format") != HEAD_FORMAT:
-        return _from_finetuned_model(name, load_model(path), backbone_info)
+        return _from_finetuned_model(name, load_model(Path(path)), backbone_info)
     if obj["backbone_sha256"] != backbone_info.sha256:
         raise HeadMismatchError(
             f"task {name!r}: head {path} was fitted on backbone {obj['backbone_name']} "

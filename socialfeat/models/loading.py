@@ -41,10 +41,14 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
     registry name) describes a bare state dict whose shapes are not the released ones.
     ``mapped``: leave the weights as read through the file's memory map (not yet read from
-    disk); the caller moves them to a GPU or calls ``own_memory`` (extract, after forking)."""
+    disk); the caller moves them to a GPU or calls ``own_memory`` (extract, after forking).
+
+    A ``str`` that names a registry entry is that entry, whatever the working directory holds
+    (a file or folder ``social-mae`` there must not replace the released weights); pass a
+    ``Path`` to load a file of that name."""
     name = str(path_or_name)
     registry_cfg = None
-    if name in list_pretrained() and not Path(name).exists():
+    if isinstance(path_or_name, str) and name in list_pretrained():
         registry_cfg = get_pretrained_cfg(name)
         path = fetch(name, cache)
     else:
