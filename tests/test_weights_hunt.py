@@ -1,0 +1,44 @@
+"""Weights, heads and task models as a lab without internet meets them: files downloaded by hand,
+official state dicts given where the messages suggest them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from socialfeat.heads import load_task
+from socialfeat.models import (
+    create_model,
+    get_pretrained_cfg,
+    load_model,
+    register_pretrained,
+    registry,
+)
+
+
+@pytest.fixture
+def tiny_released_task(monkeypatch):
+    """A released-style task entry 'social-mae-tinyemo' (tiny architecture), so `--tasks tinyemo` is a
+    released task name; its file is not in the cache (offline)."""
+    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
+    cfg = dataclasses.replace(get_pretrained_cfg("social-mae-emotion"), name="social-mae-tinyemo",
+                              arch="social-mae-tiny", task_name="tinyemo", filename="tinyemo.pth")
+    register_pretrained(cfg)
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
+    return cfg
+
+
+def test_an_official_task_model_downloaded_by_hand_is_taken_under_its_task_name(tiny_released_task, tiny_ckpt,
+                                                                                tmp_path):
+    """Offline, `--tasks emotion` says 'pass --tasks emotion=PATH'; the official file (a bare state dict,
+    DataParallel prefix) then runs with the entry's task and labels. It was refused as having no task head."""
+    torch.manual_seed(0)
+    model = create_model("social-mae-tiny", kind="finetune", label_names=list(tiny_released_task.label_names))
+    official = tmp_path / "social-mae-ft-cremad.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, official)
+    backbone = load_model(tiny_ckpt).info
+    task = load_task(f"tinyemo={official}", backbone)
+    assert task.task_type == "classification" and task.label_names == list(tiny_released_task.label_names)
+    assert torch.equal(task.model.mlp_head[1].weight, model.mlp_head[1].weight)
