@@ -27,8 +27,8 @@ from socialfeat.models import (
 )
 from socialfeat.models.avmae import Encoding
 from socialfeat.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from socialfeat.models.checkpoint import HEAD_FORMAT
 
-HEAD_FORMAT = "socialfeat-head"
 # what the stored numbers are, per task type
 VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
           "regression": "scores on the training labels' scale"}

@@ -42,3 +42,19 @@ def test_an_official_task_model_downloaded_by_hand_is_taken_under_its_task_name(
     task = load_task(f"tinyemo={official}", backbone)
     assert task.task_type == "classification" and task.label_names == list(tiny_released_task.label_names)
     assert torch.equal(task.model.mlp_head[1].weight, model.mlp_head[1].weight)
+
+
+def test_a_head_or_foreign_state_dict_given_as_weights_is_named_in_one_line(tmp_path):
+    """`extract --weights heads/emotion.pt` (a head from finetune --probe): the error names the file and
+    says it goes to --tasks; it said 'emotion: not a CAV-MAE / Social-MAE state dict' (the file's stem)."""
+    from socialfeat.heads import TaskHead, save_head
+    from socialfeat.models import CheckpointError
+
+    head = save_head(TaskHead(64, 2), tmp_path / "emotion.pt", task="emotion", task_type="classification",
+                     label_names=["a", "b"], embedding="joint", backbone_sha256="0" * 64, backbone_name="x")
+    with pytest.raises(CheckpointError, match=f"^{head}: a task head .* give it with --tasks NAME={head}$"):
+        load_model(head)
+    other = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError, match=f"^{other}: not a CAV-MAE / Social-MAE state dict"):
+        load_model(other)

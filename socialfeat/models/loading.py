@@ -18,6 +18,8 @@ from torch import nn
 
 from socialfeat.models.checkpoint import (
     FORMAT,
+    HEAD_FORMAT,
+    CheckpointError,
     ModelInfo,
     build_loaded,
     infer_info,
@@ -54,6 +56,9 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     else:
         path = Path(path_or_name)
     obj = read_checkpoint(path)
+    if obj.get("format") == HEAD_FORMAT:  # its tensors would be taken for a (broken) state dict
+        raise CheckpointError(f"{path}: a task head from `socialfeat finetune --probe`, not a model; "
+                              f"give it with --tasks NAME={path}")
     if obj.get("format") == FORMAT:
         info = ModelInfo.from_dict(obj["config"])
         state_dict = strip_prefix(obj["state_dict"])
@@ -78,4 +83,4 @@ def _describe_bare(state_dict: dict[str, torch.Tensor], path: Path, registry_cfg
         return ModelInfo.from_registry(registry_cfg)
     if config is not None:
         return ModelInfo.from_dict(config if isinstance(config, dict) else json.loads(Path(config).read_text()))
-    return infer_info(state_dict, path.stem)
+    return infer_info(state_dict, path.stem, source=str(path))
