@@ -58,3 +58,26 @@ def test_a_head_or_foreign_state_dict_given_as_weights_is_named_in_one_line(tmp_
     torch.save({"conv1.weight": torch.zeros(1)}, other)
     with pytest.raises(CheckpointError, match=f"^{other}: not a CAV-MAE / Social-MAE state dict"):
         load_model(other)
+
+
+def test_finetune_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`finetune --overwrite` stopped (or out of disk) while writing <output>.metrics.json kept a
+    truncated JSON beside the head; now the earlier file stays whole, as the head's does."""
+    from pathlib import Path
+
+    from socialfeat import finetune
+
+    out = tmp_path / "head.pt"
+    path = finetune.write_metrics({"held_out": {"accuracy": 0.5}}, out)
+    before = path.read_text()
+    real = Path.write_text
+
+    def half_then_full(self, data, *a, **kw):
+        real(self, data[: len(data) // 2], *a, **kw)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError):
+        finetune.write_metrics({"held_out": {"accuracy": 0.9}, "folds": list(range(50))}, out)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt.metrics.json"]
