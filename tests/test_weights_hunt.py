@@ -81,3 +81,20 @@ def test_finetune_metrics_are_written_whole_or_not_at_all(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pt.metrics.json"]
+
+
+@pytest.mark.parametrize("name", ["", " ", "emo/x"])
+def test_a_task_name_that_cannot_name_its_predictions_is_refused_before_any_work(name, tiny_ckpt, tmp_path):
+    """`--tasks emo/x=head.pt` wrote predictions/emo/x, a file load_features could not read (exit 0);
+    `--tasks =head.pt` ended with an h5py traceback after the videos were encoded."""
+    from socialfeat.encoder import build_predictors
+    from socialfeat.errors import UsageError
+    from socialfeat.heads import TaskHead, save_head
+
+    net = load_model(tiny_ckpt)
+    head = save_head(TaskHead(64, 2), tmp_path / "head.pt", task="emo", task_type="classification",
+                     label_names=["a", "b"], embedding="joint", backbone_sha256=net.info.sha256,
+                     backbone_name=net.info.name)
+    assert [p.name for p in build_predictors(net, [f"emo={head}"], torch.device("cpu"))] == ["emo"]
+    with pytest.raises(UsageError, match="a task name must be non-empty and without '/'"):
+        build_predictors(net, [f"{name}={head}"], torch.device("cpu"))
