@@ -270,6 +270,10 @@ def build_predictors(net, tasks: list[str], dev: torch.device) -> list[Task]:
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
         raise UsageError(f"task names must be unique, got {names}")
+    for p in predictors:  # a name is an HDF5 dataset (predictions/<task>): '/' would nest it, '' is refused late
+        if not p.name or "/" in p.name:
+            raise UsageError(f"task {p.name!r} ({p.source or 'the model'}): a task name must be non-empty and "
+                             "without '/'; give it another name (--tasks NAME=PATH)")
     return predictors
 
 

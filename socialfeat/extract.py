@@ -352,7 +352,7 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
             refs = [r for r in refs if in_shard(r, *shard)]
         fetch_released_weights(model, weights, list(tasks), progress)
         # on the CPU until the decoding workers have started (see _run_jobs)
-        net = load_model(weights if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
+        net = load_model(Path(weights) if weights is not None else model, mapped=True).eval()  # (read as used: see _run_jobs)
         spec = net.info.preprocess
         predictors = build_predictors(net, tasks, torch.device("cpu"))
         check_carried_columns(predictors, seg_table, segments, labels)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from socialfeat.atomic import atomic_path
 from socialfeat.errors import OutputExistsError, SocialfeatError, UsageError
 from socialfeat.heads import TaskHead, save_head
 from socialfeat.pipeline import worker_init
@@ -562,8 +563,12 @@ def metrics_json(metrics: dict[str, Any]) -> str:
 
 
 def write_metrics(metrics: dict[str, Any], output: str | Path) -> Path:
+    """Write ``<output>.metrics.json`` atomically, as the head or model beside it is: a run killed
+    (or a disk filled) while writing it leaves the earlier metrics whole, not a truncated JSON."""
     path = metrics_path(output)
-    path.write_text(metrics_json(metrics))
+    text = metrics_json(metrics)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
     return path
 
 
@@ -687,7 +692,7 @@ def finetune(inputs: list[str | Path], labels: str | Path, output: str | Path, t
         videos = [key for key, segs in table.items() for _ in segs]  # the video each row was matched to
         announce(labelling, flat, task_type)
         check_split_plan(flat.assign(path=videos), labelling, cv, val_fraction)
-        backbone = weights if weights is not None else model
+        backbone = Path(weights) if weights is not None else model  # a file, or a registry name
         if probe_only:
             strict = features is not None  # a file the user gave must hold the labelled clips
             if features is None:

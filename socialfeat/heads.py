@@ -26,8 +26,9 @@ from socialfeat.models import (
     read_checkpoint,
 )
 from socialfeat.models.avmae import Encoding
+from socialfeat.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from socialfeat.models.checkpoint import HEAD_FORMAT
 
-HEAD_FORMAT = "socialfeat-head"
 # what the stored numbers are, per task type
 VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
           "regression": "scores on the training labels' scale"}
@@ -103,8 +104,14 @@ class Task:
                 "source": self.source, "embedding": self.embedding if self.head is not None else "own model"}
 
 
-def _from_finetuned_model(name: str, model: nn.Module, backbone_info) -> Task:
+def _from_finetuned_model(name: str, model: nn.Module, backbone_info, bare: bool = False) -> Task:
+    """A whole finetuned model as a task (``bare``: read from an official state dict, without metadata)."""
     info = model.info
+    if info.task is None and hasattr(model, "mlp_head") and bare:
+        raise UsageError(f"task {name!r}: {info.source} is a bare state dict, which names no task type or labels; "
+                         f"give it under the released task it belongs to ({', '.join(released_tasks())}), or "
+                         f"save it with socialfeat.models.save_checkpoint after setting model.info.task and "
+                         f"label_names")
     if info.task is None or not info.label_names:
         raise UsageError(f"task {name!r}: {info.source} has no task head")
     if info.preprocess != backbone_info.preprocess:
@@ -146,7 +153,11 @@ def load_task(request: str, backbone_info) -> Task:
         return _from_finetuned_model(name, load_model(released_task_model(name)), backbone_info)
     obj = read_checkpoint(path)
     if obj.get("format") != HEAD_FORMAT:
-        return _from_finetuned_model(name, load_model(path), backbone_info)
+        # an official (bare) state dict of a released task model, downloaded by hand (what the offline
+        # error suggests): its task and labels are the registry entry's, its shapes are checked against it
+        config = released_task_model(name) if name in released_tasks() else None
+        return _from_finetuned_model(name, load_model(Path(path), config=config), backbone_info,
+                                     bare=obj.get("format") != CHECKPOINT_FORMAT)
     if obj["backbone_sha256"] != backbone_info.sha256:
         raise HeadMismatchError(
             f"task {name!r}: head {path} was fitted on backbone {obj['backbone_name']} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ class EncoderWorker:
     def __init__(self, weights: str, tasks: list[str], batch_size: int, device: str, precision: str,
                  embeddings: tuple[str, ...]):
         dev = resolve_device(device)
-        model = load_model(weights).to(dev).eval()
+        model = load_model(Path(weights)).to(dev).eval()  # a file (run_ray gets the fetched one)
         self.encoder = BatchEncoder(model, dev, batch_size, build_predictors(model, tasks, dev), precision,
                                     embeddings)
 

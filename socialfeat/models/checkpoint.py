@@ -38,6 +38,7 @@ from socialfeat.preprocess import PreprocessSpec
 
 FORMAT = "socialfeat"
 FORMAT_VERSION = 1
+HEAD_FORMAT = "socialfeat-head"  # a task head of `finetune --probe` (heads.py): not a model
 
 
 class CheckpointError(SocialfeatError, RuntimeError):
@@ -253,18 +254,19 @@ def check_fits(cfg: PretrainedCfg, path: str | Path, label: str | None = None) -
     check_state_dict(model, state_dict, label or str(path))
 
 
-def infer_info(state_dict: dict[str, torch.Tensor], name: str) -> ModelInfo:
+def infer_info(state_dict: dict[str, torch.Tensor], name: str, source: str | None = None) -> ModelInfo:
     """Configuration of a bare official state dict from its keys and shapes.
 
     Family from the visual patch embedding (Conv3d -> Social-MAE), class from the
     presence of a decoder or head, sizes from shapes. Head count is not visible
     in shapes; 64-dim heads (ViT-B: 12) are assumed, as in every released model.
+    ``source`` names the file in errors (default ``name``).
     """
     try:
         w_v = state_dict["patch_embed_v.proj.weight"]
         pos_a = state_dict["pos_embed_a"]
     except KeyError as e:
-        raise CheckpointError(f"{name}: not a CAV-MAE / Social-MAE state dict (no {e.args[0]})") from None
+        raise CheckpointError(f"{source or name}: not a CAV-MAE / Social-MAE state dict (no {e.args[0]})") from None
     family = "social-mae" if w_v.dim() == 5 else "cav-mae"
     kind = "finetune" if "mlp_head.1.weight" in state_dict else "pretrain"
     cfg = get_arch_config(family)

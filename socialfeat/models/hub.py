@@ -113,11 +113,16 @@ def fetch(name: str, cache: str | Path | None = None, progress: bool = True,
     path = cached_path(name, cache)
     if not path.is_file():
         _check_can_download(cfg, path, supply)
-        with _locked(path):
+        with _locked(cfg, path, supply):
             if not path.is_file():  # else another process finished it while this one waited
                 _download(cfg, path, progress, supply)
     verify(cfg, path)
     return path
+
+
+def _reason(e: OSError) -> str:
+    """An OSError in words without its traceback: 'Read-only file system: /cache/x.lock'."""
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (e.strerror or str(e))
 
 
 def _hint(cfg: PretrainedCfg, path: Path, supply: str) -> str:
@@ -136,10 +141,18 @@ def _check_can_download(cfg: PretrainedCfg, path: Path, supply: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``.<file>.lock`` beside ``path`` (the lock file stays, empty)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+def _locked(cfg: PretrainedCfg, path: Path, supply: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``.<file>.lock`` beside ``path`` (the lock file stays, empty).
+    A cache that cannot take the lock file (a shared read-only cache without this entry) cannot
+    take the download either: one line says so, naming the file, instead of an OSError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(f".{path.name}.lock"), "a")
+    except OSError as e:
+        raise WeightsUnavailableError(f"{cfg.name}: weights file {path} is missing and the cache cannot take it "
+                                      f"({_reason(e)}); {_hint(cfg, path, supply)}, or set SOCIALFEAT_HOME to a "
+                                      f"writable folder") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -171,6 +184,21 @@ def _download(cfg: PretrainedCfg, path: Path, progress: bool, supply: str) -> No
         part.unlink(missing_ok=True)
         raise WeightsUnavailableError(f"{cfg.name}: refused the download of {path.name}, nothing was cached: "
                                       f"{e}") from e
-    write_record(path, digest, stat_of=part, url=cfg.url)  # first, so whoever sees the file sees its record
-    os.replace(part, path)
+    except OSError as e:  # writing the partial file: a full disk or quota (a 0.7 GB file in a home folder)
+        _discard(part)  # frees the space it took; a resumable partial is kept only after an interruption
+        raise WeightsUnavailableError(f"{cfg.name}: could not write {path} ({_reason(e)}), "
+                                      f"nothing was cached; free space there or set SOCIALFEAT_HOME to a folder "
+                                      f"with room") from None
+    try:
+        write_record(path, digest, stat_of=part, url=cfg.url)  # first, so whoever sees the file sees its record
+        os.replace(part, path)
+    except OSError as e:
+        _discard(part)
+        raise WeightsUnavailableError(f"{cfg.name}: could not put {path} in place ({_reason(e)}), "
+                                      f"nothing was cached") from None
     log.info("%s: downloaded %s (sha256 %s)", cfg.name, path, digest)
+
+
+def _discard(part: Path) -> None:
+    with contextlib.suppress(OSError):
+        part.unlink(missing_ok=True)

@@ -18,6 +18,8 @@ from torch import nn
 
 from socialfeat.models.checkpoint import (
     FORMAT,
+    HEAD_FORMAT,
+    CheckpointError,
     ModelInfo,
     build_loaded,
     infer_info,
@@ -41,15 +43,22 @@ def load_model(path_or_name: str | Path, config: dict[str, Any] | str | Path | N
     official state dict. ``config`` (dict or JSON file with ModelInfo fields, or a
     registry name) describes a bare state dict whose shapes are not the released ones.
     ``mapped``: leave the weights as read through the file's memory map (not yet read from
-    disk); the caller moves them to a GPU or calls ``own_memory`` (extract, after forking)."""
+    disk); the caller moves them to a GPU or calls ``own_memory`` (extract, after forking).
+
+    A ``str`` that names a registry entry is that entry, whatever the working directory holds
+    (a file or folder ``social-mae`` there must not replace the released weights); pass a
+    ``Path`` to load a file of that name."""
     name = str(path_or_name)
     registry_cfg = None
-    if name in list_pretrained() and not Path(name).exists():
+    if isinstance(path_or_name, str) and name in list_pretrained():
         registry_cfg = get_pretrained_cfg(name)
         path = fetch(name, cache)
     else:
         path = Path(path_or_name)
     obj = read_checkpoint(path)
+    if obj.get("format") == HEAD_FORMAT:  # its tensors would be taken for a (broken) state dict
+        raise CheckpointError(f"{path}: a task head from `socialfeat finetune --probe`, not a model; "
+                              f"give it with --tasks NAME={path}")
     if obj.get("format") == FORMAT:
         info = ModelInfo.from_dict(obj["config"])
         state_dict = strip_prefix(obj["state_dict"])
@@ -74,4 +83,4 @@ def _describe_bare(state_dict: dict[str, torch.Tensor], path: Path, registry_cfg
         return ModelInfo.from_registry(registry_cfg)
     if config is not None:
         return ModelInfo.from_dict(config if isinstance(config, dict) else json.loads(Path(config).read_text()))
-    return infer_info(state_dict, path.stem)
+    return infer_info(state_dict, path.stem, source=str(path))

@@ -225,3 +225,52 @@ def test_a_file_placed_by_hand_must_be_the_entrys_model(entry, blobs, cache, mon
     placed.write_bytes(blobs["tiny.pth"])
     assert fetch("served-tiny", progress=False) == placed
     assert digest.read_record(placed)["sha256"] == hashlib.sha256(blobs["tiny.pth"]).hexdigest()
+
+
+def test_a_read_only_cache_without_the_file_gives_one_line(entry, server, cache, monkeypatch):
+    """A shared cache an admin filled read-only, on nodes with internet, lacking one entry (a --tasks
+    model not fetched ahead): one line naming the file and the cause, not an OSError traceback."""
+    import errno
+
+    entry("/good/tiny.pth")
+    cache.mkdir()
+    real_open = open
+
+    def read_only(file, mode="r", *a, **kw):
+        if str(file).startswith(str(cache)) and mode != "r":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *a, **kw)
+    monkeypatch.setattr(hub, "open", read_only, raising=False)
+    msg = refusal()
+    assert str(cache / "served-tiny.pth") in msg and "Read-only file system" in msg and "--weights PATH" in msg
+    assert server.log == []
+
+
+def test_a_full_disk_during_the_download_gives_one_line_and_frees_the_partial_file(entry, server, cache,
+                                                                                    monkeypatch):
+    """A home folder's quota filled by a 0.7 GB download: one line saying so; the partial file, which
+    holds the space, is removed (it was left behind, with an OSError traceback)."""
+    import errno
+
+    entry("/good/tiny.pth")
+    real_open = open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, block):
+            self.fh.write(block[:1000])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(download, "open", lambda f, mode="r", *a, **kw: Full(real_open(f, mode, *a, **kw)),
+                        raising=False)
+    msg = refusal()
+    assert "served-tiny.pth" in msg and "No space left on device" in msg and "nothing was cached" in msg
+    assert cached_files(cache) == []

@@ -82,3 +82,31 @@ def test_a_local_checkpoint_is_hashed_once_and_again_when_replaced(tmp_path, mon
     os.replace(other, ckpt)
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert load_model(ckpt).info.sha256 == real(ckpt) != first and len(hashed) == 2
+
+
+def test_a_registry_name_is_not_replaced_by_a_file_or_folder_of_that_name(tmp_path, monkeypatch):
+    """`extract` (default --model social-mae) run in a folder that holds a folder or file named
+    social-mae: the registry's weights are loaded, not that path (a folder gave 'no such checkpoint
+    file', a file was silently used as the weights). A Path of that name is the file."""
+    import hashlib
+
+    import torch
+
+    monkeypatch.setattr(registry, "_PRETRAINED", dict(registry._PRETRAINED))
+    register_pretrained(dataclasses.replace(get_pretrained_cfg("social-mae"), name="lab-tiny", arch="social-mae-tiny",
+                                            url=None, filename="lab-tiny.pth"))
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    cache.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("SOCIALFEAT_HOME", str(cache))
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
+    monkeypatch.chdir(work)
+    torch.manual_seed(0)
+    torch.save(create_model("social-mae-tiny").state_dict(), cache / "lab-tiny.pth")
+    cached = hashlib.sha256((cache / "lab-tiny.pth").read_bytes()).hexdigest()
+    (work / "lab-tiny").mkdir()
+    assert load_model("lab-tiny").info.sha256 == cached
+    (work / "lab-tiny").rmdir()
+    save_checkpoint(create_model("social-mae-tiny"), work / "lab-tiny")
+    assert load_model("lab-tiny").info.sha256 == cached
+    assert load_model(work / "lab-tiny").info.sha256 != cached
