@@ -21,7 +21,6 @@ import io
 import logging
 import math
 import re
-import unicodedata
 import warnings
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from urllib.parse import unquote, urlparse
 from xml.etree.ElementTree import ParseError
 
-from socialfeat.clips import SegmentsError, csv_records
+from socialfeat.clips import SegmentsError, csv_records, nfc
 from socialfeat.walk import VideoRef
 
 if TYPE_CHECKING:  # imported where a table is made (0.2 s of every extract's start-up otherwise)
@@ -331,16 +330,10 @@ def _url_path(url: str) -> str:
     return url
 
 
-def _nfc(text: str) -> str:
-    """Names compared as Unicode NFC: macOS file systems hand out 'é' decomposed (NFD), ELAN,
-    Praat and Windows write it composed, so 'séance' would otherwise not be 'séance'."""
-    return unicodedata.normalize("NFC", text)
-
-
 def _tail_score(parts: list[str], ref: VideoRef | str) -> int:
     """How many trailing path components a media path shares with a video's relative path."""
-    rel = _nfc(ref if isinstance(ref, str) else ref.relpath).split("/")
-    parts = [_nfc(p) for p in parts]
+    rel = nfc(ref if isinstance(ref, str) else ref.relpath).split("/")
+    parts = [nfc(p) for p in parts]
     n = 0
     while n < min(len(parts), len(rel)) and parts[-1 - n] == rel[-1 - n]:
         n += 1
@@ -418,12 +411,12 @@ def _read_map(mapping: str | Path, files: list[AnnotationFile],
         if not entry or not video:
             raise AnnotationError(f"{mapping}:{line}: a row needs both an annotation file and a video")
         target = (mapping.parent / entry).resolve()
-        idx = [i for i, a in enumerate(files) if a.path == target or _nfc(entry) in map(_nfc, (a.name, a.path.name))]
+        idx = [i for i, a in enumerate(files) if a.path == target or nfc(entry) in map(nfc, (a.name, a.path.name))]
         if len(idx) != 1:
             raise AnnotationError(f"{mapping}:{line}: annotation file '{entry}' is "
                                   f"{'not among the annotation files given' if not idx else 'ambiguous'}")
         vpath = (mapping.parent / video).resolve()
-        refs = [r for r in videos if _nfc(video) in map(_nfc, (r.relpath, r.path.name, str(r.path)))
+        refs = [r for r in videos if nfc(video) in map(nfc, (r.relpath, r.path.name, str(r.path)))
                 or r.path == vpath]
         if len(refs) != 1:
             raise AnnotationError(f"{mapping}:{line}: video '{video}' "
@@ -450,7 +443,7 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
             found += [(ref, "media", link.origin_s) for ref in _videos_for_link(link, file, videos)
                       if all(ref != r for r, _, _ in found)]
         if not found and i not in mapped:
-            by_name = [ref for ref in videos if _nfc(PurePosixPath(ref.relpath).stem) == _nfc(file.path.stem)]
+            by_name = [ref for ref in videos if nfc(PurePosixPath(ref.relpath).stem) == nfc(file.path.stem)]
             if len(by_name) > 1:  # prefer the one beside the file, then the one in the same subfolders
                 by_name = [ref for ref in by_name if ref.path.parent == file.path.parent] or \
                     _same_subfolders(file, by_name)
@@ -581,10 +574,15 @@ def overruns(annotations: AnnotationSet, video: str, duration: float | None) -> 
 
 def check_column_names(tiers: Iterable[str], taken: Iterable[str],
                        is_taken: Callable[[str], bool] = lambda name: False) -> None:
-    """``--annotate`` columns must not overwrite clip columns (``taken``, or those ``is_taken`` says)."""
+    """``--annotate`` columns must not overwrite clip columns (``taken``, or those ``is_taken`` says),
+    nor each other (tiers ``gaze`` and ``gaze_coverage``: the second's labels would replace the first's
+    coverage)."""
+    tiers = list(tiers)
     taken = set(taken)
-    clash = [t for t in tiers if any(c in taken or is_taken(c) for c in (t, f"{t}_coverage"))
+    own = {c: t for t in tiers for c in (t, f"{t}_coverage")}  # column -> the tier that writes it
+    clash = [t for t in tiers if any(c in taken or is_taken(c) or own.get(c, t) != t for c in (t, f"{t}_coverage"))
              or not t.strip() or "/" in t]
     if clash:
         raise AnnotationError(f"tier name(s) {', '.join(map(repr, clash))} cannot be clip columns (empty, "
-                              "contains '/', or clashes with a column already there); pick tiers with --tiers")
+                              "contains '/', or clashes with a column already there or with another tier's "
+                              "<tier>_coverage); pick tiers with --tiers")

@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -286,6 +287,12 @@ def _column_values(cells: list[str], comma: bool = False) -> list[Any]:
     return list(cells)
 
 
+def nfc(text: str) -> str:
+    """Names compared as Unicode NFC: macOS file systems hand out 'é' decomposed (NFD), ELAN,
+    Praat, Excel and Windows write it composed, so 'séance' would otherwise not be 'séance'."""
+    return unicodedata.normalize("NFC", text)
+
+
 def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source: str | Path,
                    cwd: Path | None = None, warn: bool = True) -> dict[str, list[dict[str, Any]]]:
     """The segments of each input video, keyed by its relative path: never a guess.
@@ -297,17 +304,17 @@ def match_segments(table: dict[str, list[dict[str, Any]]], videos: list, source:
     ``warn`` is False: a caller that reads the file again later, and warns then, says it once).
     """
     cwd = (cwd or Path.cwd()).resolve()
-    by_rel = {v.relpath: v for v in videos}
-    by_path = {str(v.path): v for v in videos}
+    by_rel = {nfc(v.relpath): v for v in videos}
+    by_path = {nfc(str(v.path)): v for v in videos}
     by_name: dict[str, list] = {}
     for v in videos:
-        by_name.setdefault(v.path.name, []).append(v)
+        by_name.setdefault(nfc(v.path.name), []).append(v)
     out: dict[str, list[dict[str, Any]]] = {}
     unmatched: list[str] = []
     for text, segs in table.items():
-        key = text.strip().replace("\\", "/")
+        key = nfc(text.strip().replace("\\", "/"))
         typed = Path(key) if Path(key).is_absolute() else cwd / key
-        hit = by_rel.get(key) or by_path.get(str(typed.resolve()))
+        hit = by_rel.get(key) or by_path.get(nfc(str(typed.resolve())))
         if hit is None:
             fits = by_name.get(Path(key).name, []) if "/" not in key else []
             if len(fits) > 1:

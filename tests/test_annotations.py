@@ -223,3 +223,7 @@ def test_label_clips_majority_value_and_coverage(tmp_path, videos):
     assert (tie["speaker"], tie["speaker_coverage"]) == ("A", 0.5)  # a tie: the value met first
     with pytest.raises(AnnotationError, match="'start_s'"):
         check_column_names(["start_s", "gaze"], {"start_s", "end_s"})
+    for order in (["gaze", "gaze_coverage"], ["gaze_coverage", "gaze"]):  # one tier's labels, the other's coverage
+        with pytest.raises(AnnotationError, match="another tier's"):
+            check_column_names(order, {"start_s", "end_s"})
+    check_column_names(["gaze", "speaker"], {"start_s", "end_s"})

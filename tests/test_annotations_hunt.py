@@ -9,6 +9,7 @@ import pytest
 from annotation_files import LINGUISTIC_TYPES, write_textgrid
 
 from socialfeat.annotations import AnnotationError, match_files, read_annotation_file
+from socialfeat.clips import match_segments
 from socialfeat.walk import find_videos
 
 SPEAKER = [(1.0, 3.5, "Ana"), (5.0, 9.0, "Ben")]
@@ -120,3 +121,16 @@ def test_names_match_whatever_unicode_form_the_file_system_gives(tmp_path):
     mapping.write_text(f"annotation_file,video\ncoding.TextGrid,{nfc}.mp4\n", encoding="utf-8")
     matches, _ = match_files([other], videos, mapping)
     assert list(matches) == [f"{nfd}.mp4"]
+
+
+def test_segment_rows_match_whatever_unicode_form_the_file_system_gives(tmp_path):
+    """The same for a segments CSV typed in Excel on Windows (NFC) naming videos copied from a Mac (NFD)."""
+    nfd, nfc = unicodedata.normalize("NFD", "séance"), unicodedata.normalize("NFC", "séance")
+    (tmp_path / "videos" / "P01").mkdir(parents=True)
+    (tmp_path / "videos" / "P01" / f"{nfd}.mp4").write_bytes(b"")
+    (tmp_path / "videos" / f"{nfd}2.mp4").write_bytes(b"")
+    videos = find_videos([tmp_path / "videos"])
+    table = {f"P01/{nfc}.mp4": [{"start": 0.0, "end": 2.0, "segment_row": 2}],
+             f"{nfc}2.mp4": [{"start": 1.0, "end": 3.0, "segment_row": 3}]}
+    matched = match_segments(table, videos, "segments.csv", cwd=tmp_path)
+    assert sorted(matched) == sorted([f"P01/{nfd}.mp4", f"{nfd}2.mp4"])
