@@ -177,6 +177,7 @@ def main(verbose: int, quiet: bool) -> None:
 def models(names: tuple[str, ...], download: bool, cache_dir: str | None, no_progress: bool) -> None:
     """List the named weights and whether they are cached; with NAMES, describe them (task, labels,
     label order); with --download, fetch them. SOCIALFEAT_OFFLINE=1 forbids any download."""
+    from socialfeat.heads import supply_option
     from socialfeat.models import get_pretrained_cfg, list_pretrained
     from socialfeat.models.hub import cache_state, fetch
 
@@ -186,7 +187,7 @@ def models(names: tuple[str, ...], download: bool, cache_dir: str | None, no_pro
         cfgs = [get_pretrained_cfg(n) for n in names]  # an unknown name fails before any download
         if download:
             for cfg in cfgs:
-                fetch(cfg.name, cache_dir, progress=not no_progress)
+                fetch(cfg.name, cache_dir, progress=not no_progress, supply=supply_option(cfg.name))
                 click.echo(f"{cfg.name}: {_cache_text(cache_state(cfg.name, cache_dir), full=True)}")
             return
     if names:
@@ -198,7 +199,7 @@ def models(names: tuple[str, ...], download: bool, cache_dir: str | None, no_pro
         task = f" [{cfg.task_name}: {', '.join(cfg.label_names[:6])}{'...' if len(cfg.label_names) > 6 else ''}]" \
             if cfg.task_name else ""
         click.echo(f"{name:24s} {cfg.kind:8s} {_cache_text(cache_state(name, cache_dir)):40s} {cfg.description}{task}")
-        click.echo(f"{'':24s} source: {cfg.url or 'no public URL (use --weights PATH)'}")
+        click.echo(f"{'':24s} source: {cfg.url or f'no public URL (use {supply_option(name)})'}")
 
 
 def _cache_text(state, full: bool = False) -> str:
@@ -211,13 +212,15 @@ def _cache_text(state, full: bool = False) -> str:
 
 
 def _describe_model(cfg, state) -> None:
+    from socialfeat.heads import supply_option
+
     labels = ", ".join(cfg.label_names[:12]) + (f", ... ({len(cfg.label_names)} in all)"
                                                if len(cfg.label_names) > 12 else "")
     rows = [("description", cfg.description), ("kind", f"{cfg.kind} (architecture {cfg.arch})"),
             ("task", f"{cfg.task_name} ({cfg.task})" if cfg.task else "none (embeddings only)")]
     if cfg.task:
         rows += [("labels", labels), ("label order", cfg.label_order_note or "as published")]
-    rows += [("source", cfg.url or "no public URL (use --weights PATH)"), ("origin", cfg.origin),
+    rows += [("source", cfg.url or f"no public URL (use {supply_option(cfg.name)})"), ("origin", cfg.origin),
              ("license", cfg.license), ("file", _cache_text(state, full=True))]
     click.echo(cfg.name)
     for key, value in rows:

@@ -52,7 +52,7 @@ from socialfeat.encoder import (
     video_result,
 )
 from socialfeat.errors import UsageError, one_line
-from socialfeat.heads import released_task_model
+from socialfeat.heads import check_fitted_settings, released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.models.checkpoint import own_memory
@@ -362,6 +362,7 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
                             embeddings=embeddings,
                             raw_frames=(dev.type == "cuda" and engine == "local") if frames_on_device is None
                             else frames_on_device)
+        check_fitted_settings(predictors, asdict(plan))  # a head fitted on other embeddings: before any work
         check_optional_extras(plan)
         # compile_model stays out of the fingerprint, like batch_size: it changes which kernels run
         # (fused, reordered float operations), not what is computed; results differ at rounding level

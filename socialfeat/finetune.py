@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import OutputExistsError, SocialfeatError, UsageError
-from socialfeat.heads import TaskHead, save_head
+from socialfeat.heads import TaskHead, fitted_settings, save_head
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
 
@@ -384,7 +384,8 @@ def probe(features: str | Path, task: str, labelling: Labelling, output: str | P
     head = fit_head(x, y, labelling, regression_loss, epochs, lr, seed=seed)
     save_head(head, output, task=task, task_type=labelling.task_type, label_names=labelling.label_names,
               embedding=embedding, backbone_sha256=str(attrs["weights_sha256"]),
-              backbone_name=str(attrs["model_name"]), metrics=metrics)
+              backbone_name=str(attrs["model_name"]), metrics=metrics,
+              settings=fitted_settings(json.loads(attrs.get("settings") or "{}"), embedding))
     return metrics
 
 

@@ -3,12 +3,17 @@ finetuned models, behind one interface used by ``extract --tasks``.
 
 A light head (``socialfeat finetune --probe``) is LayerNorm + Linear on one
 embedding kind -- the same shape as the released models' ``mlp_head`` -- saved
-with its task type, label names, embedding kind and the SHA-256 of the backbone
-whose embeddings it was fitted on; it refuses to run on any other backbone.
+with its task type, label names, embedding kind, the SHA-256 of the backbone
+whose embeddings it was fitted on, and the extraction settings that change what
+those embeddings describe (``fitted_settings``); it refuses to run on any other
+backbone, and ``extract`` checks the settings (``check_fitted_settings``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ from socialfeat.models.avmae import Encoding
 from socialfeat.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from socialfeat.models.checkpoint import HEAD_FORMAT
 
+log = logging.getLogger(__name__)
+
 # what the stored numbers are, per task type
 VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid probabilities",
           "regression": "scores on the training labels' scale"}
@@ -36,6 +43,72 @@ VALUES = {"classification": "softmax probabilities", "multilabel": "sigmoid prob
 
 class HeadMismatchError(SocialfeatError, ValueError):
     """A head used with a backbone other than the one it was trained on."""
+
+
+class HeadSettingsError(UsageError, HeadMismatchError):
+    """A head applied to embeddings made under other settings than those it was fitted on."""
+
+
+# The extraction settings that change what an embedding describes, per embedding kind (the audio
+# embedding never sees the frames, the visual one never hears the track: models.avmae.encode):
+# - crop: a face crop and the whole frame are different images of the scene;
+# - clip_seconds: the window over which the frames are spread and the audio is heard (hop_seconds
+#   only moves windows, a clip's content stays alike);
+# - missing_audio: 'silence' embeds silence where a clip has no audio track, 'nan' leaves it empty.
+# Not among them: precision (bf16 / int8 compute the same embedding less exactly, cosine >= 0.999 to
+# fp32, docs/performance.md: rounding, not another kind of embedding), hop, faces / require_face (which
+# clips or face tracks get rows, not what a row's embedding is), segments, batch size.
+SETTINGS_BY_EMBEDDING = {"joint": ("crop", "clip_seconds", "missing_audio"),
+                         "audio": ("clip_seconds", "missing_audio"), "visual": ("crop", "clip_seconds")}
+# a difference of these only warns: it changes only the clips without an audio track (no_audio in
+# qc_flags), which get either no prediction (a 'nan' run: visibly empty) or one on embedded silence (a
+# 'silence' run: flagged silence_embedded); a difference of the others changes every row
+WARN_ONLY = ("missing_audio",)
+OPTIONS = {"crop": "--crop", "clip_seconds": "--clip-seconds", "missing_audio": "--missing-audio"}
+
+
+def fitted_settings(settings: Mapping[str, Any], embedding: str) -> dict[str, Any]:
+    """The settings among an extraction's ``settings`` (a features file's ``settings`` attribute)
+    that change what its ``embedding`` describes: what a head fitted on it records."""
+    return {k: settings[k] for k in SETTINGS_BY_EMBEDDING.get(embedding, ()) if k in settings}
+
+
+def _same(fitted: Any, now: Any) -> bool:
+    if isinstance(fitted, (int, float)) and isinstance(now, (int, float)):
+        return math.isclose(fitted, now, rel_tol=1e-6, abs_tol=1e-6)
+    return fitted == now
+
+
+def check_fitted_settings(tasks: list["Task"], run: Mapping[str, Any]) -> None:
+    """Refuse (one line) a head whose fitted crop or clip length differs from this run's ``run``
+    settings, warn for missing_audio (WARN_ONLY): predictions from a head fitted on other
+    embeddings look valid and are not, so a silent mismatch costs more than a rerun. A head written
+    before heads recorded settings (``fitted`` None), or from a features file that lacked one, is
+    used with one warning that says what cannot be checked. Whole models are not concerned."""
+    for task in tasks:
+        if task.head is None:
+            continue
+        wanted = SETTINGS_BY_EMBEDDING.get(task.embedding, ())
+        fitted = task.fitted or {}
+        unknown = [k for k in wanted if k not in fitted]
+        if unknown:
+            log.warning("task %r: head %s does not record the %s it was fitted with (written by an earlier "
+                        "socialfeat, or fitted on an older features file): not checked against this run; refit it "
+                        "to have it checked", task.name, task.source, ", ".join(OPTIONS[k] for k in unknown))
+        for key in wanted:
+            if key not in fitted or key not in run or _same(fitted[key], run[key]):
+                continue
+            option, then, now = OPTIONS[key], fitted[key], run[key]
+            if key in WARN_ONLY:
+                log.warning("task %r: head %s was fitted on embeddings made with %s %s, this run uses %s %s: "
+                            "its predictions for clips without an audio track (no_audio in qc_flags) are not "
+                            "comparable with what it was fitted on", task.name, task.source, option, then, option, now)
+                continue
+            raise HeadSettingsError(
+                f"task {task.name!r}: head {task.source} was fitted on {task.embedding} embeddings made with "
+                f"{option} {then}, this run uses {option} {now}; extract with {option} {then} for this head, or "
+                f"fit one on embeddings made with {option} {now} (extract --segments LABELS {option} {now}, then "
+                "finetune --probe --features)")
 
 
 class TaskHead(nn.Module):
@@ -60,10 +133,13 @@ def outputs_to_values(outputs: torch.Tensor, task_type: str) -> torch.Tensor:
 
 
 def save_head(head: TaskHead, path: str | Path, *, task: str, task_type: str, label_names: list[str],
-              embedding: str, backbone_sha256: str, backbone_name: str, metrics: dict | None = None) -> Path:
-    """Write a head checkpoint atomically."""
+              embedding: str, backbone_sha256: str, backbone_name: str, metrics: dict | None = None,
+              settings: Mapping[str, Any] | None = None) -> Path:
+    """Write a head checkpoint atomically. ``settings``: the extraction settings of the embeddings it
+    was fitted on (fitted_settings), checked when it is applied (check_fitted_settings)."""
     payload = {"format": HEAD_FORMAT, "task": task, "task_type": task_type, "label_names": list(label_names),
                "embedding": embedding, "backbone_sha256": backbone_sha256, "backbone_name": backbone_name,
+               "settings": dict(settings or {}),
                "dim": head.norm.normalized_shape[0], "metrics": metrics or {},
                "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
     with atomic_path(path) as tmp:
@@ -82,6 +158,7 @@ class Task:
     embedding: str = "joint"
     model: nn.Module | None = None  # ... or a whole finetuned model (its own forward pass)
     source: str = ""
+    fitted: dict[str, Any] | None = None  # a light head's fitted_settings (None: a head from before they were kept)
 
     def to(self, device: torch.device) -> "Task":
         for m in (self.head, self.model):
@@ -129,6 +206,14 @@ def released_tasks() -> list[str]:
             if n.startswith(RELEASED_TASK_PREFIX) and get_pretrained_cfg(n).task_name]
 
 
+def supply_option(model: str) -> str:
+    """How a user gives a registry entry's file by hand (said where it cannot be downloaded): a
+    released task model is a predictor, ``--tasks NAME=PATH``; any other entry ``--weights PATH``."""
+    if model.startswith(RELEASED_TASK_PREFIX) and model[len(RELEASED_TASK_PREFIX):] in released_tasks():
+        return f"--tasks {model[len(RELEASED_TASK_PREFIX):]}=PATH"
+    return "--weights PATH"
+
+
 def released_task_model(name: str) -> str:
     """Registry name of the released model behind ``--tasks NAME``, or a one-line UsageError
     that says how to give a head file (NAME=PATH) instead."""
@@ -166,5 +251,5 @@ def load_task(request: str, backbone_info) -> Task:
     head = TaskHead(obj["dim"], len(obj["label_names"]))
     head.load_state_dict(obj["state_dict"])
     return Task(name, obj["task_type"], list(obj["label_names"]), head=head, embedding=obj["embedding"],
-                source=str(path))
+                source=str(path), fitted=obj.get("settings"))
 

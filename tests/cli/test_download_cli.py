@@ -106,3 +106,14 @@ def test_models_name_describes_task_labels_and_label_order():
     assert "emotion (classification)" in res.output and "anger, disgust, fear, happy, neutral, sad" in res.output
     assert "label order:" in res.output and "assumed alphabetical" in res.output
     assert "drive.usercontent.google.com/download?id=1WrqznBLZ0G8HRe6POt9E4w9zVNzbfWA_" in res.output
+
+
+def test_an_offline_task_model_points_to_tasks_not_weights(tmp_path, monkeypatch):
+    """A released task model given by hand goes to ``extract --tasks NAME=PATH``: ``--weights`` would make
+    it the extraction model."""
+    monkeypatch.setenv("SOCIALFEAT_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOCIALFEAT_OFFLINE", "1")
+    res = CliRunner().invoke(main, ["models", "--download", "social-mae-laughter"])
+    assert res.exit_code == 1 and "--tasks laughter=PATH" in res.output and "--weights" not in res.output, res.output
+    res = CliRunner().invoke(main, ["models", "--download", "social-mae"])
+    assert res.exit_code == 1 and "--weights PATH" in res.output, res.output
