@@ -569,8 +569,10 @@ def resume_parts(jobs: list, journal: Journal, fingerprints: dict[int, str]
         parts = journal.read_spans(ref.video_id, fingerprints[pos])
         if not parts:
             continue
-        records = [VideoDone(pos, **dict(p.record, span=tuple(p.record["span"]),
-                                         clip_range=tuple(p.record["clip_range"]))) for p in parts]
+        # (the file may have moved since, like a reused video's: same relative path, size and mtime)
+        records = [VideoDone(pos, **dict(p.record, video=dict(p.record["video"], source_path=str(ref.path)),
+                                         span=tuple(p.record["span"]), clip_range=tuple(p.record["clip_range"])))
+                   for p in parts]
         resumed[pos] = (records, spans_left([r.span for r in records]))
         preloaded[pos] = [(row, {**{k: v[i] for k, v in p.embeddings.items()},
                                  **{t: v[i] for t, v in p.predictions.items()}})

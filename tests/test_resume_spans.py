@@ -4,6 +4,7 @@ them (a recording of hours must not start again from its beginning at every SLUR
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import subprocess
 import time
@@ -150,3 +151,24 @@ def test_the_command_killed_by_sigterm_inside_a_22_minute_recording_resumes_from
     same = [c for c in va.columns if c != "source_path"]
     assert vb[same].to_dict("records") == va[same].to_dict("records")
     assert not list(Journal(out).dir.glob("*.span-*"))
+
+
+def test_a_recording_resumed_from_a_moved_folder_names_its_file_where_it_is_now(
+        recordings, tiny_ckpt, tmp_path, monkeypatch):
+    """A requeued job that finds the corpus copied elsewhere (same relative paths, sizes, mtimes) resumes
+    it, and ``source_path`` names the file read now, as for videos reused whole, not the old copy."""
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    monkeypatch.setattr(workers_module, "CHECKPOINT_SPANS", CHECKPOINT)
+    before, after = tmp_path / "scratch-a" / "videos", tmp_path / "scratch-b" / "videos"
+    shutil.copytree(recordings, before)  # (copy2: mtimes kept)
+    out = tmp_path / "cut.h5"
+    with monkeypatch.context() as m:
+        _counting_encoder(m, stop_after=13)
+        with pytest.raises(KeyboardInterrupt):
+            _run(before, out, tiny_ckpt, workers=0)
+    assert list(Journal(out).dir.glob("*.span-*"))
+    shutil.copytree(before, after)
+    shutil.rmtree(before)
+    _, videos = _run(after, out, tiny_ckpt, workers=0)
+    assert videos.set_index("path")["source_path"].to_dict() == \
+        {"long.mp4": str(after / "long.mp4"), "short.mp4": str(after / "short.mp4")}
