@@ -172,3 +172,25 @@ def test_a_recording_resumed_from_a_moved_folder_names_its_file_where_it_is_now(
     _, videos = _run(after, out, tiny_ckpt, workers=0)
     assert videos.set_index("path")["source_path"].to_dict() == \
         {"long.mp4": str(after / "long.mp4"), "short.mp4": str(after / "short.mp4")}
+
+
+def test_the_resume_message_counts_a_journalled_last_part_up_to_where_it_ended(tmp_path, caplog):
+    """A shared recording's last part ([first, end of the file)) may be journalled before the parts
+    ahead of it: it counts up to its decoded end, not as a negative stretch."""
+    from types import SimpleNamespace
+
+    from socialfeat.extract import resume_parts, span_record
+    from socialfeat.pipeline import VideoDone
+    from socialfeat.store import SpanResult
+
+    journal = Journal(tmp_path / "out.h5")
+    video = {"video_id": "0123456789abcdef", "path": "long.mp4", "source_path": "/old/long.mp4", "status": "ok",
+             "error": "", "n_clips": 0}
+    for span, decoded in (((0, 20), 600.0), ((40, None), 1500.0)):
+        done = VideoDone(0, dict(video, decoded_duration_s=decoded), [], 0, "", span)
+        journal.write_span(video["video_id"], SpanResult(span_record(done), [], {}, {}), "fp")
+    ref = SimpleNamespace(video_id=video["video_id"], path=tmp_path / "long.mp4")
+    with caplog.at_level(logging.INFO, logger="socialfeat.extract"):
+        resumed, _ = resume_parts([(0, ref, None)], journal, {0: "fp"})
+    assert resumed[0][1] == [(20, 40)]
+    assert "1 recording(s) part-way: 15 min of recording already done" in caplog.text
