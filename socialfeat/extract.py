@@ -564,17 +564,26 @@ def resume_parts(jobs: list, journal: Journal, fingerprints: dict[int, str]
         parts = journal.read_spans(ref.video_id, fingerprints[pos])
         if not parts:
             continue
-        records = [VideoDone(pos, **dict(p.record, span=tuple(p.record["span"]),
-                                         clip_range=tuple(p.record["clip_range"]))) for p in parts]
+        # (the file may have moved since, like a reused video's: same relative path, size and mtime)
+        records = [VideoDone(pos, **dict(p.record, video=dict(p.record["video"], source_path=str(ref.path)),
+                                         span=tuple(p.record["span"]), clip_range=tuple(p.record["clip_range"])))
+                   for p in parts]
         resumed[pos] = (records, spans_left([r.span for r in records]))
         preloaded[pos] = [(row, {**{k: v[i] for k, v in p.embeddings.items()},
                                  **{t: v[i] for t, v in p.predictions.items()}})
                           for p in parts for i, row in enumerate(p.clips)]
     if resumed:
-        minutes = sum(((r.span[1] or 0) - r.span[0]) * SPAN_SECONDS for records, _ in resumed.values()
-                      for r in records) / 60
+        minutes = sum(part_seconds(r) for records, _ in resumed.values() for r in records) / 60
         log.info("resuming %d recording(s) part-way: %.0f min of recording already done", len(resumed), minutes)
     return resumed, preloaded
+
+
+def part_seconds(done: VideoDone) -> float:
+    """Seconds of recording a finished part covers; one that ran to the end (a shared recording's
+    last part may finish before the others) covers up to where its decoding ended."""
+    first, end = done.span
+    stop = end * SPAN_SECONDS if end is not None else (done.video.get("decoded_duration_s") or 0.0)
+    return max(0.0, stop - first * SPAN_SECONDS)
 
 
 def span_record(done: VideoDone) -> dict[str, Any]:

@@ -594,6 +594,8 @@ class FrameStream:
         last start from the beginning: SEEK_MARGINS_S)."""
         self.info = info
         self._seek_to = seek_to
+        self._from = seek_to  # damage before it is another part's (the seek may fall back further)
+        self._until: Callable[[], float | None] | None = None  # at_times' ``until``: damage from it on too
         self._margin = 0  # index in SEEK_MARGINS_S
         self.decode_errors = 0
         self.io_error = False  # reading the file failed (not its content): worth another try later
@@ -651,6 +653,7 @@ class FrameStream:
             done_at, done_until = resume if resume is not None else (0, -math.inf)
             last = -math.inf  # time of the last frame handed on
             landing = bool(self._seek_to)  # the first frame after a seek is checked
+            at: float | None = None  # time of the last packet read
             for i in itertools.count():
                 try:
                     packet = next(packets)
@@ -659,9 +662,10 @@ class FrameStream:
                 except av.error.FFmpegError as e:
                     if skipper is not None and skipper.packets_skippable:
                         return i, last
-                    self.decode_errors += 1  # demuxer hit damaged or missing data: stop here
+                    self.decode_errors += self._owns(at)  # demuxer hit damaged or missing data: stop here
                     self.io_error = isinstance(e, OSError)
                     return None
+                at = self._packet_time(packet)
                 if skipper is not None:
                     skipper.before(packet, self._wanted)
                 try:
@@ -670,7 +674,7 @@ class FrameStream:
                     if skipper is not None and skipper.packets_skippable:
                         return i, last
                     skipper = None  # nothing skipped yet: go on decoding everything
-                    self.decode_errors += 1
+                    self.decode_errors += self._owns(at)
                     continue
                 if skipper is not None:
                     skipper.accepted(packet)
@@ -683,6 +687,24 @@ class FrameStream:
                         last = max(last, frame.time) if frame.time is not None else last
                         yield frame
         return None
+
+    def _packet_time(self, packet: av.Packet) -> float | None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None or packet.time_base is None:
+            return None
+        return float(ts * packet.time_base) - self.info.video_start
+
+    def _owns(self, t: float | None) -> bool:
+        """Whether damage in a packet of time ``t`` (s; None: unknown) is this stream's to count. A part
+        of a recording decodes from a keyframe before its start and on to the first frame at or after
+        its end: damage there is the neighbouring part's, which decodes it too, and counting it in both
+        would count it twice (a recording decoded in parts must tell what decoding it whole tells)."""
+        if t is None:
+            return True
+        if self._from is not None and t < self._from - 1e-6:
+            return False
+        stop = self._until() if self._until is not None else None
+        return stop is None or t < stop - 1e-6
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         # one converter for the stream: frame.to_ndarray(format=...) would set up a new swscale
@@ -709,6 +731,7 @@ class FrameStream:
         it returns (None: the end).
         """
         times = iter(times)
+        self._until = until
         t = self._next_wanted(times)
         shown = None  # (time, undecoded-to-RGB frame) of the latest frame with pts <= t
         cached: DecodedFrame | None = None

@@ -467,7 +467,8 @@ class VideoRun:
         self.decoded_any = stream.last_time is not None
         for ci in range(next_clip, len(plan)):
             clip = plan.clips[ci]
-            if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or ci == 0:
+            # (the video's first clip is kept however short; a part's first clip is not the video's)
+            if (min(clip.end, decoded_end) - clip.start) / clip.window + 1e-6 >= MIN_COVERAGE or clip.clip_index == 0:
                 yield from self.finish(clip, got.pop(ci, {}), decoded_end)
 
     def cuts_made(self) -> Iterator[PartCut]:

@@ -4,6 +4,7 @@ them (a recording of hours must not start again from its beginning at every SLUR
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import subprocess
 import time
@@ -150,3 +151,46 @@ def test_the_command_killed_by_sigterm_inside_a_22_minute_recording_resumes_from
     same = [c for c in va.columns if c != "source_path"]
     assert vb[same].to_dict("records") == va[same].to_dict("records")
     assert not list(Journal(out).dir.glob("*.span-*"))
+
+
+def test_a_recording_resumed_from_a_moved_folder_names_its_file_where_it_is_now(
+        recordings, tiny_ckpt, tmp_path, monkeypatch):
+    """A requeued job that finds the corpus copied elsewhere (same relative paths, sizes, mtimes) resumes
+    it, and ``source_path`` names the file read now, as for videos reused whole, not the old copy."""
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    monkeypatch.setattr(workers_module, "CHECKPOINT_SPANS", CHECKPOINT)
+    before, after = tmp_path / "scratch-a" / "videos", tmp_path / "scratch-b" / "videos"
+    shutil.copytree(recordings, before)  # (copy2: mtimes kept)
+    out = tmp_path / "cut.h5"
+    with monkeypatch.context() as m:
+        _counting_encoder(m, stop_after=13)
+        with pytest.raises(KeyboardInterrupt):
+            _run(before, out, tiny_ckpt, workers=0)
+    assert list(Journal(out).dir.glob("*.span-*"))
+    shutil.copytree(before, after)
+    shutil.rmtree(before)
+    _, videos = _run(after, out, tiny_ckpt, workers=0)
+    assert videos.set_index("path")["source_path"].to_dict() == \
+        {"long.mp4": str(after / "long.mp4"), "short.mp4": str(after / "short.mp4")}
+
+
+def test_the_resume_message_counts_a_journalled_last_part_up_to_where_it_ended(tmp_path, caplog):
+    """A shared recording's last part ([first, end of the file)) may be journalled before the parts
+    ahead of it: it counts up to its decoded end, not as a negative stretch."""
+    from types import SimpleNamespace
+
+    from socialfeat.extract import resume_parts, span_record
+    from socialfeat.pipeline import VideoDone
+    from socialfeat.store import SpanResult
+
+    journal = Journal(tmp_path / "out.h5")
+    video = {"video_id": "0123456789abcdef", "path": "long.mp4", "source_path": "/old/long.mp4", "status": "ok",
+             "error": "", "n_clips": 0}
+    for span, decoded in (((0, 20), 600.0), ((40, None), 1500.0)):
+        done = VideoDone(0, dict(video, decoded_duration_s=decoded), [], 0, "", span)
+        journal.write_span(video["video_id"], SpanResult(span_record(done), [], {}, {}), "fp")
+    ref = SimpleNamespace(video_id=video["video_id"], path=tmp_path / "long.mp4")
+    with caplog.at_level(logging.INFO, logger="socialfeat.extract"):
+        resumed, _ = resume_parts([(0, ref, None)], journal, {0: "fp"})
+    assert resumed[0][1] == [(20, 40)]
+    assert "1 recording(s) part-way: 15 min of recording already done" in caplog.text
