@@ -768,7 +768,7 @@ def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: lis
             done = item.done
             failed = done.video["status"] == VideoStatus.ERROR or done.failure in (Failure.TRANSIENT, Failure.CRASH,
                                                                                     Failure.TIMEOUT)
-            if not failed:  # (a part that failed is decoded again by the next run)
+            if not failed:  # (a failed part makes its video an error, which a later run decodes again whole)
                 lo, hi = done.clip_range
                 back = sum(lo <= row["clip_index"] < hi for row, _ in encoded.get(item.video_pos, []))
                 waiting.setdefault(item.video_pos, []).append([done, back])

@@ -701,7 +701,7 @@ class FrameStream:
         would count it twice (a recording decoded in parts must tell what decoding it whole tells)."""
         if t is None:
             return True
-        if self._from is not None and t < self._from - 1e-6:
+        if self._from and t < self._from - 1e-6:  # (a decode from the start owns what precedes 0 too)
             return False
         stop = self._until() if self._until is not None else None
         return stop is None or t < stop - 1e-6
