@@ -558,7 +558,7 @@ class VideoRun:
             self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {target:.2f} s "
                          "(truncated or damaged file)", VideoStatus.TRUNCATED)
         elif self.video["decode_errors"]:
-            self.problem("decode-video", f"{self.video['decode_errors']} damaged video packet(s) skipped",
+            self.problem("decode-video", damaged_packets(self.video["decode_errors"]),
                          VideoStatus.DAMAGED)
         if self.video["status"] == VideoStatus.OK and self.errors:  # damaged audio, or a decoder error mid-stream
             self.video.update(status=VideoStatus.DAMAGED.value,
@@ -618,6 +618,30 @@ def audio_gap(picture_end: float, audio_end: int, sample_rate: int) -> float:
     return round(max(0.0, picture_end - audio_end / sample_rate), 3)
 
 
+def damaged_packets(n: int) -> str:
+    """The error row (decode-video) of a video whose decoding skipped ``n`` damaged packets."""
+    return f"{n} damaged video packet(s) skipped"
+
+
+def merge_packet_rows(errors: list[dict[str, Any]], status: VideoStatus, decode_errors: int,
+                      error: str) -> tuple[list[dict[str, Any]], str]:
+    """The parts' 'damaged video packet(s) skipped' rows as decoding the video whole writes them: one
+    row with the video's count when it is damaged, none when a worse verdict (truncated) tells of it.
+    Returns the rows and the video's error text (which may quote a part's count)."""
+    tail = damaged_packets(0)[1:]
+    rows = [e for e in errors if e["stage"] == "decode-video" and e["message"].endswith(tail)]
+    if not rows:
+        return errors, error
+    at = next(i for i, e in enumerate(errors) if e is rows[0])
+    kept = [e for e in errors if not any(e is r for r in rows)]
+    if status is VideoStatus.DAMAGED and decode_errors:
+        row = dict(rows[0], message=damaged_packets(decode_errors))
+        kept.insert(at, row)
+        if error.endswith(tail):
+            error = f"{row['stage']}: {row['message']}"
+    return kept, error
+
+
 def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
     """One video's record from the records of the parts that several workers decoded.
 
@@ -656,6 +680,7 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
         errors.append({"video_id": video["video_id"], "path": video["path"], "stage": "plan",
                        "message": "no clip could be formed (video too short or undecodable)"})
     status, error = verdict or (VideoStatus.OK, "")
+    errors, error = merge_packet_rows(errors, status, video["decode_errors"], error)
     video.update(status=status.value, error=error)
     failures = {d.failure for d in parts}
     failure = "" if status is VideoStatus.OK else next((f for f in FAILURE_ORDER if f in failures), Failure.CONTENT)

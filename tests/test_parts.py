@@ -13,7 +13,7 @@ import socialfeat.pipeline as pipeline
 from socialfeat.demo import synthetic_video
 from socialfeat.extract import extract
 from socialfeat.media import AudioStream, probe
-from socialfeat.pipeline import VideoDone, merge_parts
+from socialfeat.pipeline import VideoDone, damaged_packets, merge_parts
 from socialfeat.store import VideoStatus, load_errors, load_features, load_videos
 
 SPAN = 4.0  # s: the tests' grid (30 s in use), so that short test media have many spans
@@ -112,6 +112,26 @@ def test_merging_parts_adds_facts_up_and_keeps_the_worst_verdict():
     assert crashed.video["error"] == "error here"
     empty = merge_parts([_part(0, 1, clips=0), _part(1, None, clips=0)], 16000)
     assert empty.video["status"] == VideoStatus.NO_CLIPS and empty.errors[-1]["stage"] == "plan"
+
+
+def test_damaged_packets_of_several_parts_make_one_row_as_decoding_the_video_whole_does():
+    """Each part tells of the damaged packets it skipped; the video has one row with their sum (and
+    none when its verdict is truncated: decoding it whole tells of damage by that verdict alone)."""
+    def damaged(first, end, n, audio_lost=False):
+        part = _part(first, end, "damaged", errors=[damaged_packets(n)], failure="content")
+        part.video.update(decode_errors=n, error=f"decode-video: {damaged_packets(n)}")
+        if audio_lost:
+            part.errors.append({"video_id": "ab", "path": "v.mp4", "stage": "decode-audio", "message": "audio lost"})
+        return part
+    merged = merge_parts([damaged(0, 1, 1), damaged(1, 2, 2, audio_lost=True), _part(2, None, decoded=12.0)], 16000)
+    assert merged.video["status"] == VideoStatus.DAMAGED and merged.video["decode_errors"] == 3
+    assert merged.video["error"] == "decode-video: 3 damaged video packet(s) skipped"
+    assert [(e["stage"], e["message"]) for e in merged.errors] == [
+        ("decode-video", "3 damaged video packet(s) skipped"), ("decode-audio", "audio lost")]
+    cut = merge_parts([damaged(0, 1, 1), _part(1, None, "truncated", errors=["video decoded for 5.00 s of 12.00 s"],
+                                               failure="content")], 16000)
+    assert cut.video["status"] == VideoStatus.TRUNCATED
+    assert [e["message"] for e in cut.errors] == ["video decoded for 5.00 s of 12.00 s"]
 
 
 def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redoes_it_whole(
