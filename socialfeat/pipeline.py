@@ -129,6 +129,7 @@ class VideoDone:
     audio_samples: int = 0  # audio samples really decoded in that part (merged into audio_duration_s)
     audio_end: int = 0  # timeline sample after the part's last decoded audio sample (merged into audio_gap_s)
     clip_range: tuple[int, int] = (0, 0)  # clip_index values [first, end) of the clips this part emitted
+    video_duration: float | None = None  # the video stream's own duration (s), once probed (merge_parts' verdict)
 
 
 @dataclass
@@ -215,6 +216,7 @@ class VideoRun:
         self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
         self.checkpoint_spans = checkpoint_spans
         self.clip_range: tuple[int, int] | None = None  # clip_index values emitted: [first, end)
+        self.video_duration: float | None = None  # the video stream's, once probed
         self.stack_frames = stack_frames  # False: decoded frames as a FrameList (a worker's slot takes them)
         self.first, self.end = span
         self.cut_requested = cut_requested
@@ -248,7 +250,7 @@ class VideoRun:
         samples = self.audio.decoded_samples(self.first, self.end) if self.audio is not None else 0
         return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure,
                          (self.first, self.end), samples, self.audio.audio_end if self.audio is not None else 0,
-                         self.clip_range or (0, 0))
+                         self.clip_range or (0, 0), self.video_duration)
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
@@ -546,6 +548,7 @@ class VideoRun:
     def settle_status(self, info: MediaInfo) -> None:
         """The verdict from how far decoding got and what went wrong on the way."""
         decoded_end = self.video["decoded_duration_s"]
+        self.video_duration = info.video_duration
         # the video stream's own extent: an audio track that runs on after the picture does not make it short
         target = info.video_duration if self.end is None else min(info.video_duration, self.end * SPAN_SECONDS)
         if not self.decoded_any and self.first > 0:  # a part past where the data ends (see merge_parts)
@@ -555,8 +558,7 @@ class VideoRun:
         elif not self.decoded_any:
             self.problem("decode-video", "no decodable video frames", VideoStatus.ERROR)
         elif decoded_end < target - max(TRUNCATION_TOLERANCE_S, 0.05 * info.video_duration):
-            self.problem("decode-video", f"video decoded for {decoded_end:.2f} s of {target:.2f} s "
-                         "(truncated or damaged file)", VideoStatus.TRUNCATED)
+            self.problem("decode-video", decoded_for(decoded_end, target), VideoStatus.TRUNCATED)
         elif self.video["decode_errors"]:
             self.problem("decode-video", damaged_packets(self.video["decode_errors"]),
                          VideoStatus.DAMAGED)
@@ -618,6 +620,11 @@ def audio_gap(picture_end: float, audio_end: int, sample_rate: int) -> float:
     return round(max(0.0, picture_end - audio_end / sample_rate), 3)
 
 
+def decoded_for(decoded: float, target: float) -> str:
+    """The error row (decode-video) of a video (or part) whose decoding ended before ``target`` (s)."""
+    return f"video decoded for {decoded:.2f} s of {target:.2f} s (truncated or damaged file)"
+
+
 def damaged_packets(n: int) -> str:
     """The error row (decode-video) of a video whose decoding skipped ``n`` damaged packets."""
     return f"{n} damaged video packet(s) skipped"
@@ -640,6 +647,22 @@ def merge_packet_rows(errors: list[dict[str, Any]], status: VideoStatus, decode_
         if error.endswith(tail):
             error = f"{row['stage']}: {row['message']}"
     return kept, error
+
+
+def merge_truncation_rows(errors: list[dict[str, Any]], message: str, error: str
+                          ) -> tuple[list[dict[str, Any]], str]:
+    """A truncated video's parts' truncation rows ('video decoded for ...', 'no decodable video frames
+    after ...': which part ends where the data end depends on how the video was split) as one row of
+    the video's own extent, ``message``, as decoding it whole writes it. Returns the rows and the
+    video's error text."""
+    tail = " (truncated or damaged file)"
+    rows = [e for e in errors if e["stage"] == "decode-video" and e["message"].endswith(tail)]
+    if not rows:
+        return errors, error
+    at = next(i for i, e in enumerate(errors) if e is rows[0])
+    kept = [e for e in errors if not any(e is r for r in rows)]
+    kept.insert(at, dict(rows[0], message=message))
+    return kept, f"decode-video: {message}"
 
 
 def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
@@ -681,6 +704,9 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
                        "message": "no clip could be formed (video too short or undecodable)"})
     status, error = verdict or (VideoStatus.OK, "")
     errors, error = merge_packet_rows(errors, status, video["decode_errors"], error)
+    durations = [d.video_duration for d in parts if d.video_duration is not None]
+    if status is VideoStatus.TRUNCATED and durations and video["decoded_duration_s"] is not None:
+        errors, error = merge_truncation_rows(errors, decoded_for(video["decoded_duration_s"], max(durations)), error)
     video.update(status=status.value, error=error)
     failures = {d.failure for d in parts}
     failure = "" if status is VideoStatus.OK else next((f for f in FAILURE_ORDER if f in failures), Failure.CONTENT)

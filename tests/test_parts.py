@@ -134,6 +134,30 @@ def test_damaged_packets_of_several_parts_make_one_row_as_decoding_the_video_who
     assert [e["message"] for e in cut.errors] == ["video decoded for 5.00 s of 12.00 s"]
 
 
+def test_a_truncated_video_tells_its_own_extent_whichever_part_ends_where_the_data_end():
+    """Data ending at 7.96 s of 20 s: split at 8 s, the part before ends within tolerance and the next holds
+    nothing ('no decodable video frames after 8.00 s'); split at 4 s and 12 s, the middle part is cut short.
+    Either way the video reads as decoding it whole writes it."""
+    def part(first, end, status, decoded, message=None):
+        p = _part(first, end, status, decoded=decoded, errors=[message] if message else (), failure="content"
+                  if status != "ok" else "")
+        p.video.update(decode_errors=0, error=f"decode-video: {message}" if message else "")
+        p.video_duration = 20.0
+        return p
+    expected = "video decoded for 7.96 s of 20.00 s (truncated or damaged file)"
+    at_8 = merge_parts([part(0, 2, "ok", 7.96),
+                        part(2, None, "truncated", 0.0, "no decodable video frames after 8.00 s of 20.00 s "
+                             "(truncated or damaged file)")], 16000)
+    at_4_12 = merge_parts([part(0, 1, "ok", 4.0), part(1, 3, "truncated", 7.96, "video decoded for 7.96 s of "
+                                                       "12.00 s (truncated or damaged file)"),
+                           part(3, None, "truncated", 0.0, "no decodable video frames after 12.00 s of 20.00 s "
+                                "(truncated or damaged file)")], 16000)
+    for merged in (at_8, at_4_12):
+        assert merged.video["status"] == VideoStatus.TRUNCATED
+        assert merged.video["error"] == f"decode-video: {expected}"
+        assert [(e["stage"], e["message"]) for e in merged.errors] == [("decode-video", expected)]
+
+
 def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redoes_it_whole(
         long_and_short, tiny_ckpt, tmp_path, monkeypatch):
     """The decoding worker of a part (not the first) dies: the recording becomes one error row (its other

@@ -63,9 +63,9 @@ def whole(damaged, tiny_ckpt, tmp_path_factory):
         return _run(damaged, tmp_path_factory.mktemp("whole") / "whole.h5", tiny_ckpt, workers=0)  # one part
 
 
-# (one worker: no work sharing, whose cuts depend on timing: a shared truncated recording may end in a
-# part past the data, whose verdict text differs from decoding whole; its numbers do not)
-@pytest.fixture(scope="module", params=[0, 1], ids=["workers0", "workers1"])
+# (two workers also share the recordings, at cuts that depend on timing: a truncated recording may then
+# end in a part past the data; merge_parts writes the verdict of the whole video whichever part that is)
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=["workers0", "workers1", "workers2"])
 def parts(damaged, tiny_ckpt, tmp_path_factory, request):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(pipeline, "SPAN_SECONDS", SPAN)
