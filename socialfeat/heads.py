@@ -84,9 +84,17 @@ def check_fitted_settings(tasks: list["Task"], run: Mapping[str, Any]) -> None:
     settings, warn for missing_audio (WARN_ONLY): predictions from a head fitted on other
     embeddings look valid and are not, so a silent mismatch costs more than a rerun. A head written
     before heads recorded settings (``fitted`` None), or from a features file that lacked one, is
-    used with one warning that says what cannot be checked. Whole models are not concerned."""
+    used with one warning that says what cannot be checked. A whole finetuned model states its own
+    clip length (its preprocessing): a run with another ``--clip-seconds`` is warned, not refused (the
+    backbone's embeddings may be wanted at that length; the model's predictions are then for windows
+    unlike those it learnt from)."""
     for task in tasks:
         if task.head is None:
+            own = getattr(getattr(getattr(task.model, "info", None), "preprocess", None), "clip_seconds", None)
+            if own is not None and "clip_seconds" in run and not _same(float(own), run["clip_seconds"]):
+                log.warning("task %r: %s was finetuned on clips of %g s, this run uses --clip-seconds %g: its "
+                            "predictions are for windows unlike those it learnt from", task.name,
+                            task.source or "the model", float(own), run["clip_seconds"])
             continue
         wanted = SETTINGS_BY_EMBEDDING.get(task.embedding, ())
         fitted = task.fitted or {}

@@ -95,3 +95,21 @@ def test_only_the_settings_an_embedding_kind_depends_on_are_checked():
         check_fitted_settings([_head("joint", **whole)], run)
     check_fitted_settings([_head("joint", **whole)], dict(run, crop="none", clip_seconds=2.0 + 1e-9))
     check_fitted_settings([Task("t", "classification", ["a", "b"], model=torch.nn.Identity())], run)  # own model
+
+
+def test_a_whole_finetuned_model_warns_when_the_run_uses_another_clip_length(caplog):
+    """A whole model has no fitted settings but states its own clip length: another one is warned."""
+    from socialfeat.heads import check_fitted_settings
+    from socialfeat.models import create_model
+
+    model = create_model("social-mae-tiny", kind="finetune", label_names=["a", "b"], task="classification",
+                         task_name="t")
+    own = float(model.info.preprocess.clip_seconds)
+    task = Task("t", "classification", ["a", "b"], model=model, source="t.pt")
+    with caplog.at_level("WARNING", logger="socialfeat.heads"):
+        check_fitted_settings([task], {"crop": "none", "clip_seconds": own, "missing_audio": "nan"})
+        assert not caplog.records
+        check_fitted_settings([task], {"crop": "none", "clip_seconds": own * 2, "missing_audio": "nan"})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"task 't': t.pt was finetuned on clips of {own:g} s, this run uses --clip-seconds {own * 2:g}: its "
+        "predictions are for windows unlike those it learnt from"]
