@@ -383,6 +383,16 @@ def _same_subfolders(file: AnnotationFile, refs: list[VideoRef]) -> list[VideoRe
     return [refs[scores.index(best)]] if best > 1 and scores.count(best) == 1 else refs
 
 
+def _in_video_folders(ref: VideoRef, matches: list[Match]) -> list[Match]:
+    """Of annotation files matched to ``ref`` by name alone, the one whose relative folders end the
+    video's own path (``site1/cam.TextGrid`` for ``.../site1/cam.mp4`` when only site1's folder was
+    given, so that its relative path is ``cam.mp4``); all of them when no single one fits best."""
+    video = PurePosixPath(ref.path.as_posix()).with_suffix("").as_posix()
+    scores = [_tail_score(list(PurePosixPath(m.file.name).with_suffix("").parts), video) for m in matches]
+    best = max(scores)
+    return [matches[scores.index(best)]] if best > 1 and scores.count(best) == 1 else matches
+
+
 def _origin_for(file: AnnotationFile, ref: VideoRef) -> float:
     """TIME_ORIGIN of the media link that names this video, else of the first video link."""
     if not file.media:
@@ -461,6 +471,10 @@ def match_files(files: list[AnnotationFile], videos: Sequence[VideoRef],
             by_video.setdefault(ref.relpath, []).append(
                 Match(file, _origin_for(file, ref) if origin is None else origin, how))
     for video, matches in by_video.items():
+        if len(matches) > 1 and all(m.how == "name" for m in matches):  # e.g. one site's videos given, the
+            kept = _in_video_folders(next(r for r in videos if r.relpath == video), matches)  # whole annotation tree
+            unmatched += [m.file.name for m in matches if all(m is not k for k in kept)]
+            matches[:] = kept
         if len(matches) > 1 and any(m.how != "map" for m in matches):
             names = ", ".join(f"{m.file.name} (by {m.how})" for m in matches)
             raise AnnotationError(f"{video}: several annotation files match it: {names}; keep one, or list "

@@ -134,3 +134,23 @@ def test_segment_rows_match_whatever_unicode_form_the_file_system_gives(tmp_path
              f"{nfc}2.mp4": [{"start": 1.0, "end": 3.0, "segment_row": 3}]}
     matched = match_segments(table, videos, "segments.csv", cwd=tmp_path)
     assert sorted(matched) == sorted([f"P01/{nfd}.mp4", f"{nfd}2.mp4"])
+
+
+def test_one_sites_videos_take_that_sites_files_from_an_annotation_tree_of_all_sites(tmp_path):
+    """Run on videos/site1 alone (relative path cam.mp4) with the annotation tree of every site:
+    site1/cam.TextGrid is its file, site2/cam.TextGrid matches no given video (warned), not an error."""
+    for site in ("site1", "site2"):
+        (tmp_path / "videos" / site).mkdir(parents=True)
+        (tmp_path / "videos" / site / "cam.mp4").write_bytes(b"")
+        (tmp_path / "ann" / site).mkdir(parents=True)
+        write_textgrid(tmp_path / "ann" / site / "cam.TextGrid", [(f"speaker_{site}", SPEAKER)], 10.0)
+    one_site = find_videos([tmp_path / "videos" / "site1"])
+    files = [read_annotation_file(tmp_path / "ann" / site / "cam.TextGrid", f"{site}/cam.TextGrid")
+             for site in ("site1", "site2")]
+    matches, unmatched = match_files(files, one_site)
+    assert {v: [m.file.name for m in ms] for v, ms in matches.items()} == {"cam.mp4": ["site1/cam.TextGrid"]}
+    assert unmatched == ["site2/cam.TextGrid"]
+    loose = [read_annotation_file(tmp_path / "ann" / site / "cam.TextGrid", "cam.TextGrid") for site in ("site1",)]
+    both = loose + [read_annotation_file(tmp_path / "ann" / "site2" / "cam.TextGrid", "other/cam.TextGrid")]
+    with pytest.raises(AnnotationError, match="several annotation files match it"):
+        match_files(both, one_site)  # neither file's folders say which: still refused
