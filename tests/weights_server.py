@@ -5,6 +5,9 @@ Routes (FILE is a key of ``WeightsServer.files``):
   /good/FILE        the file; honours Range (206)
   /cut/FILE         Content-Length of the whole file, then the connection closes at half (ignores Range)
   /resume/FILE      the first request is cut at half; a Range request gets the rest (206)
+  /replaced/FILE    ETag "v1", the first request cut at half; then FILE is replaced by replacement[FILE]
+                    (ETag "v2"): a Range request with an If-Range of "v1" gets the whole new file (200),
+                    one without If-Range gets the rest of the new file (206), as a plain server would
   /flaky/FILE       503 twice, then the file
   /slow/FILE        the file in 10 pieces, 0.15 s apart
   /html             an HTML error page with status 200
@@ -33,6 +36,7 @@ UUID = "5d1a3b2c-0000-4000-8000-000000000001"
 class WeightsServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.replacement: dict[str, bytes] = {}  # /replaced/: the file's next version
         self.log: list[tuple[str, str | None]] = []  # (path with query, Range header)
         self._flaky: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -86,6 +90,14 @@ def _handler(server: WeightsServer) -> type[BaseHTTPRequestHandler]:
                 return self._send_range(body)
             if route == "cut":
                 return self._send(body, cut_at=len(body) // 2)
+            if route == "replaced":
+                first = not any(p.startswith("/replaced/") for p, _ in server.log[:-1])
+                if first:
+                    return self._send(body, cut_at=len(body) // 2, etag='"v1"')
+                new = server.replacement[name]
+                if self.headers.get("Range") and self.headers.get("If-Range") in (None, '"v2"'):
+                    return self._send_range(new, etag='"v2"')
+                return self._send(new, etag='"v2"')
             if route == "resume":
                 if self.headers.get("Range"):
                     return self._send_range(body)
@@ -115,20 +127,25 @@ def _handler(server: WeightsServer) -> type[BaseHTTPRequestHandler]:
                     f'Download anyway</a></body></html>')
             return self._send(page.encode(), ctype="text/html", cookie="download_warning_1=TOKEN; Path=/")
 
-        def _send_range(self, body: bytes) -> None:
+        def _send_range(self, body: bytes, etag: str | None = None) -> None:
             rng = self.headers.get("Range")
             if not rng:
-                return self._send(body)
+                return self._send(body, etag=etag)
             start = int(rng.removeprefix("bytes=").split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            if etag:
+                self.send_header("ETag", etag)
             self._body(body[start:], "application/octet-stream")
 
         def _send(self, body: bytes, status: int = 200, ctype: str = "application/octet-stream",
-                  cut_at: int | None = None, pieces: int = 1, pause: float = 0.0, cookie: str | None = None) -> None:
+                  cut_at: int | None = None, pieces: int = 1, pause: float = 0.0, cookie: str | None = None,
+                  etag: str | None = None) -> None:
             self.send_response(status)
             if cookie:
                 self.send_header("Set-Cookie", cookie)
+            if etag:
+                self.send_header("ETag", etag)
             self._body(body, ctype, cut_at, pieces, pause)
 
         def _body(self, body: bytes, ctype: str, cut_at: int | None = None, pieces: int = 1,

@@ -92,10 +92,30 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _open(opener: OpenerDirector, url: str, offset: int) -> http.client.HTTPResponse:
+def validator_path(part: Path) -> Path:
+    """Where the server's validator of a partial file (its strong ETag, else Last-Modified) is kept."""
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(resp: http.client.HTTPResponse) -> str | None:
+    """What identifies this version of the file for a later Range request (If-Range); a weak ETag
+    (W/...) cannot be used there."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+def _open(opener: OpenerDirector, url: str, offset: int, if_range: str | None = None) -> http.client.HTTPResponse:
+    """``if_range``: the validator of the partial file's version: the server sends the rest only if the
+    file is still that version, else the whole new one (a file replaced behind its URL between an
+    interrupted download and its resume must not be joined from two versions; most released weights
+    have no published checksum that would catch it)."""
     headers = {"User-Agent": f"socialfeat/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if if_range:
+            headers["If-Range"] = if_range
     try:
         return opener.open(Request(url, headers=headers), timeout=TIMEOUT_S)
     except HTTPError as e:
@@ -122,8 +142,9 @@ def _read(resp: http.client.HTTPResponse) -> bytes:
 
 def _attempt(opener: OpenerDirector, url: str, part: Path, desc: str, progress: bool) -> None:
     offset = _size(part)
+    kept = validator_path(part)
     try:
-        resp = _open(opener, url, offset)
+        resp = _open(opener, url, offset, kept.read_text().strip() if offset and kept.exists() else None)
     except _StartOver:
         part.unlink()
         raise
@@ -132,7 +153,13 @@ def _attempt(opener: OpenerDirector, url: str, part: Path, desc: str, progress: 
             part.unlink()
             raise _StartOver(f"the server resumed elsewhere than at byte {offset}")
         if offset and resp.status != 206:
-            offset = 0  # no Range support: the whole file again, from the start
+            offset = 0  # no Range support, or the file changed (If-Range): the whole file again, from the start
+        if offset == 0:
+            validator = _validator(resp)
+            if validator:
+                kept.write_text(validator)
+            else:
+                kept.unlink(missing_ok=True)
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         first = _read(resp)

@@ -23,7 +23,7 @@ from typing import Iterator
 from socialfeat.errors import SocialfeatError
 from socialfeat.models.checkpoint import CheckpointError, check_fits
 from socialfeat.models.digest import is_fresh, read_record, sha256_file, write_record
-from socialfeat.models.download import DownloadError, download
+from socialfeat.models.download import DownloadError, download, validator_path
 from socialfeat.models.registry import PretrainedCfg, get_pretrained_cfg
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,11 @@ def _download(cfg: PretrainedCfg, path: Path, progress: bool, supply: str) -> No
         if cfg.sha256 and digest != cfg.sha256:
             raise ChecksumError(f"sha256 {digest} differs from the published {cfg.sha256}")
     except DownloadError as e:
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise WeightsUnavailableError(f"{cfg.name}: could not download {path.name}: {e}; "
                                       f"{_hint(cfg, path, supply)}") from e
     except (CheckpointError, ChecksumError) as e:
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise WeightsUnavailableError(f"{cfg.name}: refused the download of {path.name}, nothing was cached: "
                                       f"{e}") from e
     except OSError as e:  # writing the partial file: a full disk or quota (a 0.7 GB file in a home folder)
@@ -192,6 +192,7 @@ def _download(cfg: PretrainedCfg, path: Path, progress: bool, supply: str) -> No
     try:
         write_record(path, digest, stat_of=part, url=cfg.url)  # first, so whoever sees the file sees its record
         os.replace(part, path)
+        validator_path(part).unlink(missing_ok=True)
     except OSError as e:
         _discard(part)
         raise WeightsUnavailableError(f"{cfg.name}: could not put {path} in place ({_reason(e)}), "
@@ -200,5 +201,7 @@ def _download(cfg: PretrainedCfg, path: Path, progress: bool, supply: str) -> No
 
 
 def _discard(part: Path) -> None:
+    """A partial file and the validator of its version (download.validator_path)."""
     with contextlib.suppress(OSError):
         part.unlink(missing_ok=True)
+        validator_path(part).unlink(missing_ok=True)

@@ -127,6 +127,20 @@ def test_interrupted_download_resumes_with_range(entry, server, blobs, cache):
     assert [r for _, r in server.hits("/resume/")] == [None, f"bytes={len(blobs['tiny.pth']) // 2}-"]
 
 
+def test_a_file_replaced_behind_its_url_is_not_joined_from_two_versions(entry, server, blobs, cache):
+    """The first request is cut at half; before the retry the server's file becomes another checkpoint of
+    the same shapes (nothing but a checksum, which released weights lack, would tell a mix): the resume
+    asks If-Range with the first version's ETag and gets the whole new file, never half of each."""
+    torch.manual_seed(1)
+    new = serialise(create_model("social-mae-tiny").state_dict())
+    assert len(new) == len(blobs["tiny.pth"]) and new != blobs["tiny.pth"]
+    server.replacement["tiny.pth"] = new
+    entry("/replaced/tiny.pth")
+    assert fetch("served-tiny", progress=False).read_bytes() == new
+    assert [r for _, r in server.hits("/replaced/")] == [None, f"bytes={len(new) // 2}-"]
+    assert not any(name.endswith((".part", ".validator")) for name in cached_files(cache))  # nothing left over
+
+
 def test_partial_file_of_a_killed_run_is_resumed(entry, server, blobs, cache):
     entry("/good/tiny.pth")
     half = len(blobs["tiny.pth"]) // 3
