@@ -262,10 +262,19 @@ def segments_for(ref: VideoRef, table: dict[str, list[dict[str, Any]]] | None):
 def fetch_released_weights(model: str, weights: str | Path | None, tasks: list[str], progress: bool) -> None:
     """Download the released weights a run needs before it starts (first use; later runs find them
     cached), with the run's progress setting. A bad ``--tasks`` item fails here, before any work."""
-    from socialfeat.models import list_pretrained
+    from socialfeat.heads import HeadMismatchError
+    from socialfeat.models import get_pretrained_cfg, list_pretrained
     from socialfeat.models.hub import fetch
 
-    if weights is None and model in list_pretrained():
+    backbone = get_pretrained_cfg(model) if weights is None and model in list_pretrained() else None
+    for request in tasks:  # a released task model for another family would be refused once loaded:
+        name, _, path = request.partition("=")  # say so before downloading it (0.7 GB)
+        task = get_pretrained_cfg(released_task_model(name)) if not path else None
+        if task is not None and backbone is not None and task.arch != backbone.arch:
+            raise HeadMismatchError(f"task {name.strip()!r}: {task.name} is a {task.arch} model, the extraction "
+                                    f"model {backbone.name} a {backbone.arch} one: they take other inputs; "
+                                    f"extract with a {task.arch} model for this task")
+    if backbone is not None:
         fetch(model, progress=progress)
     for request in tasks:
         name, _, path = request.partition("=")

@@ -98,3 +98,19 @@ def test_a_task_name_that_cannot_name_its_predictions_is_refused_before_any_work
     assert [p.name for p in build_predictors(net, [f"emo={head}"], torch.device("cpu"))] == ["emo"]
     with pytest.raises(UsageError, match="a task name must be non-empty and without '/'"):
         build_predictors(net, [f"{name}={head}"], torch.device("cpu"))
+
+
+def test_a_released_task_of_another_model_family_is_refused_before_downloading_it(tmp_path, monkeypatch):
+    """--tasks emotion (a Social-MAE model) with a CAV-MAE backbone: refused in one line before the
+    0.7-GB task model (or the backbone) is fetched, not after."""
+    from socialfeat.extract import extract
+    from socialfeat.heads import HeadMismatchError
+
+    fetched = []
+    monkeypatch.setattr("socialfeat.models.hub.fetch", lambda name, **kw: fetched.append(name))
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")  # (found; never opened)
+    with pytest.raises(HeadMismatchError, match=r"task 'emotion': social-mae-emotion is a social-mae model, "
+                                                 r"the extraction model cav-mae-base a cav-mae one"):
+        extract(tmp_path / "videos", tmp_path / "out.h5", model="cav-mae-base", tasks=["emotion"], progress=False)
+    assert fetched == []
