@@ -23,6 +23,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ from socialfeat.store import (
     CLIP_COLUMNS,
     Failure,
     Journal,
+    JournalledVideo,
     SpanResult,
     VideoResult,
     VideoStatus,
@@ -491,12 +493,12 @@ def read_annotations(segments, annotate, refs: list[VideoRef], tiers, keep_empty
     return seg_table, seg_annotations, labels
 
 
-def add_annotation_facts(res: VideoResult, seg_annotations, labels) -> None:
-    """Annotation columns of a video's clips (``--annotate``; computed here, at assembly, so that
-    changing annotations re-embeds nothing) and a warning row for annotations past its end."""
+def add_annotation_facts(res: JournalledVideo, seg_annotations, labels) -> None:
+    """Annotation columns of a video's clips (``--annotate``; computed at assembly, as its clips are
+    read back, so that changing annotations re-embeds nothing) and a warning row for annotations past its end."""
     path = res.video["path"]
     if labels is not None:
-        label_clips(res.clips, labels, path)
+        res.edit_clips = partial(label_clips, annotations=labels, video=path)
     duration = res.video.get("duration_s")
     for found in (seg_annotations, labels):
         if found is None:
@@ -521,14 +523,14 @@ def remove_stale_temporaries(output: Path, journal: Journal, before: float) -> N
 
 
 def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run: str, retry_failed: bool = False
-                   ) -> tuple[dict[int, VideoResult], list, dict[int, str], dict[int, int]]:
+                   ) -> tuple[dict[int, JournalledVideo], list, dict[int, str], dict[int, int]]:
     """Results an earlier run journalled with the same fingerprint (``run``: this run's run_record),
     the jobs left to do (largest file first), each video's fingerprint, and how often each job
     crashed or stalled a worker before. Reused rows get the file's current path (it may have moved:
     same relative path, size and mtime); journalled videos that other settings made are told."""
     run_key = _sha256(run)
     other_runs: list[str] = []  # the run records of journalled videos computed again for other settings
-    results: dict[int, VideoResult] = {}
+    results: dict[int, JournalledVideo] = {}
     fingerprints: dict[int, str] = {}
     strikes: dict[int, int] = {}
     sizes: dict[int, int] = {}
@@ -541,10 +543,10 @@ def reuse_finished(refs: list[VideoRef], seg_table, journal: Journal, run: str, 
         except OSError:
             size, mtime = -1, 0.0
         fingerprints[pos] = video_fingerprint(run_key, ref, segs, size, mtime)
-        done = journal.read(ref.video_id)
+        done = journal.read(ref.video_id, arrays=False)
         if done is not None and done[1] == fingerprints[pos] and not worth_retrying(done[0], retry_failed):
             done[0].video["source_path"] = str(ref.path)
-            results[pos] = done[0]
+            results[pos] = journalled(done[0], journal)
         else:
             strikes[pos] = done[0].strikes if done is not None and done[1] == fingerprints[pos] else 0
             if done is not None and done[0].run != run:
@@ -623,7 +625,13 @@ def largest_first(jobs: list, sizes: dict[int, int]) -> list:
     return sorted(jobs, key=lambda job: (sizes[job[0]] >= 0, -sizes[job[0]]))  # (stable: ties keep their order)
 
 
-def write_output(ordered: list[VideoResult], output: Path, net, predictors: list, settings: dict[str, Any],
+def journalled(res: VideoResult, journal: Journal) -> JournalledVideo:
+    """What the run keeps of a journalled video until the end (its clips and arrays are read back then)."""
+    return JournalledVideo(video=res.video, errors=res.errors, n_clips=len(res.clips),
+                           part=journal.part_path(res.video["video_id"]))
+
+
+def write_output(ordered: list[JournalledVideo], output: Path, net, predictors: list, settings: dict[str, Any],
                  shard: tuple[int, int] | None, inputs: dict[str, Any], command_line: str | None,
                  started: str) -> None:
     """Assemble the journalled videos, in input order, into the output file with its provenance
@@ -639,12 +647,12 @@ def write_output(ordered: list[VideoResult], output: Path, net, predictors: list
                     prediction_labels={p.name: p.meta() for p in predictors})
 
 
-def summarise(ordered: list[VideoResult], output: Path, n_reused: int, n_resumed: int = 0) -> ExtractSummary:
+def summarise(ordered: list[JournalledVideo], output: Path, n_reused: int, n_resumed: int = 0) -> ExtractSummary:
     statuses: dict[str, int] = {}
     for r in ordered:
         statuses[r.video["status"]] = statuses.get(r.video["status"], 0) + 1
     n_failed = sum(v for k, v in statuses.items() if not VideoStatus(k).clean)
-    return ExtractSummary(output=output, n_videos=len(ordered), n_clips=sum(len(r.clips) for r in ordered),
+    return ExtractSummary(output=output, n_videos=len(ordered), n_clips=sum(r.n_clips for r in ordered),
                           n_failed=n_failed, n_reused=n_reused, statuses=statuses, n_resumed=n_resumed)
 
 
@@ -656,7 +664,7 @@ class _Recorder:
     leaving, every write handed over is finished (also on Ctrl-C), and a failed write raises.
     """
 
-    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, VideoResult],
+    def __init__(self, journal: Journal, fingerprints: dict[int, str], results: dict[int, JournalledVideo],
                  strikes: dict[int, int], run: str, bar):
         self.journal, self.fingerprints, self.results, self.bar = journal, fingerprints, results, bar
         self.strikes, self.run = strikes, run
@@ -674,7 +682,7 @@ class _Recorder:
         prior = self.strikes.get(pos, 0)
         res.strikes = prior + 1 if res.failure in (Failure.CRASH, Failure.TIMEOUT) else 0
         res.run = self.run
-        self.results[pos] = res
+        self.results[pos] = journalled(res, self.journal)  # the arrays go with the write, not kept
         for e in res.errors:
             log.warning("%s: %s: %s", one_line(e["path"]), e["stage"], one_line(e["message"]))
         self._raise_failed()

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import h5py
 import numpy as np
@@ -75,6 +75,34 @@ class VideoResult:
     failure: str = ""  # a Failure value, "" when the video is ok (journal only)
     strikes: int = 0  # runs in which it crashed or stalled its worker (journal only)
     run: str = ""  # the record of the run that made it (extract.run_record; journal only)
+
+    def load(self, arrays: bool = True) -> VideoResult:
+        """Itself: results held whole assemble like journalled ones (see JournalledVideo)."""
+        return self
+
+
+@dataclass
+class JournalledVideo:
+    """A finished video as a run keeps it until the end: its videos and errors rows and its clip
+    count. Its clips and arrays stay in its journal part and are read back one video at a time
+    when the output is assembled, so that what a run holds does not grow with its clips."""
+
+    video: dict[str, Any]  # the videos row (may differ from the part's: a reused file's current path)
+    errors: list[dict[str, Any]]  # the errors rows (annotation warnings are added at the end)
+    n_clips: int
+    part: Path  # its journal part (Journal.part_path)
+    edit_clips: Callable[[list[dict[str, Any]]], Any] | None = None  # e.g. annotation columns, at each read
+
+    def load(self, arrays: bool = True) -> VideoResult:
+        """The video's whole result from its part; without ``arrays`` their shapes only, as
+        zero-memory views (what assembly's first pass needs)."""
+        with h5py.File(self.part, "r") as f:
+            clips = json.loads(f.attrs["clips"])
+            embeddings, predictions = _read_arrays(f) if arrays else _array_shapes(f)
+        if self.edit_clips is not None:
+            self.edit_clips(clips)
+        return VideoResult(video=self.video, clips=clips, embeddings=embeddings, predictions=predictions,
+                           errors=self.errors)
 
 
 def _json_default(o):
@@ -148,8 +176,9 @@ class Journal:
                 continue
         return parts
 
-    def read(self, video_id: str) -> tuple[VideoResult, str] | None:
-        """A finished part and its fingerprint, or None when absent or unreadable."""
+    def read(self, video_id: str, arrays: bool = True) -> tuple[VideoResult, str] | None:
+        """A finished part and its fingerprint, or None when absent or unreadable; without
+        ``arrays``, its embeddings and predictions are left empty (not read)."""
         path = self.part_path(video_id)
         if not path.is_file():
             return None
@@ -158,7 +187,8 @@ class Journal:
                 res = VideoResult(video=json.loads(f.attrs["video"]), clips=json.loads(f.attrs["clips"]),
                                   errors=json.loads(f.attrs["errors"]), failure=str(f.attrs.get("failure", "")),
                                   strikes=int(f.attrs.get("strikes", 0)), run=str(f.attrs.get("run", "")))
-                res.embeddings, res.predictions = _read_arrays(f)
+                if arrays:
+                    res.embeddings, res.predictions = _read_arrays(f)
                 return res, str(f.attrs["fingerprint"])
         except (OSError, KeyError, ValueError):
             return None
@@ -179,6 +209,13 @@ def _read_arrays(f: h5py.File) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
             {task: f[f"predictions/{task}"][()] for task in f.get("predictions", {})})
 
 
+def _array_shapes(f: h5py.File) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def shaped(ds: h5py.Dataset) -> np.ndarray:
+        return np.broadcast_to(np.float32(0), ds.shape)
+    return ({kind: shaped(f[f"embeddings/{kind}"]) for kind in f.get("embeddings", {})},
+            {task: shaped(f[f"predictions/{task}"]) for task in f.get("predictions", {})})
+
+
 INT_MISSING = -1  # a missing value of an integer column (the columns are never negative)
 
 
@@ -196,21 +233,54 @@ def _typed_column(values: list[Any], kind: type) -> np.ndarray:
     return np.array(["" if missing(v) else printable(str(v)) for v in values], dtype=object)
 
 
-def _column(values: list[Any], kind: type | None = None) -> np.ndarray:
+def _column(values: list[Any], kind: type | str | None = None) -> np.ndarray:
     """A list of python values -> an HDF5-friendly column (float64, int64, int8 for bools, or UTF-8):
-    of ``kind`` for the format's own columns, else as the values are (extra columns)."""
-    if kind is not None:
+    of ``kind`` for the format's own columns, else as the values are (extra columns; a str kind is
+    what _Inferred found in them, when a column is written in slices)."""
+    if isinstance(kind, type):
         return _typed_column(values, kind)
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+    inferred = kind or _Inferred().add(values).kind(len(values))
+    if inferred == "bool":
         return np.array([int(bool(v)) if v is not None else -1 for v in values], dtype=np.int8)
-    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present) \
-            and len(present) == len(values):
+    if inferred == "int":
         return np.array(values, dtype=np.int64)
-    if present and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                       for v in present):
+    if inferred == "float":
         return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     return np.array(["" if v is None else printable(str(v)) for v in values], dtype=object)
+
+
+def _dtype(kind: type | str) -> np.dtype:
+    dtype = _column([], kind).dtype
+    return STR if dtype == object else dtype
+
+
+class _Inferred:
+    """The kind of an extra column from all its values, gathered batch by batch so that a table
+    written in slices types a column as one written whole would be."""
+
+    def __init__(self):
+        self.n_present, self.bools, self.ints, self.numbers = 0, True, True, True
+
+    def add(self, values) -> _Inferred:
+        for v in values:
+            if v is not None:
+                self.note(v)
+        return self
+
+    def note(self, v: Any) -> None:
+        """One value that is not None."""
+        self.n_present += 1
+        self.bools = self.bools and isinstance(v, (bool, np.bool_))
+        numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        self.ints = self.ints and numeric and isinstance(v, (int, np.integer))
+        self.numbers = self.numbers and numeric
+
+    def kind(self, n_rows: int) -> str:
+        if self.n_present and self.bools:
+            return "bool"
+        if self.n_present and self.ints and self.n_present == n_rows:
+            return "int"
+        return "float" if self.n_present and self.numbers else "str"
 
 
 def printable(text: str) -> str:
@@ -224,19 +294,34 @@ def printable(text: str) -> str:
 
 
 def _write_table(group: h5py.Group, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    _write_table_in_slices(group, lambda: iter([rows]), columns, len(rows))
+
+
+def _write_table_in_slices(group: h5py.Group, batches: Callable[[], Iterator[list[dict[str, Any]]]],
+                           columns: list[str], n_rows: int) -> None:
+    """A table from its rows in batches (``batches()`` gives them again for each pass), never all
+    held: a first pass types the extra columns from all their values, a second writes slices."""
     group.attrs["columns"] = json.dumps(columns)
-    group.attrs["n_rows"] = len(rows)
-    with_missing = []
-    for col in columns:
-        kind = COLUMN_TYPES.get(col)
-        data = _column([r.get(col) for r in rows], kind)
-        if kind is int and (data == INT_MISSING).any():
-            with_missing.append(col)
-        if data.dtype == object:
-            group.create_dataset(col, data=data.astype(STR), dtype=STR)
-        else:
-            group.create_dataset(col, data=data)
-    group.attrs["int_missing"] = json.dumps(with_missing)  # read back as pandas' nullable Int64
+    group.attrs["n_rows"] = n_rows
+    extra = {col: _Inferred() for col in columns if col not in COLUMN_TYPES}
+    if extra:
+        for rows in batches():
+            for r in rows:
+                for col, value in r.items():
+                    if value is not None and col in extra:
+                        extra[col].note(value)
+    kinds = {col: COLUMN_TYPES.get(col) or extra[col].kind(n_rows) for col in columns}
+    datasets = {col: group.create_dataset(col, shape=(n_rows,), dtype=_dtype(kinds[col])) for col in columns}
+    with_missing, start = set(), 0
+    for rows in batches():
+        for col in columns:
+            data = _column([r.get(col) for r in rows], kinds[col])
+            if kinds[col] is int and (data == INT_MISSING).any():
+                with_missing.add(col)
+            if len(data):
+                datasets[col][start:start + len(data)] = data
+        start += len(rows)
+    group.attrs["int_missing"] = json.dumps([c for c in columns if c in with_missing])  # read back as pandas' nullable Int64
 
 
 def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
@@ -264,38 +349,80 @@ COLUMN_TYPES: dict[str, type] = {
     "has_audio": bool}
 
 
-def assemble_output(results: list[VideoResult], output: str | Path, attrs: dict[str, Any],
+class Assembled(Protocol):
+    """A video's share of the output: a VideoResult held whole or a JournalledVideo read back."""
+
+    video: dict[str, Any]
+    errors: list[dict[str, Any]]
+
+    def load(self, arrays: bool = True) -> VideoResult: ...
+
+
+def assemble_output(results: list[Assembled], output: str | Path, attrs: dict[str, Any],
                     embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
     """Write the final HDF5 (atomically, on disk before it takes the name) from per-video
-    results in input order."""
+    results in input order, one video at a time: a first pass reads the clips' columns and the
+    arrays' shapes, a second fills datasets made at their final size, so that peak memory is one
+    video's, not the corpus's."""
     output = Path(output)
     videos = [r.video for r in results]
-    clips = [c for r in results for c in r.clips]
     errors = [e for r in results for e in r.errors]
+    clip_columns, shapes = list(CLIP_COLUMNS), []
+    for r in results:  # first pass: no arrays read
+        res = r.load(arrays=False)
+        for c in res.clips:
+            clip_columns.extend(k for k in c if k not in clip_columns)
+        shapes.append({**{("embeddings", k): a.shape for k, a in res.embeddings.items()},
+                       **{("predictions", t): a.shape for t, a in res.predictions.items()}, "n": len(res.clips)})
+    n_clips = sum(s["n"] for s in shapes)
     with atomic_path(output, fsync=True) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else \
                     printable(value) if isinstance(value, str) else value
-            f.attrs["n_videos"], f.attrs["n_clips"], f.attrs["n_errors"] = len(videos), len(clips), len(errors)
+            f.attrs["n_videos"], f.attrs["n_clips"], f.attrs["n_errors"] = len(videos), n_clips, len(errors)
             f.attrs["embedding_dim"] = embedding_dim
             _write_table(f.create_group("videos"), videos, _columns(videos, VIDEO_COLUMNS))
-            _write_table(f.create_group("clips"), clips, _columns(clips, CLIP_COLUMNS))
+            _write_table_in_slices(f.create_group("clips"), lambda: (r.load(arrays=False).clips for r in results),
+                                   clip_columns, n_clips)
             _write_table(f.create_group("errors"), errors, ERROR_COLUMNS)
             emb = f.create_group("embeddings")
-            for kind in EMBEDDING_KINDS:
-                parts = [r.embeddings[kind] for r in results if kind in r.embeddings and len(r.clips)]
-                data = np.concatenate(parts) if parts else np.zeros((0, embedding_dim), np.float32)
-                emb.create_dataset(kind, data=data.astype(np.float32), chunks=True if len(data) else None)
+            arrays = {("embeddings", kind): _array_dataset(emb, kind, shapes, ("embeddings", kind), embedding_dim,
+                                                           chunked=True) for kind in EMBEDDING_KINDS}
             pred = f.create_group("predictions", track_order=True)  # the --tasks order, not alphabetical
             for task, meta in prediction_labels.items():
-                parts = [r.predictions[task] for r in results if task in r.predictions and len(r.clips)]
-                data = np.concatenate(parts) if parts else np.zeros((0, len(meta["label_names"])), np.float32)
-                ds = pred.create_dataset(task, data=data.astype(np.float32))
+                ds = arrays["predictions", task] = _array_dataset(pred, task, shapes, ("predictions", task),
+                                                                  len(meta["label_names"]), chunked=False)
                 ds.attrs["label_names"] = np.array(meta["label_names"], dtype=object).astype(STR)
                 ds.attrs["task"] = meta["task"]
                 ds.attrs["values"] = meta["values"]
+            _fill_arrays(arrays, results, shapes)
     return output
+
+
+def _array_dataset(group: h5py.Group, name: str, shapes: list[dict], key: tuple[str, str], width: int,
+                   chunked: bool) -> h5py.Dataset:
+    """An embeddings or predictions dataset at its final shape: the rows of the videos with clips
+    that have this array, in order (an empty one is as wide as the format says)."""
+    held = [s[key] for s in shapes if key in s and s["n"]]
+    n_rows = sum(shape[0] for shape in held)
+    width = held[0][1] if held else width
+    return group.create_dataset(name, shape=(n_rows, width), dtype=np.float32,
+                                chunks=True if chunked and n_rows else None)
+
+
+def _fill_arrays(arrays: dict[tuple[str, str], h5py.Dataset], results: list[Assembled], shapes: list[dict]) -> None:
+    """Second pass: each video's arrays read from its part and written at their rows."""
+    starts = dict.fromkeys(arrays, 0)
+    for r, shape in zip(results, shapes):
+        if not shape["n"] or not any(key in shape for key in arrays):
+            continue
+        res = r.load()
+        for (group, name), ds in arrays.items():
+            arr = getattr(res, group).get(name)
+            if arr is not None:
+                ds[starts[group, name]:starts[group, name] + len(arr)] = np.asarray(arr, np.float32)
+                starts[group, name] += len(arr)
 
 
 # ---------------------------------------------------------------- readers
