@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import pandas as pd
 from socialfeat.errors import OutputExistsError, SocialfeatError
 from socialfeat.outputs import claim_output, refuse_foreign_output
 from socialfeat.store import (
-    EMBEDDING_KINDS,
     VideoResult,
     assemble_output,
     differing_keys,
@@ -51,28 +51,49 @@ def _rows(df: pd.DataFrame) -> list[dict]:
     return [{k: py(v) for k, v in row.items()} for row in df.to_dict("records")]
 
 
-def read_results(path: str | Path) -> tuple[list[VideoResult], dict]:
-    """A features file back as per-video results (the journal's unit) plus its prediction metadata."""
+@dataclass
+class ShardVideo:
+    """A video of a shard as merge holds it: its videos and errors rows, and where its clips lie in
+    the shard, read back one video at a time when the merged file is written (store.assemble_output),
+    so that merging shards does not hold the corpus's embeddings."""
+
+    video: dict[str, Any]
+    errors: list[dict[str, Any]]
+    path: Path
+    rows: np.ndarray  # its clips' row numbers in the shard, increasing
+
+    def load(self, arrays: bool = True) -> VideoResult:
+        res = VideoResult(video=self.video, errors=self.errors)
+        if not len(self.rows):
+            return res
+        lo, hi = int(self.rows[0]), int(self.rows[-1]) + 1
+        rows = slice(lo, hi) if hi - lo == len(self.rows) else self.rows  # (a shard writes them together)
+        with h5py.File(self.path, "r") as f:
+            res.clips = _rows(read_table(f["clips"], rows))
+            for group, into in (("embeddings", res.embeddings), ("predictions", res.predictions)):
+                for name, ds in f[group].items():
+                    into[name] = ds[rows] if arrays else np.broadcast_to(np.float32(0), (len(self.rows), ds.shape[1]))
+        return res
+
+
+def read_results(path: str | Path) -> tuple[list[ShardVideo], dict]:
+    """A features file's videos (the journal's unit, clips and arrays left in the file until they are
+    written) plus its prediction metadata."""
     with h5py.File(path, "r") as f:
-        videos, clips, errors = (_rows(read_table(f[g])) for g in ("videos", "clips", "errors"))
-        emb = {k: f["embeddings"][k][()] for k in EMBEDDING_KINDS}
-        preds = {t: f["predictions"][t][()] for t in f["predictions"]}
+        videos, errors = (_rows(read_table(f[g])) for g in ("videos", "errors"))
+        clip_videos = [x.decode() if isinstance(x, bytes) else str(x) for x in f["clips"]["video_id"][()]]
         meta = {t: {"label_names": [x.decode() if isinstance(x, bytes) else str(x) for x in ds.attrs["label_names"]],
                     "task": str(ds.attrs["task"]), "values": str(ds.attrs["values"])}
                 for t, ds in f["predictions"].items()}
     by_video: dict[str, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_video.setdefault(c["video_id"], []).append(i)
-    results = []
-    for v in videos:
-        idx = by_video.get(v["video_id"], [])
-        res = VideoResult(video=v, clips=[clips[i] for i in idx],
-                          errors=[e for e in errors if e["video_id"] == v["video_id"]])
-        if idx:
-            res.embeddings = {k: a[idx] for k, a in emb.items()}
-            res.predictions = {t: a[idx] for t, a in preds.items()}
-        results.append(res)
-    return results, meta
+    for i, video_id in enumerate(clip_videos):
+        by_video.setdefault(video_id, []).append(i)
+    errors_of: dict[str, list[dict]] = {}
+    for e in errors:
+        errors_of.setdefault(e["video_id"], []).append(e)
+    return [ShardVideo(v, errors_of.get(v["video_id"], []), Path(path), np.array(by_video.get(v["video_id"], []),
+                                                                                  dtype=np.int64))
+            for v in videos], meta
 
 
 def check_shards(parts: list[str | Path], attrs: list[dict]) -> None:

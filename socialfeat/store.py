@@ -438,15 +438,16 @@ def check_features_file(path: str | Path) -> None:
         raise UsageError(f"{path}: an HDF5 file, but not one written by socialfeat extract or merge")
 
 
-def read_table(group: h5py.Group) -> pd.DataFrame:
-    """A table group of the format (one dataset per column, order in attrs['columns'])."""
+def read_table(group: h5py.Group, rows: slice | np.ndarray | None = None) -> pd.DataFrame:
+    """A table group of the format (one dataset per column, order in attrs['columns']); ``rows``:
+    those rows only (a slice, or increasing row numbers)."""
     import pandas as pd
 
     cols = json.loads(group.attrs["columns"])
     int_missing = set(json.loads(group.attrs.get("int_missing", "[]")))
     data = {}
     for c in cols:
-        arr = group[c][()]
+        arr = group[c][()] if rows is None else group[c][rows]
         if c in int_missing:
             arr = pd.array([None if x == INT_MISSING else int(x) for x in arr], dtype="Int64")
         elif arr.dtype.kind in ("O", "S"):

@@ -9,6 +9,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 import pytest
 from conftest import SOCIALFEAT, run_cli
 from processes import command_line, descendants, kill
@@ -38,6 +39,25 @@ def test_shards_merge_to_the_single_run(single, corpus, tiny_ckpt, tmp_path):
     proc = run_cli("merge", *parts, "-o", merged)
     assert proc.returncode == 0
     assert_same_output(single, merged, ignore_attrs=IGNORED)
+
+
+def test_merge_holds_a_shards_rows_not_its_embeddings(single):
+    """merge reads a shard's videos and errors, and each video's clips and arrays only when the merged
+    file is written (one video at a time): what it loads is what the file holds at that video's rows."""
+    from socialfeat.merge import read_results
+
+    videos, _ = read_results(single)
+    assert videos and not any(hasattr(v, "embeddings") for v in videos)
+    feats = socialfeat.load_features(single, embeddings="all")
+    columns = [c for c in feats.columns if c.startswith(("joint_", "audio_", "visual_"))]
+    got = [v.load() for v in videos]
+    assert sum(len(r.clips) for r in got) == len(feats)
+    for r in got:
+        mine = feats[feats["video_id"] == r.video["video_id"]]
+        assert [c["clip_index"] for c in r.clips] == mine["clip_index"].tolist()
+        if r.clips:
+            stacked = [r.embeddings[k] for k in ("joint", "audio", "visual")]
+            np.testing.assert_array_equal(np.concatenate(stacked, axis=1), mine[columns].to_numpy())  # (NaN: no audio)
 
 
 def test_merge_refuses_mismatched_shards(corpus, tiny_ckpt, tmp_path):
