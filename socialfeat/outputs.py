@@ -17,6 +17,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -126,13 +127,25 @@ def _lock(output: Path) -> int:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EAGAIN):
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise OutputBusyError(f"{output}: another run is writing it ({holder}); wait for it, or give "
                                   "each run its own -o (in a SLURM array: -o part-${SLURM_ARRAY_TASK_ID}.h5)"
                                   ) from None
         log.warning("%s: cannot lock (%s); two runs given the same output would overwrite each other",
                     path, e.strerror or e)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    me = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+    os.pwrite(fd, me, 0)  # (then cut what a longer earlier line left: never empty in between)
+    os.ftruncate(fd, len(me))
     return fd
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as it wrote it: the holder writes its line just after locking, so a run
+    that finds the lock taken in between waits a moment for the line instead of saying 'unknown'."""
+    for _ in range(50):
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "pid unknown"

@@ -3,12 +3,14 @@ locks belong to the process, so two ``extract`` calls from threads of one notebo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from socialfeat.errors import OutputBusyError
-from socialfeat.outputs import claim_output
+from socialfeat.outputs import claim_output, lock_path
 
 
 def test_a_second_thread_of_the_process_is_refused_and_may_claim_once_released(tmp_path):
@@ -43,3 +45,26 @@ def _try_claim(out) -> bool:
             return True
     except OutputBusyError:
         return False
+
+
+def test_a_run_that_finds_the_lock_just_taken_names_its_holder(tmp_path):
+    """The holder writes its line just after it locks: a run that comes in between waits for the line
+    instead of reporting 'pid unknown' (this made two simultaneous runs' message depend on timing)."""
+    out = tmp_path / "feats.h5"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(lock_path(out))!r}, os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.2)
+os.pwrite(fd, b"pid 4242 on elsewhere\\n", 0)
+time.sleep(5)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputBusyError, match=r"another run is writing it \(pid 4242 on elsewhere\)"):
+            with claim_output(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
