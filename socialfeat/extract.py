@@ -269,19 +269,17 @@ def fetch_released_weights(model: str, weights: str | Path | None, tasks: list[s
     from socialfeat.models.hub import fetch
 
     backbone = get_pretrained_cfg(model) if weights is None and model in list_pretrained() else None
-    for request in tasks:  # a released task model for another family would be refused once loaded:
-        name, _, path = request.partition("=")  # say so before downloading it (0.7 GB)
-        task = get_pretrained_cfg(released_task_model(name)) if not path else None
-        if task is not None and backbone is not None and task.arch != backbone.arch:
-            raise HeadMismatchError(f"task {name.strip()!r}: {task.name} is a {task.arch} model, the extraction "
+    released = [(name.strip(), get_pretrained_cfg(released_task_model(name)))
+                for name, _, path in (request.partition("=") for request in tasks) if not path]
+    for name, task in released:  # one for another family would be refused once loaded: say so before
+        if backbone is not None and task.arch != backbone.arch:  # downloading it (0.7 GB)
+            raise HeadMismatchError(f"task {name!r}: {task.name} is a {task.arch} model, the extraction "
                                     f"model {backbone.name} a {backbone.arch} one: they take other inputs; "
                                     f"extract with a {task.arch} model for this task")
     if backbone is not None:
         fetch(model, progress=progress)
-    for request in tasks:
-        name, _, path = request.partition("=")
-        if not path:
-            fetch(released_task_model(name), progress=progress, supply=f"--tasks {name.strip()}=PATH")
+    for name, task in released:
+        fetch(task.name, progress=progress, supply=f"--tasks {name}=PATH")
 
 
 def extract(inputs: str | Path | list[str | Path], output: str | Path, model: str = DEFAULT_MODEL,

@@ -630,23 +630,33 @@ def damaged_packets(n: int) -> str:
     return f"{n} damaged video packet(s) skipped"
 
 
+def _one_decode_row(errors: list[dict[str, Any]], tail: str, message: str | None
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """``errors`` with the parts' decode-video rows whose message ends in ``tail`` replaced by one row
+    of ``message`` where the first stood (none when ``message`` is None); and that row. Unchanged
+    (and None) when no part wrote such a row."""
+    rows = [e for e in errors if e["stage"] == "decode-video" and e["message"].endswith(tail)]
+    if not rows:
+        return errors, None
+    at = next(i for i, e in enumerate(errors) if e is rows[0])
+    kept = [e for e in errors if not any(e is r for r in rows)]
+    row = None if message is None else dict(rows[0], message=message)
+    if row is not None:
+        kept.insert(at, row)
+    return kept, row
+
+
 def merge_packet_rows(errors: list[dict[str, Any]], status: VideoStatus, decode_errors: int,
                       error: str) -> tuple[list[dict[str, Any]], str]:
     """The parts' 'damaged video packet(s) skipped' rows as decoding the video whole writes them: one
     row with the video's count when it is damaged, none when a worse verdict (truncated) tells of it.
     Returns the rows and the video's error text (which may quote a part's count)."""
     tail = damaged_packets(0)[1:]
-    rows = [e for e in errors if e["stage"] == "decode-video" and e["message"].endswith(tail)]
-    if not rows:
-        return errors, error
-    at = next(i for i, e in enumerate(errors) if e is rows[0])
-    kept = [e for e in errors if not any(e is r for r in rows)]
-    if status is VideoStatus.DAMAGED and decode_errors:
-        row = dict(rows[0], message=damaged_packets(decode_errors))
-        kept.insert(at, row)
-        if error.endswith(tail):
-            error = f"{row['stage']}: {row['message']}"
-    return kept, error
+    damaged = status is VideoStatus.DAMAGED and decode_errors
+    errors, row = _one_decode_row(errors, tail, damaged_packets(decode_errors) if damaged else None)
+    if row is not None and error.endswith(tail):
+        error = f"{row['stage']}: {row['message']}"
+    return errors, error
 
 
 def merge_truncation_rows(errors: list[dict[str, Any]], message: str, error: str
@@ -655,14 +665,8 @@ def merge_truncation_rows(errors: list[dict[str, Any]], message: str, error: str
     after ...': which part ends where the data end depends on how the video was split) as one row of
     the video's own extent, ``message``, as decoding it whole writes it. Returns the rows and the
     video's error text."""
-    tail = " (truncated or damaged file)"
-    rows = [e for e in errors if e["stage"] == "decode-video" and e["message"].endswith(tail)]
-    if not rows:
-        return errors, error
-    at = next(i for i, e in enumerate(errors) if e is rows[0])
-    kept = [e for e in errors if not any(e is r for r in rows)]
-    kept.insert(at, dict(rows[0], message=message))
-    return kept, f"decode-video: {message}"
+    errors, row = _one_decode_row(errors, " (truncated or damaged file)", message)
+    return errors, error if row is None else f"decode-video: {message}"
 
 
 def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:

@@ -370,8 +370,7 @@ def assemble_output(results: list[Assembled], output: str | Path, attrs: dict[st
     clip_columns, shapes = list(CLIP_COLUMNS), []
     for r in results:  # first pass: no arrays read
         res = r.load(arrays=False)
-        for c in res.clips:
-            clip_columns.extend(k for k in c if k not in clip_columns)
+        clip_columns = _columns(res.clips, clip_columns)
         shapes.append({**{("embeddings", k): a.shape for k, a in res.embeddings.items()},
                        **{("predictions", t): a.shape for t, a in res.predictions.items()}, "n": len(res.clips)})
     n_clips = sum(s["n"] for s in shapes)
