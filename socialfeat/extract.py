@@ -22,7 +22,7 @@ import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -574,8 +574,8 @@ def resume_parts(jobs: list, journal: Journal, fingerprints: dict[int, str]
         if not parts:
             continue
         # (the file may have moved since, like a reused video's: same relative path, size and mtime)
-        records = [VideoDone(pos, **dict(p.record, video=dict(p.record["video"], source_path=str(ref.path)),
-                                         span=tuple(p.record["span"]), clip_range=tuple(p.record["clip_range"])))
+        records = [VideoDone(pos, **dict(known(p.record), video=dict(p.record["video"], source_path=str(ref.path)),
+                                         span=tuple(p.record["span"])))
                    for p in parts]
         resumed[pos] = (records, spans_left([r.span for r in records]))
         preloaded[pos] = [(row, {**{k: v[i] for k, v in p.embeddings.items()},
@@ -593,6 +593,13 @@ def part_seconds(done: VideoDone) -> float:
     first, end = done.span
     stop = end * SPAN_SECONDS if end is not None else (done.video.get("decoded_duration_s") or 0.0)
     return max(0.0, stop - first * SPAN_SECONDS)
+
+
+def known(record: dict[str, Any]) -> dict[str, Any]:
+    """A journalled part's record without the fields this version's VideoDone no longer has (an
+    earlier version's ``clip_range``): a job requeued after an upgrade still resumes."""
+    names = {f.name for f in fields(VideoDone)}
+    return {k: v for k, v in record.items() if k in names}
 
 
 def span_record(done: VideoDone) -> dict[str, Any]:
@@ -758,17 +765,15 @@ def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: lis
         for entry in [e for e in waiting.get(pos, []) if e[1] >= e[0].n_clips]:
             done = entry[0]
             waiting[pos].remove(entry)
-            lo, hi = done.clip_range
-            record.part(pos, done, video_result(done, [c for c in encoded.get(pos, []) if lo <= c[0]["clip_index"] < hi],
-                                                task_names))
+            clips = [c for c in encoded.get(pos, []) if done.holds(c[0])]
+            record.part(pos, done, video_result(done, clips, task_names))
 
     def collect(done_items) -> None:
         for item, vecs in done_items:
             encoded.setdefault(item.video_pos, []).append((item.clip, vecs))
             open_clips[item.video_pos] -= 1
             for entry in waiting.get(item.video_pos, []):
-                lo, hi = entry[0].clip_range
-                entry[1] += lo <= item.clip["clip_index"] < hi
+                entry[1] += entry[0].holds(item.clip)
         bar_c.update(len(done_items))
         for pos in [p for p in waiting if waiting[p]]:
             write_parts(pos)
@@ -784,8 +789,7 @@ def _encode_all(items, encoder: BatchEncoder, record: _Recorder, task_names: lis
             failed = done.video["status"] == VideoStatus.ERROR or done.failure in (Failure.TRANSIENT, Failure.CRASH,
                                                                                     Failure.TIMEOUT)
             if not failed:  # (a failed part makes its video an error, which a later run decodes again whole)
-                lo, hi = done.clip_range
-                back = sum(lo <= row["clip_index"] < hi for row, _ in encoded.get(item.video_pos, []))
+                back = sum(done.holds(row) for row, _ in encoded.get(item.video_pos, []))
                 waiting.setdefault(item.video_pos, []).append([done, back])
                 write_parts(item.video_pos)
         else:

@@ -50,10 +50,10 @@ from socialfeat.walk import VideoRef
 
 log = logging.getLogger(__name__)
 RAW_FRAMES_MAX_PIXELS = 1280 * 720  # larger frames: more bytes to move (and to hold in shared memory) than it saves
-# A recording of fixed windows may be decoded in parts (spans of this grid, whole spans to a part) by
-# several workers, so that a long file does not finish last alone (workers.WorkerPool cuts it only when
-# a worker would idle). Audio is decoded in chunks of the same grid whatever the parts (media.AudioStream),
-# so a recording gives the same numbers decoded whole or in parts.
+# A recording of fixed windows or of segments from a file may be decoded in parts (spans of this grid,
+# whole spans to a part) by several workers, so that a long file does not finish last alone
+# (workers.WorkerPool cuts it only when a worker would idle). Audio is decoded in chunks of the same
+# grid whatever the parts (media.AudioStream), so a recording gives the same numbers decoded whole or in parts.
 SPAN_SECONDS = 30.0
 # A long recording decoded by a worker ends its part every CHECKPOINT_SPANS spans (10 minutes of
 # recording) and goes on as a new part: each finished part is journalled (store.Journal.write_span),
@@ -128,8 +128,14 @@ class VideoDone:
     span: tuple[int, int | None] = (0, None)  # the part of the video this record covers (SPAN_SECONDS grid)
     audio_samples: int = 0  # audio samples really decoded in that part (merged into audio_duration_s)
     audio_end: int = 0  # timeline sample after the part's last decoded audio sample (merged into audio_gap_s)
-    clip_range: tuple[int, int] = (0, 0)  # clip_index values [first, end) of the clips this part emitted
     video_duration: float | None = None  # the video stream's own duration (s), once probed (merge_parts' verdict)
+
+    def holds(self, clip: dict[str, Any]) -> bool:
+        """Whether a clip row is one of this part's: the part decodes the clips that start in its spans
+        (VideoRun.own_clips), whatever their order in the plan (segments may overlap)."""
+        first, end = self.span
+        span = span_of(clip["start_s"])
+        return first <= span and (end is None or span < end)
 
 
 @dataclass
@@ -152,21 +158,15 @@ def video_row(ref: VideoRef, status: VideoStatus = VideoStatus.OK, error: str = 
 
 
 class ClipPlan:
-    """The clips of a video, taken from the plan as decoding reaches them.
+    """The clips of a video in the order of their starts, taken from the plan as decoding reaches them
+    (segments, which may overlap and go back in time, come sorted: VideoRun.plan_clips).
 
-    ``bound(ci)`` is a lower bound of the start of clip ``ci`` and of every later clip:
-    frame requests before it can be served, and audio before it can be released. Fixed
-    windows come lazily (their starts increase); segments, which may overlap and go
-    back in time, are all planned at once and bounded by the suffix minima of their starts.
+    ``bound(ci)`` is a lower bound of the start of clip ``ci`` and of every later clip (its own
+    start): frame requests before it can be served, and audio before it can be released.
     """
 
-    def __init__(self, clips: Iterable[Clip], lazy: bool):
-        if lazy:
-            self._source = ((c, c.start) for c in clips)
-        else:
-            clips = list(clips)
-            bounds = list(itertools.accumulate(reversed([c.start for c in clips]), min))[::-1]
-            self._source = iter(zip(clips, bounds))
+    def __init__(self, clips: Iterable[Clip]):
+        self._source = ((c, c.start) for c in clips)
         self.clips: list[Clip] = []
         self.slots: list[int] = []  # frames requested per clip
         self._bounds: list[float] = []
@@ -215,7 +215,6 @@ class VideoRun:
                  stack_frames: bool = True, checkpoint_spans: int | None = None):
         self.pos, self.ref, self.spec, self.plan = pos, ref, spec, plan
         self.checkpoint_spans = checkpoint_spans
-        self.clip_range: tuple[int, int] | None = None  # clip_index values emitted: [first, end)
         self.video_duration: float | None = None  # the video stream's, once probed
         self.stack_frames = stack_frames  # False: decoded frames as a FrameList (a worker's slot takes them)
         self.first, self.end = span
@@ -250,7 +249,7 @@ class VideoRun:
         samples = self.audio.decoded_samples(self.first, self.end) if self.audio is not None else 0
         return VideoDone(self.pos, self.video, self.errors + self.notes, self.n_emitted, self.failure,
                          (self.first, self.end), samples, self.audio.audio_end if self.audio is not None else 0,
-                         self.clip_range or (0, 0), self.video_duration)
+                         self.video_duration)
 
     # ------------------------------------------------------------ the steps
     def items(self, segments: list[dict[str, Any]] | None) -> Iterator[ClipItem | VideoStarted | VideoDone]:
@@ -262,11 +261,10 @@ class VideoRun:
             try:
                 segments = self.segments_to_plan(segments, info.duration)
                 if segments is not False:
-                    clips = iter_clips(self.ref.video_id, info.duration, self.plan.clip_seconds,
-                                       self.plan.hop_seconds, segments)
+                    clips = self.plan_clips(info.duration, segments)
                     if self.splittable:
                         clips = self.own_clips(clips, info.duration)
-                    yield from self.clips_in_order(info, ClipPlan(clips, lazy=segments is None))
+                    yield from self.clips_in_order(info, ClipPlan(clips))
                 self.finish_audio(info)
                 if segments is not False:
                     self.settle_status(info)
@@ -293,11 +291,22 @@ class VideoRun:
                           video_stream=info.video_stream, audio_stream=info.audio_stream if info.has_audio else None)
         return info
 
+    def plan_clips(self, duration: float, segments: list[dict[str, Any]] | None) -> Iterable[Clip]:
+        """The clips in the order of their starts: fixed windows as they come, the pieces of segments
+        sorted (their clip_index stays their place in the segments' order), so that decoding
+        front to back finishes them in turn and a part holds the clips that start in its spans."""
+        clips = iter_clips(self.ref.video_id, duration, self.plan.clip_seconds, self.plan.hop_seconds, segments)
+        return clips if segments is None else sorted(clips, key=lambda c: c.start)
+
     def may_split(self, info: MediaInfo, segments) -> bool:
-        """Whether other workers may take over spans of this video: fixed windows (no segments,
-        speech or face tracks, whose clips depend on what came before), long enough, and keyframes
-        close enough that a part does not decode much before its start."""
-        if segments is not None or self.plan.speech or self.detector is not None:
+        """Whether the video may be decoded in parts (shared by idle workers, journalled every
+        CHECKPOINT_SPANS spans): fixed windows or segments from a file, with a segment inside
+        the video (not detected speech, which needs the whole audio track first, nor face tracks,
+        whose identities depend on what came before); long enough; keyframes close enough that a
+        part does not decode much before its start."""
+        if self.plan.speech or self.detector is not None:
+            return False
+        if segments is not None and not starting_before(segments, info.duration):
             return False
         if info.duration < 2 * SPAN_SECONDS:
             return False
@@ -409,7 +418,7 @@ class VideoRun:
         planner). Segments from a CSV that run past the end are noted with their line; when none
         is left, the verdict says so, and says when the times look like milliseconds."""
         tolerance = TRUNCATION_TOLERANCE_S
-        kept = [seg for seg in segments if seg["start"] < duration - 1e-6]
+        kept = starting_before(segments, duration)
         lines = {"cut": [], "dropped": []}
         for seg in segments:
             if "segment_row" in seg and seg["end"] > duration + tolerance:
@@ -499,10 +508,6 @@ class VideoRun:
         items = self.face_items(clip, end, entries) if self.detector is not None else \
             [self.clip_item(clip, end, entries, {})]
         self.n_emitted += len(items)
-        for item in items:
-            index = item.clip["clip_index"]
-            lo, hi = self.clip_range or (index, index + 1)
-            self.clip_range = (min(lo, index), max(hi, index + 1))
         yield from items
 
     def face_items(self, clip: Clip, end: float, entries: list) -> list[ClipItem]:
@@ -606,6 +611,11 @@ def spans_left(finished: list[tuple[int, int | None]]) -> list[tuple[int, int | 
     return left + [(at, None)]
 
 
+def starting_before(segments: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
+    """The segments that start before the video's end (s)."""
+    return [seg for seg in segments if seg["start"] < duration - 1e-6]
+
+
 def span_of(t: float) -> int:
     """The span of the SPAN_SECONDS grid that time ``t`` (s) lies in."""
     return int(math.floor(t / SPAN_SECONDS + 1e-9))
@@ -702,6 +712,8 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
         if verdict:
             break
     errors = [e for d in parts for e in d.errors]
+    errors = [e for i, e in enumerate(errors) if e["stage"] != "segments" or e not in errors[:i]]  # (every part
+    # reads the whole segments file: its notes on segments past the video's end come once per part)
     if verdict is None and n_clips == 0:
         verdict = (VideoStatus.NO_CLIPS, "plan: no clip could be formed")
         errors.append({"video_id": video["video_id"], "path": video["path"], "stage": "plan",

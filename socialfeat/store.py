@@ -143,7 +143,9 @@ class Journal:
         return sorted(self.dir.glob(f"{video_id}.span-*.h5"))
 
     def write(self, result: VideoResult, fingerprint: str) -> None:
-        """The whole video; its spans' files are then no longer needed."""
+        """The whole video; its spans' files are then no longer needed, unless it failed: its clips are
+        dropped then, and a run that tries it again resumes from its finished parts (a part whose
+        worker crashed or whose read failed in the third hour of a recording costs that part only)."""
         with atomic_path(self.part_path(result.video["video_id"]), fsync=True) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["fingerprint"] = fingerprint
@@ -151,6 +153,8 @@ class Journal:
                 f.attrs["run"] = result.run
                 f.attrs["video"] = json.dumps(result.video, default=_json_default)
                 _write_rows_and_arrays(f, result.clips, result.errors, result.embeddings, result.predictions)
+        if result.video["status"] == VideoStatus.ERROR:
+            return
         for path in self.span_paths(result.video["video_id"]):
             path.unlink(missing_ok=True)
 

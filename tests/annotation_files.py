@@ -151,3 +151,18 @@ def write_textgrid(path: Path, tiers: list[Tier], xmax: float, fmt: str = "long"
     data = (b"\xfe\xff" + text.encode("utf-16-be")) if encoding == "utf-16" else text.encode(encoding)
     path.write_bytes(data)
     return path
+
+
+def overlapping_segments(path: Path) -> Path:
+    """A segments CSV (long.mp4 of 40 s, short.mp4) as a multi-tier annotation gives it: overlapping,
+    out of time order, a long segment cut into pieces, segments across the tests' 4-s span grid, one
+    running past the video's end and one starting after it (each noted once in the errors table)."""
+    path.write_text("video,start,end,label\n"
+                    "long.mp4,30,38,late\n"
+                    "long.mp4,0,20,long-turn\n"
+                    "long.mp4,5,9,overlap\n"
+                    "long.mp4,17.5,26,across\n"
+                    "long.mp4,39,45,tail\n"
+                    "long.mp4,50,55,after\n"
+                    "short.mp4,1,5,short\n")
+    return path

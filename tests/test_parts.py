@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from annotation_files import overlapping_segments
 from media_factory import speech_wav, talking_video
 
 import socialfeat.pipeline as pipeline
@@ -14,7 +15,13 @@ from socialfeat.demo import synthetic_video
 from socialfeat.extract import extract
 from socialfeat.media import AudioStream, probe
 from socialfeat.pipeline import VideoDone, damaged_packets, merge_parts
-from socialfeat.store import VideoStatus, load_errors, load_features, load_videos
+from socialfeat.store import (
+    Journal,
+    VideoStatus,
+    load_errors,
+    load_features,
+    load_videos,
+)
 
 SPAN = 4.0  # s: the tests' grid (30 s in use), so that short test media have many spans
 
@@ -39,8 +46,8 @@ def long_and_short(tmp_path_factory):
     return folder
 
 
-def _run(folder, out, ckpt, workers):
-    extract([folder], out, weights=ckpt, device="cpu", workers=workers, batch_size=2, progress=False)
+def _run(folder, out, ckpt, workers, **kw):
+    extract([folder], out, weights=ckpt, device="cpu", workers=workers, batch_size=2, progress=False, **kw)
     return load_features(out, embeddings="all"), load_videos(out), load_errors(out)
 
 
@@ -60,6 +67,37 @@ def test_a_recording_shared_by_idle_workers_gives_the_same_output_as_decoding_it
              "has_audio", "duration_s"]
     assert shared[1][facts].to_dict("records") == whole[1][facts].to_dict("records")
     assert len(shared[2]) == len(whole[2]) == 0
+
+
+def test_a_recording_with_overlapping_segments_shared_by_idle_workers_gives_the_output_of_decoding_it_whole(
+        long_and_short, tiny_ckpt, tmp_path, monkeypatch, caplog):
+    """Segments from a file are known before decoding: their pieces are decoded in the order of their
+    starts, and a part holds those that start in its spans, so a long annotated recording is shared
+    (and journalled in parts) like fixed windows; clip_index stays the place in the segments' order."""
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    segments = overlapping_segments(tmp_path / "segments.csv")
+    whole = _run(long_and_short, tmp_path / "whole.h5", tiny_ckpt, workers=0, segments=segments)
+    with caplog.at_level(logging.DEBUG, logger="socialfeat.workers"):
+        shared = _run(long_and_short, tmp_path / "shared.h5", tiny_ckpt, workers=3, segments=segments)
+    assert any("go to another worker" in r.getMessage() and r.getMessage().startswith("long.mp4")
+               for r in caplog.records)
+    feats_whole, feats_shared = whole[0], shared[0]
+    long = feats_whole[feats_whole["path"] == "long.mp4"]
+    assert long["clip_index"].tolist() == list(range(len(long))) and len(long) > 15
+    assert not long["start_s"].is_monotonic_increasing  # (overlapping segments: clip_index goes back in time)
+    columns = [c for c in feats_whole.columns if c != "source_path"]
+    assert feats_shared[columns].drop(columns=[c for c in columns if c.startswith(("joint_", "audio_", "visual_"))]
+                                      ).to_dict("records") == \
+        feats_whole[columns].drop(columns=[c for c in columns if c.startswith(("joint_", "audio_", "visual_"))]
+                                  ).to_dict("records")
+    embeddings = [c for c in columns if c.startswith(("joint_", "audio_", "visual_"))]
+    np.testing.assert_array_equal(feats_shared[embeddings].to_numpy(), feats_whole[embeddings].to_numpy())
+    facts = ["path", "status", "n_clips", "decoded_duration_s", "audio_duration_s", "audio_gap_s", "decode_errors",
+             "has_audio", "duration_s"]
+    assert shared[1][facts].to_dict("records") == whole[1][facts].to_dict("records")
+    notes = whole[2][whole[2]["stage"] == "segments"]["message"].tolist()
+    assert len(notes) == 2 and "run past" in notes[0] + notes[1] and "start after" in notes[0] + notes[1]
+    assert shared[2].to_dict("records") == whole[2].to_dict("records")
 
 
 @pytest.mark.parametrize("rate", [16000, 44100, 48000])
@@ -158,11 +196,11 @@ def test_a_truncated_video_tells_its_own_extent_whichever_part_ends_where_the_da
         assert [(e["stage"], e["message"]) for e in merged.errors] == [("decode-video", expected)]
 
 
-def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redoes_it_whole(
-        long_and_short, tiny_ckpt, tmp_path, monkeypatch):
+def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_resumes_from_its_finished_parts(
+        long_and_short, tiny_ckpt, tmp_path, monkeypatch, caplog):
     """The decoding worker of a part (not the first) dies: the recording becomes one error row (its other
     parts' clips dropped, as for a video that failed whole), the short video is unharmed, and a rerun
-    processes the recording again and gives the numbers of decoding it whole."""
+    decodes only the parts that did not finish and gives the numbers of decoding it whole."""
     import os
     import signal
 
@@ -182,8 +220,13 @@ def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_redo
     assert row["status"] == "error" and "killed by SIGKILL" in row["error"] and "the part from" in row["error"]
     assert set(feats["path"]) == {"short.mp4"} and videos.set_index("path").loc["short.mp4", "status"] == "ok"
     assert set(errors["path"]) == {"long.mp4"} and set(errors["stage"]) == {"worker"}  # (a row per part killed)
+    finished = Journal(out).span_paths(row["video_id"])
+    assert [p.name.split(".span-")[1].split("-")[0] for p in finished] == ["0"]  # the first part's file stays
     monkeypatch.setattr(pipeline.VideoRun, "clips_in_order", clips_in_order)
-    feats, videos, _ = _run(long_and_short, out, tiny_ckpt, workers=3)  # the same output file: resumed
+    with caplog.at_level(logging.INFO, logger="socialfeat.extract"):
+        feats, videos, _ = _run(long_and_short, out, tiny_ckpt, workers=3)  # the same output file: resumed
+    assert "resuming 1 recording(s) part-way" in caplog.text
     assert videos["status"].tolist() == ["ok", "ok"]
+    assert not Journal(out).span_paths(row["video_id"])
     embeddings = [c for c in whole[0].columns if c.startswith(("joint_", "audio_", "visual_"))]
     np.testing.assert_array_equal(feats[embeddings].to_numpy(), whole[0][embeddings].to_numpy())

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from annotation_files import overlapping_segments
 from conftest import SOCIALFEAT, run_cli
 from media_factory import talking_video
 
@@ -100,6 +101,37 @@ def test_a_run_cut_off_inside_a_long_recording_resumes_after_its_finished_parts(
     assert resumed[1].sort_values("path")[facts].to_dict("records") == \
         whole[1].sort_values("path")[facts].to_dict("records")
     assert not Journal(out).span_paths(long_id)  # the whole video is journalled: its parts are gone
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_with_overlapping_segments_cut_off_inside_a_long_recording_resumes_after_its_finished_parts(
+        recordings, tiny_ckpt, tmp_path, monkeypatch, workers):
+    """An annotated session (segments from a file, planned before decoding) is journalled in parts too."""
+    monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
+    segments = overlapping_segments(tmp_path / "segments.csv")
+    whole = _run(recordings, tmp_path / "whole.h5", tiny_ckpt, workers=0, segments=segments)
+    monkeypatch.setattr(workers_module, "CHECKPOINT_SPANS", CHECKPOINT)
+    out = tmp_path / "cut.h5"
+    with monkeypatch.context() as m:
+        _counting_encoder(m, stop_after=13)
+        with pytest.raises(KeyboardInterrupt):
+            _run(recordings, out, tiny_ckpt, workers=workers, segments=segments)
+    long_id = whole[1].set_index("path").loc["long.mp4", "video_id"]
+    kept = Journal(out).span_paths(long_id)
+    assert kept, "no finished part of the long recording was journalled"
+
+    seen = _counting_encoder(monkeypatch)
+    resumed = _run(recordings, out, tiny_ckpt, workers=workers, segments=segments)
+    assert seen[0] < len(whole[0])
+    key = ["path", "clip_index"]
+    a, b = whole[0].sort_values(key), resumed[0].sort_values(key)
+    columns = [c for c in a.columns if c != "source_path"]
+    assert b[columns].to_dict("records") == a[columns].to_dict("records")  # (labels, segment rows, vectors)
+    facts = ["path", "status", "n_clips", "decoded_duration_s", "audio_duration_s", "audio_gap_s", "decode_errors",
+             "has_audio", "duration_s"]
+    assert resumed[1].sort_values("path")[facts].to_dict("records") == \
+        whole[1].sort_values("path")[facts].to_dict("records")
+    assert not Journal(out).span_paths(long_id)
 
 
 def test_parts_journalled_under_other_settings_are_not_reused(recordings, tiny_ckpt, tmp_path, monkeypatch, caplog):
