@@ -294,10 +294,18 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
 
 
 # ---------------------------------------------------------------- the loop
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets TORCHELASTIC_RUN_ID in its workers)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 class StopRequest:
     """Ctrl-C and SIGTERM during training are noted, not raised: the trainer acts on them
     between two optimizer steps, where a checkpoint is consistent (weights, optimizer, logs).
-    A second signal gets the handlers that were there before (it stops at once, unsaved).
+    A second signal gets the handlers that were there before (it stops at once, unsaved), except
+    a second SIGTERM under torchrun: at a SLURM time limit every process of the job step gets
+    SIGTERM and torchrun passes its own on, so each worker gets two for one request (torchrun's
+    SIGKILL after its grace period, or Ctrl-C, still stops at once).
     Outside the main thread (the library called from a program's thread) signals stay as they are."""
 
     def __init__(self) -> None:
@@ -313,16 +321,22 @@ class StopRequest:
         self.restore()
 
     def note(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # torchrun's copy of SLURM's SIGTERM (the only handler still ours)
+            return
         self.signum = signum
-        self.restore()
-        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, unsaved)",
-                    signal.Signals(signum).name)
+        torchrun = under_torchrun()
+        self.restore(keep=(signal.SIGTERM,) if torchrun else ())
+        log.warning("%s: stopping after this step to save a checkpoint (%s to stop at once, unsaved)",
+                    signal.Signals(signum).name, "Ctrl-C" if torchrun else "again")
 
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
+    def restore(self, keep: tuple[int, ...] = ()) -> None:
+        """The handlers from before, except those of the signals in ``keep`` (restored later)."""
+        for sig, handler in list(self.previous.items()):
+            if sig in keep:
+                continue
             if handler is not None:
                 signal.signal(sig, handler)
-        self.previous = {}
+            del self.previous[sig]
 
     def requested(self, device: torch.device) -> int | None:
         """The signal that asked to stop (in any process: all stop at the same step), or None."""

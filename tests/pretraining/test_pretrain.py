@@ -353,3 +353,30 @@ def test_resume_from_elsewhere_takes_inputs_keeps_run_length_and_names_ignored_o
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3]
     state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
     assert state["step"] == 3 and state["config"]["lr"] == 1e-3 and state["config"]["inputs"] == [str(moved)]
+
+
+def test_sigterm_repeated_by_torchrun_still_saves_the_step(train_videos, tmp_path):
+    """At a SLURM time limit every process of the job step gets SIGTERM and torchrun passes its own on to
+    its workers, so a worker under torchrun gets SIGTERM twice: the copy stopped it unsaved ('nothing was
+    saved yet'), losing up to --checkpoint-every steps at every requeue. torchrun is stood in for by the
+    variable it sets in its workers' environment (a single process, as a real torchrun run gave the same)."""
+    run = tmp_path / "slurm"
+    # 8-clip batches: a step lasts long enough for the second signal to arrive within it
+    proc = subprocess.Popen([str(SOCIALFEAT), "pretrain", str(train_videos), "--out", str(run), *TINY,
+                             "--batch-size", "8", "--max-steps", "4", "--val-fraction", "0",
+                             "--checkpoint-every", "100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TORCHELASTIC_RUN_ID": "slurm-job"})
+    wait_for(lambda: (run / "train_log.csv").exists() and len(read_log(run)) >= 1, "the run did not start")
+    proc.send_signal(signal.SIGTERM)  # SLURM's
+    for line in proc.stderr:
+        if "SIGTERM: stopping after this step" in line:
+            break
+    proc.send_signal(signal.SIGTERM)  # torchrun's copy
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, stderr
+    steps = len(read_log(run))
+    assert steps < 4, "the run ended before the signals"
+    assert (run / "last.pt").is_file(), stderr
+    assert torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["step"] == steps
+    assert f"step {steps} is saved in" in stderr.strip().splitlines()[-1], stderr
+
