@@ -159,20 +159,43 @@ def restore_model(cfg: PretrainConfig, ckpt_path: Path, given: Collection[str],
 
 @dataclass
 class Data:
-    """Training and validation clips, and how training batches are drawn."""
+    """Training and validation clips, and how training batches are drawn; ``videos`` and
+    ``held_out`` (relative paths) are recorded in each checkpoint for a resumed run."""
 
     train: TrainClips
     val: TrainClips | None
     sampler: GlobalBatchSampler
     steps_per_epoch: int
+    videos: list[str]
+    held_out: list[str]
 
 
-def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int) -> Data:
-    """Find the videos, hold whole videos out for validation, and check that an epoch
-    has at least one optimizer step."""
+def say_changed_videos(found: list[str], recorded: list[str]) -> None:
+    """Warn when a resumed run finds other usable videos than it recorded (recordings added to
+    the folder between two jobs, say): its clips and epochs are not the run's from here on."""
+    new, gone = sorted(set(found) - set(recorded)), sorted(set(recorded) - set(found))
+    if new or gone:
+        def names(paths: list[str]) -> str:
+            return f" ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})" if paths else ""
+
+        log.warning("the videos found differ from the run's: %d new%s, %d gone%s; the clips and the length of an "
+                    "epoch differ from the run's from here on (held-out videos stay held out, new ones train); "
+                    "to train on other videos, start a new run with --init", len(new), names(new), len(gone),
+                    names(gone))
+
+
+def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int,
+               state: dict[str, Any] | None = None) -> Data:
+    """Find the videos, hold whole videos out for validation (those a resumed run's ``state``
+    held out), and check that an epoch has at least one optimizer step."""
     spec = model.info.preprocess
     refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
-    train_videos, val_videos = split_validation(usable_videos(refs, spec), cfg.val_fraction, cfg.seed)
+    usable = usable_videos(refs, spec)
+    recorded = state.get("videos") if state else None  # None: a checkpoint from before videos were recorded
+    if recorded is not None and rank == 0:
+        say_changed_videos([v.ref.relpath for v in usable], recorded)
+    train_videos, val_videos = split_validation(usable, cfg.val_fraction, cfg.seed,
+                                                state.get("held_out") if state else None)
     if not train_videos:
         raise UsageError("no usable training videos (readable, with audio, long enough)")
     noise = "normal" if model.info.family == "social-mae" else "uniform"
@@ -188,7 +211,8 @@ def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int) -> 
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train)} training clips are fewer than one global batch "
                          f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
-    return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch)
+    return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch,
+                [v.ref.relpath for v in usable], [v.ref.relpath for v in val_videos])
 
 
 @dataclass
@@ -514,7 +538,8 @@ class Trainer:
         self.saved_step = self.step
         if self.rank == 0:
             train_state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
-                           "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict()}
+                           "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict(),
+                           "videos": self.data.videos, "held_out": self.data.held_out}
             save_checkpoint(self.model, self.ckpt_path, extra={"train_state": train_state})
         barrier()
 
@@ -542,7 +567,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     resuming = check_run_folder_use(out, resume, overwrite, rank)
     cfg, model, state = restore_model(cfg, ckpt_path, given, rank) if resuming else (cfg, new_model(cfg), None)
     model.to(dev).train()
-    data = build_data(cfg, model, rank, world)
+    data = build_data(cfg, model, rank, world, state)
     opt = build_optimisation(cfg, model, world, data.steps_per_epoch)
     step = restore_optimisation(opt, state)
     prepare_run_folder(out, overwrite, started, rank)

@@ -380,3 +380,24 @@ def test_sigterm_repeated_by_torchrun_still_saves_the_step(train_videos, tmp_pat
     assert torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["step"] == steps
     assert f"step {steps} is saved in" in stderr.strip().splitlines()[-1], stderr
 
+
+def test_resume_after_videos_were_added_keeps_the_held_out_videos_and_says_so(train_videos, tmp_path):
+    """Recordings keep arriving in a corpus folder while a requeued job resumes: the split drawn again
+    over 6 videos instead of 5 moved the held-out video into training (validation then measured a video
+    the model had trained on), silently."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for video in sorted(train_videos.glob("*.mp4")):
+        (corpus / video.name).symlink_to(video)
+    run = tmp_path / "run"
+    common = [*TINY, "--clips-per-video", "2", "--val-fraction", "0.2"]
+    run_cli("pretrain", corpus, "--out", run, *common, "--max-steps", "1")
+    state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
+    held_out = state["held_out"]
+    assert len(held_out) == 1 and len(state["videos"]) == 5
+    (corpus / "speaker_5.mp4").symlink_to(train_videos / "speaker_1.mp4")  # a new recording
+    proc = run_cli("pretrain", corpus, "--out", run, "--resume", "--max-steps", "2", "--no-progress")
+    assert "the videos found differ from the run's: 1 new (speaker_5.mp4), 0 gone" in proc.stderr, proc.stderr
+    state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
+    assert state["step"] == 2 and state["held_out"] == held_out and len(state["videos"]) == 6  # recorded anew
+
