@@ -401,3 +401,26 @@ def test_resume_after_videos_were_added_keeps_the_held_out_videos_and_says_so(tr
     state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
     assert state["step"] == 2 and state["held_out"] == held_out and len(state["videos"]) == 6  # recorded anew
 
+
+def test_a_failed_log_rewrite_on_resume_keeps_the_log(tmp_path, monkeypatch):
+    """A resumed run rewrites its logs up to its checkpoint's step: the file was truncated first, so a
+    rewrite that failed (a full disk or quota, a job killed at that moment) lost the whole log."""
+    from pretraining.run_folder import CsvLog
+
+    path = tmp_path / "train_log.csv"
+    log = CsvLog(path, ["step", "loss"], None)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": step / 10})
+    before = path.read_text()
+
+    def disk_full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError):
+        CsvLog(path, ["step", "loss"], 3)
+    assert path.read_text() == before
+    monkeypatch.undo()
+    CsvLog(path, ["step", "loss"], 3)
+    assert [int(r["step"]) for r in csv.DictReader(open(path))] == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.csv"]  # no temporary left
