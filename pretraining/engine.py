@@ -194,6 +194,11 @@ def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int,
     recorded = state.get("videos") if state else None  # None: a checkpoint from before videos were recorded
     if recorded is not None and rank == 0:
         say_changed_videos([v.ref.relpath for v in usable], recorded)
+    if state and state.get("world", world) != world and rank == 0:  # --batch-size is per process
+        log.warning("this run has %d process(es), the run had %d: the global batch is %d clips instead of %d, so the "
+                    "clips of each step and the length of an epoch (and the learning-rate schedule over it) differ "
+                    "from the run's from here on; resume with %d processes to continue exactly", world,
+                    state["world"], cfg.batch_size * world, cfg.batch_size * state["world"], state["world"])
     train_videos, val_videos = split_validation(usable, cfg.val_fraction, cfg.seed,
                                                 state.get("held_out") if state else None)
     if not train_videos:
@@ -539,7 +544,7 @@ class Trainer:
         if self.rank == 0:
             train_state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
                            "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict(),
-                           "videos": self.data.videos, "held_out": self.data.held_out}
+                           "videos": self.data.videos, "held_out": self.data.held_out, "world": self.world}
             save_checkpoint(self.model, self.ckpt_path, extra={"train_state": train_state})
         barrier()
 

@@ -424,3 +424,18 @@ def test_a_failed_log_rewrite_on_resume_keeps_the_log(tmp_path, monkeypatch):
     CsvLog(path, ["step", "loss"], 3)
     assert [int(r["step"]) for r in csv.DictReader(open(path))] == [1, 2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["train_log.csv"]  # no temporary left
+
+
+def test_resume_with_another_number_of_processes_says_so(train_videos, tmp_path):
+    """--batch-size is per process: a job resubmitted with fewer GPUs resumed with another global batch
+    (other clips per step, another epoch length and schedule) without a word."""
+    run = tmp_path / "run"
+    run_cli("pretrain", train_videos, "--out", run, *TINY, "--clips-per-video", "2", "--max-steps", "1",
+            "--val-fraction", "0")
+    obj = torch.load(run / "last.pt", weights_only=False)
+    assert obj["extra"]["train_state"]["world"] == 1
+    obj["extra"]["train_state"]["world"] = 2  # as a 2-process torchrun run would have saved it
+    torch.save(obj, run / "last.pt")
+    proc = run_cli("pretrain", train_videos, "--out", run, "--resume", "--max-steps", "2", "--no-progress")
+    assert "this run has 1 process(es), the run had 2: the global batch is 4 clips instead of 8" in proc.stderr, \
+        proc.stderr
