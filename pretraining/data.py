@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import av
 import numpy as np
@@ -104,8 +104,13 @@ def usable_videos(refs: list[VideoRef], spec: PreprocessSpec) -> list[TrainVideo
     return out
 
 
-def split_validation(videos: list[TrainVideo], fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out whole videos (never clips of a training video) for validation."""
+def split_validation(videos: list[TrainVideo], fraction: float, seed: int,
+                     held_out: Collection[str] | None = None) -> tuple[list, list]:
+    """Hold out whole videos (never clips of a training video) for validation. ``held_out``: the
+    relative paths a resumed run held out, which stay held out (videos added since train): drawn
+    again over another set of videos, the split would move held-out videos into training."""
+    if held_out is not None and any(v.ref.relpath in held_out for v in videos):
+        return [v for v in videos if v.ref.relpath not in held_out], [v for v in videos if v.ref.relpath in held_out]
     if fraction <= 0 or len(videos) < 2:
         return videos, []
     order = np.random.default_rng([seed, 7]).permutation(len(videos))

@@ -159,20 +159,48 @@ def restore_model(cfg: PretrainConfig, ckpt_path: Path, given: Collection[str],
 
 @dataclass
 class Data:
-    """Training and validation clips, and how training batches are drawn."""
+    """Training and validation clips, and how training batches are drawn; ``videos`` and
+    ``held_out`` (relative paths) are recorded in each checkpoint for a resumed run."""
 
     train: TrainClips
     val: TrainClips | None
     sampler: GlobalBatchSampler
     steps_per_epoch: int
+    videos: list[str]
+    held_out: list[str]
 
 
-def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int) -> Data:
-    """Find the videos, hold whole videos out for validation, and check that an epoch
-    has at least one optimizer step."""
+def say_changed_videos(found: list[str], recorded: list[str]) -> None:
+    """Warn when a resumed run finds other usable videos than it recorded (recordings added to
+    the folder between two jobs, say): its clips and epochs are not the run's from here on."""
+    new, gone = sorted(set(found) - set(recorded)), sorted(set(recorded) - set(found))
+    if new or gone:
+        def names(paths: list[str]) -> str:
+            return f" ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})" if paths else ""
+
+        log.warning("the videos found differ from the run's: %d new%s, %d gone%s; the clips and the length of an "
+                    "epoch differ from the run's from here on (held-out videos stay held out, new ones train); "
+                    "to train on other videos, start a new run with --init", len(new), names(new), len(gone),
+                    names(gone))
+
+
+def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int,
+               state: dict[str, Any] | None = None) -> Data:
+    """Find the videos, hold whole videos out for validation (those a resumed run's ``state``
+    held out), and check that an epoch has at least one optimizer step."""
     spec = model.info.preprocess
     refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
-    train_videos, val_videos = split_validation(usable_videos(refs, spec), cfg.val_fraction, cfg.seed)
+    usable = usable_videos(refs, spec)
+    recorded = state.get("videos") if state else None  # None: a checkpoint from before videos were recorded
+    if recorded is not None and rank == 0:
+        say_changed_videos([v.ref.relpath for v in usable], recorded)
+    if state and state.get("world", world) != world and rank == 0:  # --batch-size is per process
+        log.warning("this run has %d process(es), the run had %d: the global batch is %d clips instead of %d, so the "
+                    "clips of each step and the length of an epoch (and the learning-rate schedule over it) differ "
+                    "from the run's from here on; resume with %d processes to continue exactly", world,
+                    state["world"], cfg.batch_size * world, cfg.batch_size * state["world"], state["world"])
+    train_videos, val_videos = split_validation(usable, cfg.val_fraction, cfg.seed,
+                                                state.get("held_out") if state else None)
     if not train_videos:
         raise UsageError("no usable training videos (readable, with audio, long enough)")
     noise = "normal" if model.info.family == "social-mae" else "uniform"
@@ -188,7 +216,8 @@ def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int) -> 
     if steps_per_epoch == 0:
         raise UsageError(f"{len(train)} training clips are fewer than one global batch "
                          f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
-    return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch)
+    return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch,
+                [v.ref.relpath for v in usable], [v.ref.relpath for v in val_videos])
 
 
 @dataclass
@@ -294,10 +323,18 @@ def validate(objective: PretrainObjective, dataset: TrainClips, batch_size: int,
 
 
 # ---------------------------------------------------------------- the loop
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (it sets TORCHELASTIC_RUN_ID in its workers)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 class StopRequest:
     """Ctrl-C and SIGTERM during training are noted, not raised: the trainer acts on them
     between two optimizer steps, where a checkpoint is consistent (weights, optimizer, logs).
-    A second signal gets the handlers that were there before (it stops at once, unsaved).
+    A second signal gets the handlers that were there before (it stops at once, unsaved), except
+    a second SIGTERM under torchrun: at a SLURM time limit every process of the job step gets
+    SIGTERM and torchrun passes its own on, so each worker gets two for one request (torchrun's
+    SIGKILL after its grace period, or Ctrl-C, still stops at once).
     Outside the main thread (the library called from a program's thread) signals stay as they are."""
 
     def __init__(self) -> None:
@@ -313,16 +350,22 @@ class StopRequest:
         self.restore()
 
     def note(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # torchrun's copy of SLURM's SIGTERM (the only handler still ours)
+            return
         self.signum = signum
-        self.restore()
-        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, unsaved)",
-                    signal.Signals(signum).name)
+        torchrun = under_torchrun()
+        self.restore(keep=(signal.SIGTERM,) if torchrun else ())
+        log.warning("%s: stopping after this step to save a checkpoint (%s to stop at once, unsaved)",
+                    signal.Signals(signum).name, "Ctrl-C" if torchrun else "again")
 
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
+    def restore(self, keep: tuple[int, ...] = ()) -> None:
+        """The handlers from before, except those of the signals in ``keep`` (restored later)."""
+        for sig, handler in list(self.previous.items()):
+            if sig in keep:
+                continue
             if handler is not None:
                 signal.signal(sig, handler)
-        self.previous = {}
+            del self.previous[sig]
 
     def requested(self, device: torch.device) -> int | None:
         """The signal that asked to stop (in any process: all stop at the same step), or None."""
@@ -500,7 +543,8 @@ class Trainer:
         self.saved_step = self.step
         if self.rank == 0:
             train_state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
-                           "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict()}
+                           "scheduler": self.opt.scheduler.state_dict(), "config": self.cfg.to_dict(),
+                           "videos": self.data.videos, "held_out": self.data.held_out, "world": self.world}
             save_checkpoint(self.model, self.ckpt_path, extra={"train_state": train_state})
         barrier()
 
@@ -528,7 +572,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     resuming = check_run_folder_use(out, resume, overwrite, rank)
     cfg, model, state = restore_model(cfg, ckpt_path, given, rank) if resuming else (cfg, new_model(cfg), None)
     model.to(dev).train()
-    data = build_data(cfg, model, rank, world)
+    data = build_data(cfg, model, rank, world, state)
     opt = build_optimisation(cfg, model, world, data.steps_per_epoch)
     step = restore_optimisation(opt, state)
     prepare_run_folder(out, overwrite, started, rank)

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from socialfeat.atomic import stale_temporaries
+from socialfeat.atomic import atomic_path, stale_temporaries
 from socialfeat.errors import OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ def remove_stale_temporaries(out: Path, started: float) -> list[Path]:
 
 
 class CsvLog:
-    """Append-only CSV that, on resume, first drops rows past the resumed step."""
+    """Append-only CSV that, on resume, first drops rows past the resumed step (rewritten
+    atomically: a rewrite that fails, on a full disk say, leaves the run's log whole)."""
 
     def __init__(self, path: Path, columns: list[str], keep_until_step: int | None):
         self.path, self.columns = path, columns
@@ -75,7 +76,7 @@ class CsvLog:
         if keep_until_step is not None and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
-        with open(path, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, columns)
             w.writeheader()
             w.writerows(rows)

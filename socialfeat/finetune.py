@@ -306,6 +306,22 @@ def describe_segments(segs: list[tuple[str, dict[str, Any]]], n: int = 3) -> str
     return text + (f" and {len(segs) - n} more" if len(segs) > n else "")
 
 
+def warn_segments_after_end(late: list[tuple[str, dict[str, Any], float]], n: int = 3) -> None:
+    """Say which labelled segments (path, segment, video duration) start after their video's end: they
+    have no clip, and leaving them out unsaid loses rows (or a whole class) of labels made for a longer
+    version of the recording, or in other units."""
+    if late:
+        text = "; ".join(f"{describe_segments([(path, seg)])}, video {duration:.2f} s"
+                         for path, seg, duration in late[:n])
+        log.warning("%d labelled segment(s) start after the end of their video (%s%s) and are left out: check "
+                    "their times (seconds) and videos", len(late), text,
+                    f" and {len(late) - n} more" if len(late) > n else "")
+
+
+def starts_after_end(seg: dict[str, Any], duration: float) -> bool:
+    return bool(np.isfinite(duration)) and float(seg["start"]) >= duration - 1e-6
+
+
 def labelled_embeddings(df: pd.DataFrame, table: dict[str, list[dict[str, Any]]], labelling: Labelling,
                         emb_cols: list[str], features: str | Path, strict: bool) -> pd.DataFrame:
     """The labels decide: each labelled segment (``table``, keyed by the features file's video paths)
@@ -318,11 +334,14 @@ def labelled_embeddings(df: pd.DataFrame, table: dict[str, list[dict[str, Any]]]
     status = load_videos(features).set_index("path")["status"].astype(str)
     by_video = {path: clips for path, clips in df.groupby("path", sort=False)}
     carried = list(dict.fromkeys(labelling.columns + labelling.group_columns))
-    parts, uncovered, unread = [], [], []
+    parts, uncovered, unread, late = [], [], [], []
     for path, segs in table.items():
         clips = by_video.get(path, df.iloc[:0])
         duration = float(clips["video_duration_s"].iloc[0]) if len(clips) else float("nan")
         for seg in segs:
+            if starts_after_end(seg, duration):
+                late.append((path, seg, duration))
+                continue
             inside = segment_clips(clips, seg, duration)
             if inside is not None:
                 parts.append(inside[["path", "start_s", "end_s", *emb_cols]].assign(**{c: seg[c] for c in carried}))
@@ -330,6 +349,7 @@ def labelled_embeddings(df: pd.DataFrame, table: dict[str, list[dict[str, Any]]]
                 uncovered.append((path, seg))
             else:
                 unread.append((path, seg))
+    warn_segments_after_end(late)
     if unread:
         log.warning("%s: %d labelled segment(s) of videos it could not read (see its errors table) are left "
                     "out: %s", features, len(unread), describe_segments(unread))
@@ -591,7 +611,7 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
     from socialfeat.media import probe as probe_media
     from socialfeat.walk import find_videos
 
-    rows, infos = [], {}
+    rows, infos, late = [], {}, []
     for ref in find_videos(list(inputs)):
         segs = segments_for(ref, table)
         if not segs:
@@ -602,9 +622,11 @@ def labelled_clips(inputs: list[str | Path], table: dict[str, list[dict[str, Any
             log.warning("skipping %s", e)
             continue
         infos[ref.relpath] = info
+        late += [(ref.relpath, seg, info.duration) for seg in segs if starts_after_end(seg, info.duration)]
         for c in plan_video(ref.video_id, info.duration, clip_seconds, None, segs):
             rows.append({"path": ref.relpath, "start_s": c.start, "end_s": c.end, "window_s": c.window,
                          **c.extra})
+    warn_segments_after_end(late)
     if not rows:
         raise UsageError("no labelled clip matches the input videos (check the labels' video column)")
     return pd.DataFrame(rows), infos

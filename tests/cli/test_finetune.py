@@ -325,3 +325,24 @@ def test_full_finetuning_names_a_held_out_fold_it_cannot_read(task_media, tiny_c
                    check=False)
     one_line_error(proc, 1, "held-out fold", "none of its clips could be read (truncated.mp4: ")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_labels_after_the_end_of_a_video_are_named_in_a_warning(sound_probe, task_media, tiny_ckpt, tmp_path):
+    """A labelled segment that starts after its (6 s) video ends has no clip: it was left out without a word
+    (labels made for a longer version of the recording lose rows, or a whole class, silently)."""
+    labels = tmp_path / "late.csv"
+    labels.write_text("video,start,end,sound\nspeech_0.mp4,0,6,speech\nsilence_0.mp4,0,6,silence\n"
+                      "speech_1.mp4,0,6,speech\nsilence_1.mp4,0,6,silence\nspeech_1.mp4,8,12,silence\n")
+    proc = on_features(sound_probe, labels, tmp_path / "p.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 labelled segment(s) start after the end of their video (line 6: speech_1.mp4 8-12 s, video 6.00 s)" \
+        in proc.stderr, proc.stderr
+    root, _, _ = task_media
+    short = tmp_path / "short.csv"  # one 2-s clip per recording: a full finetuning that takes seconds
+    short.write_text("video,start,end,sound\nspeech_0.mp4,0,2,speech\nsilence_0.mp4,0,2,silence\n"
+                     "speech_0.mp4,7,9,silence\n")
+    proc = run_cli("finetune", root, "--task", "sound", "--labels", short, "-o", tmp_path / "m.pt", "--weights",
+                   tiny_ckpt, "--val-fraction", "0.5", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+                   "--no-progress")
+    assert "1 labelled segment(s) start after the end of their video (line 4: speech_0.mp4 7-9 s, video 6.00 s)" \
+        in proc.stderr, proc.stderr

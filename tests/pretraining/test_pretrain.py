@@ -353,3 +353,89 @@ def test_resume_from_elsewhere_takes_inputs_keeps_run_length_and_names_ignored_o
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3]
     state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
     assert state["step"] == 3 and state["config"]["lr"] == 1e-3 and state["config"]["inputs"] == [str(moved)]
+
+
+def test_sigterm_repeated_by_torchrun_still_saves_the_step(train_videos, tmp_path):
+    """At a SLURM time limit every process of the job step gets SIGTERM and torchrun passes its own on to
+    its workers, so a worker under torchrun gets SIGTERM twice: the copy stopped it unsaved ('nothing was
+    saved yet'), losing up to --checkpoint-every steps at every requeue. torchrun is stood in for by the
+    variable it sets in its workers' environment (a single process, as a real torchrun run gave the same)."""
+    run = tmp_path / "slurm"
+    # 8-clip batches: a step lasts long enough for the second signal to arrive within it
+    proc = subprocess.Popen([str(SOCIALFEAT), "pretrain", str(train_videos), "--out", str(run), *TINY,
+                             "--batch-size", "8", "--max-steps", "4", "--val-fraction", "0",
+                             "--checkpoint-every", "100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TORCHELASTIC_RUN_ID": "slurm-job"})
+    wait_for(lambda: (run / "train_log.csv").exists() and len(read_log(run)) >= 1, "the run did not start")
+    proc.send_signal(signal.SIGTERM)  # SLURM's
+    for line in proc.stderr:
+        if "SIGTERM: stopping after this step" in line:
+            break
+    proc.send_signal(signal.SIGTERM)  # torchrun's copy
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, stderr
+    steps = len(read_log(run))
+    assert steps < 4, "the run ended before the signals"
+    assert (run / "last.pt").is_file(), stderr
+    assert torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]["step"] == steps
+    assert f"step {steps} is saved in" in stderr.strip().splitlines()[-1], stderr
+
+
+def test_resume_after_videos_were_added_keeps_the_held_out_videos_and_says_so(train_videos, tmp_path):
+    """Recordings keep arriving in a corpus folder while a requeued job resumes: the split drawn again
+    over 6 videos instead of 5 moved the held-out video into training (validation then measured a video
+    the model had trained on), silently."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for video in sorted(train_videos.glob("*.mp4")):
+        (corpus / video.name).symlink_to(video)
+    run = tmp_path / "run"
+    common = [*TINY, "--clips-per-video", "2", "--val-fraction", "0.2"]
+    run_cli("pretrain", corpus, "--out", run, *common, "--max-steps", "1")
+    state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
+    held_out = state["held_out"]
+    assert len(held_out) == 1 and len(state["videos"]) == 5
+    (corpus / "speaker_5.mp4").symlink_to(train_videos / "speaker_1.mp4")  # a new recording
+    proc = run_cli("pretrain", corpus, "--out", run, "--resume", "--max-steps", "2", "--no-progress")
+    assert "the videos found differ from the run's: 1 new (speaker_5.mp4), 0 gone" in proc.stderr, proc.stderr
+    state = torch.load(run / "last.pt", weights_only=False)["extra"]["train_state"]
+    assert state["step"] == 2 and state["held_out"] == held_out and len(state["videos"]) == 6  # recorded anew
+
+
+def test_a_failed_log_rewrite_on_resume_keeps_the_log(tmp_path, monkeypatch):
+    """A resumed run rewrites its logs up to its checkpoint's step: the file was truncated first, so a
+    rewrite that failed (a full disk or quota, a job killed at that moment) lost the whole log."""
+    from pretraining.run_folder import CsvLog
+
+    path = tmp_path / "train_log.csv"
+    log = CsvLog(path, ["step", "loss"], None)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": step / 10})
+    before = path.read_text()
+
+    def disk_full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError):
+        CsvLog(path, ["step", "loss"], 3)
+    assert path.read_text() == before
+    monkeypatch.undo()
+    CsvLog(path, ["step", "loss"], 3)
+    assert [int(r["step"]) for r in csv.DictReader(open(path))] == [1, 2, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.csv"]  # no temporary left
+
+
+def test_resume_with_another_number_of_processes_says_so(train_videos, tmp_path):
+    """--batch-size is per process: a job resubmitted with fewer GPUs resumed with another global batch
+    (other clips per step, another epoch length and schedule) without a word."""
+    run = tmp_path / "run"
+    run_cli("pretrain", train_videos, "--out", run, *TINY, "--clips-per-video", "2", "--max-steps", "1",
+            "--val-fraction", "0")
+    obj = torch.load(run / "last.pt", weights_only=False)
+    assert obj["extra"]["train_state"]["world"] == 1
+    obj["extra"]["train_state"]["world"] = 2  # as a 2-process torchrun run would have saved it
+    torch.save(obj, run / "last.pt")
+    proc = run_cli("pretrain", train_videos, "--out", run, "--resume", "--max-steps", "2", "--no-progress")
+    assert "this run has 1 process(es), the run had 2: the global batch is 4 clips instead of 8" in proc.stderr, \
+        proc.stderr
