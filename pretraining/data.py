@@ -86,22 +86,26 @@ def collate_readable(samples: list) -> tuple[Any, list[SkippedClip]]:
     return (default_collate(readable) if readable else None), skipped
 
 
-def usable_videos(refs: list[VideoRef], spec: PreprocessSpec) -> list[TrainVideo]:
-    """Videos that can train the model: readable, with audio, at least half a clip long."""
-    out = []
+def usable_videos(refs: list[VideoRef], spec: PreprocessSpec) -> tuple[list[TrainVideo], list[tuple[VideoRef, str]]]:
+    """Videos that can train the model (readable, with audio, at least half a clip long), and the
+    others with the reason each is left out (the run folder's videos.csv lists them)."""
+    out, left_out = [], []
     for ref in refs:
         try:
             info = probe(ref.path)
         except MediaError as e:
+            left_out.append((ref, f"{e.stage}: {e.cause}"))
             log.warning("skipping %s", e)
             continue
         if not info.has_audio:
-            log.warning("skipping %s: no audio track (pretraining needs both modalities)", ref.path)
+            left_out.append((ref, "no audio track (pretraining needs both modalities)"))
         elif info.duration < spec.clip_seconds / 2:
-            log.warning("skipping %s: shorter than half a clip", ref.path)
+            left_out.append((ref, f"shorter than half a clip ({info.duration:.2f} s)"))
         else:
             out.append(TrainVideo(ref, info))
-    return out
+            continue
+        log.warning("skipping %s: %s", ref.path, left_out[-1][1])
+    return out, left_out
 
 
 def split_validation(videos: list[TrainVideo], fraction: float, seed: int,

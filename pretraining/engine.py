@@ -50,10 +50,12 @@ from pretraining.run_folder import (
     SKIPPED_LOG,
     TRAIN_LOG,
     VAL_LOG,
+    VIDEOS_LOG,
     CsvLog,
     check_run_folder,
     clear_previous_run,
     remove_stale_temporaries,
+    write_videos_table,
 )
 from pretraining.schedule import make_scheduler
 from socialfeat.architectures import get_arch_config
@@ -168,6 +170,7 @@ class Data:
     steps_per_epoch: int
     videos: list[str]
     held_out: list[str]
+    left_out: list[tuple[str, str]]  # (relative path, why) of the videos found that cannot train
 
 
 def say_changed_videos(found: list[str], recorded: list[str]) -> None:
@@ -190,7 +193,7 @@ def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int,
     held out), and check that an epoch has at least one optimizer step."""
     spec = model.info.preprocess
     refs = find_videos(cfg.inputs, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
-    usable = usable_videos(refs, spec)
+    usable, left_out = usable_videos(refs, spec)
     recorded = state.get("videos") if state else None  # None: a checkpoint from before videos were recorded
     if recorded is not None and rank == 0:
         say_changed_videos([v.ref.relpath for v in usable], recorded)
@@ -217,7 +220,8 @@ def build_data(cfg: PretrainConfig, model: nn.Module, rank: int, world: int,
         raise UsageError(f"{len(train)} training clips are fewer than one global batch "
                          f"({cfg.batch_size} x {world} processes x {cfg.accum_steps} accumulation steps)")
     return Data(train, clips(val_videos, False) if val_videos else None, sampler, steps_per_epoch,
-                [v.ref.relpath for v in usable], [v.ref.relpath for v in val_videos])
+                [v.ref.relpath for v in usable], [v.ref.relpath for v in val_videos],
+                [(ref.relpath, why) for ref, why in left_out])
 
 
 @dataclass
@@ -577,6 +581,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, o
     step = restore_optimisation(opt, state)
     prepare_run_folder(out, overwrite, started, rank)
     logs = open_logs(out, step if resuming else None, data.val is not None) if rank == 0 else None
+    if rank == 0:
+        write_videos_table(out / VIDEOS_LOG, data.videos, data.held_out, data.left_out)
     Trainer(cfg, model, data, opt, step, logs, ckpt_path, Process(rank, world, dev), progress).run()
     cleanup()
     return ckpt_path

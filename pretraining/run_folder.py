@@ -25,7 +25,8 @@ CHECKPOINT = "last.pt"
 TRAIN_LOG = "train_log.csv"
 VAL_LOG = "val_log.csv"
 SKIPPED_LOG = "skipped.csv"
-RUN_FILES = (CHECKPOINT, TRAIN_LOG, VAL_LOG, SKIPPED_LOG)
+VIDEOS_LOG = "videos.csv"
+RUN_FILES = (CHECKPOINT, TRAIN_LOG, VAL_LOG, SKIPPED_LOG, VIDEOS_LOG)
 
 
 def previous_run_files(out: Path) -> list[str]:
@@ -64,6 +65,19 @@ def remove_stale_temporaries(out: Path, started: float) -> list[Path]:
         path.unlink(missing_ok=True)
         log.warning("removed %s, left by an interrupted checkpoint write", path)
     return stale
+
+
+def write_videos_table(path: Path, videos: list[str], held_out: list[str], left_out: list[tuple[str, str]]) -> None:
+    """Every video found and its part in the run (``train``, ``held_out``, or ``left_out`` with
+    the reason), by relative path: which recordings shaped the weights and which were not used, in
+    a file and not only on stderr. Written at each start (a resumed run may find other videos)."""
+    held = set(held_out)
+    rows = [{"path": p, "role": "held_out" if p in held else "train", "reason": ""} for p in videos]
+    rows += [{"path": p, "role": "left_out", "reason": why} for p, why in left_out]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "role", "reason"])
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["path"]))
 
 
 class CsvLog:

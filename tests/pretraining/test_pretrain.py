@@ -48,6 +48,14 @@ def straight_run(train_videos, tmp_path_factory) -> Path:
     return run
 
 
+def test_the_run_folder_lists_the_videos_trained_on_and_held_out(straight_run, train_videos):
+    roles = {r["path"]: r["role"] for r in read_log(straight_run, "videos.csv")}
+    assert set(roles) == {v.name for v in train_videos.glob("*.mp4")}
+    held = [p for p, role in roles.items() if role == "held_out"]
+    assert len(held) == 1 and torch.load(straight_run / "last.pt", weights_only=False)["extra"]["train_state"][
+        "held_out"] == held
+
+
 def test_every_loss_term_decreases(straight_run):
     rows = read_log(straight_run)
     assert [int(r["step"]) for r in rows] == list(range(1, 33))
@@ -202,6 +210,10 @@ def test_damaged_file_is_skipped_and_training_finishes(train_videos, tmp_path):
     data = (train_videos / "speaker_0.mp4").read_bytes()
     damaged = corpus / "truncated.mp4"  # as media_factory's truncated.mp4: the container promises 8 s
     damaged.write_bytes(data[: len(data) // 3])
+    (corpus / "empty.mp4").write_bytes(b"")
+    (corpus / "notes.mp4").write_text("not a video\n")
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(train_videos / "speaker_0.mp4"), "-an", "-c:v", "copy",
+                    str(corpus / "silent.mp4")], check=True)
     run = tmp_path / "run"
     # 6 videos x 2 clips / batch 4: one epoch of 3 steps reads both clips of the damaged file
     proc = run_cli("pretrain", corpus, "--out", run, *TINY, "--clips-per-video", "2", "--epochs", "1",
@@ -211,6 +223,15 @@ def test_damaged_file_is_skipped_and_training_finishes(train_videos, tmp_path):
     skipped = read_log(run, "skipped.csv")
     assert skipped and {r["path"] for r in skipped} == {str(damaged)}, skipped
     assert proc.stderr.count(f"skipping damaged clips of {damaged}") == 1, proc.stderr
+    # the files left out at the start are in the run folder too, each with its reason
+    roles = {r["path"]: (r["role"], r["reason"]) for r in read_log(run, "videos.csv")}
+    assert {p: role for p, (role, _) in roles.items()} == {
+        **{v.name: "train" for v in train_videos.glob("*.mp4")}, "truncated.mp4": "train",
+        "empty.mp4": "left_out", "notes.mp4": "left_out", "silent.mp4": "left_out"}
+    assert "no audio track" in roles["silent.mp4"][1]
+    assert roles["empty.mp4"][1] and roles["notes.mp4"][1]
+    for name in ("empty.mp4", "notes.mp4", "silent.mp4"):
+        assert proc.stderr.count(name) == 1, proc.stderr
 
 
 def wait_for(condition, what: str, timeout: float = 300) -> None:
