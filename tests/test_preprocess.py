@@ -14,6 +14,8 @@ from PIL import Image
 from tolerance import fbank_error_ratio
 
 from socialfeat import fbank, frames_tensor
+from socialfeat.architectures import get_arch_config
+from socialfeat.model_inputs import pad_frames
 from socialfeat.preprocess import (
     CAV_MAE_SPEC,
     IMAGENET_MEAN,
@@ -94,6 +96,47 @@ def test_frame_transform_tolerance_refuses_wrong_resizes():
                                    ("bicubic", False, [0, 1, 2])]:
         y = torch.nn.functional.interpolate(x, size=(224, 224), mode=mode, antialias=antialias)[0, order]
         assert ((y - mean) / std - d["frame_tensor_from_bgr"]).abs().max() > 1e-2, (mode, antialias, order)
+
+
+@pytest.mark.parametrize("height,width", [(224, 227), (224, 229), (227, 224), (229, 224)])
+def test_cav_mae_centre_crop_offset_is_torchvisions(height, width):
+    """CenterCrop starts at int(round(margin / 2)) (Python's round: halves to even), here 2 for
+    margins 3 and 5 where floor or ceil give 1 or 3. The fixture's margin (298 - 224 = 74) is
+    even and cannot tell. The short side is already 224, so no resize: the values are exact."""
+    long = max(height, width)
+    ramp = np.arange(long, dtype=np.uint8)  # each pixel's index along the long side
+    rgb = np.broadcast_to((ramp[None, :] if width > height else ramp[:, None])[..., None], (height, width, 3))
+    x = frames_tensor(np.ascontiguousarray(rgb)[None], "cav-mae")[0]
+    left = 2
+    assert left == int(round((long - 224) / 2.0))
+    expected = torch.from_numpy(ramp[left:left + 224].astype(np.float32) / 255)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1), torch.tensor(IMAGENET_STD).view(3, 1)
+    along = x[:, 0, :] if width > height else x[:, :, 0]
+    torch.testing.assert_close(along, (expected - mean) / std, atol=1e-6, rtol=0)
+
+
+def test_short_clips_tile_their_frames_like_reference():
+    """Social-MAE's MyDataset: ``imgs.repeat(..., int(8 // T + 1))[..., :8]``, the sequence tiled
+    (not its last frame held, not each frame repeated in place)."""
+    assert pad_frames(list("abc"), 8) == (list("abcabcab"), 5)
+    assert pad_frames(list("a"), 8) == (list("a" * 8), 7)
+    assert pad_frames(list("abcdefghij"), 8) == (list("abcdefgh"), 0)
+
+
+def test_recipes_use_the_reference_lengths_and_frame_counts():
+    """The numbers test_fbank_equals_reference replaces by the fixture's (it runs the shared set's
+    256-frame CAV-MAE crop branch) are the references' own."""
+    d = torch.load(FIXTURES / "socialmae_shared.pt", weights_only=False)
+    # Social-MAE's wav2fbank hard-codes 1024 frames; main_*.py: n_frame = 2 fps * 4 s
+    assert SOCIAL_MAE_SPEC.target_length == d["fbank_target_length"] == 1024
+    assert SOCIAL_MAE_SPEC.num_frames == d["config_finetune"]["n_frame"] == 8
+    assert SOCIAL_MAE_SPEC.clip_seconds == 4.0 and SOCIAL_MAE_SPEC.frame_offset == 0.0
+    # CAV-MAE's egs scripts: target_length 1024 (10.24 s of 10-s clips), one frame from the middle
+    assert CAV_MAE_SPEC.target_length == 1024 and CAV_MAE_SPEC.num_frames == 1
+    for arch, spec in (("cav-mae", CAV_MAE_SPEC), ("social-mae", SOCIAL_MAE_SPEC)):
+        model = get_arch_config(arch)["model"]
+        assert model["audio_length"] == spec.target_length
+        assert model.get("n_frame", 1) == spec.num_frames
 
 
 def test_social_mae_frames_are_bgr():

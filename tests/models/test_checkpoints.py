@@ -22,7 +22,7 @@ from socialfeat.models import (
     load_model,
     save_checkpoint,
 )
-from socialfeat.models.checkpoint import _NoInitialisation, infer_info
+from socialfeat.models.checkpoint import _NoInitialisation, infer_info, strip_prefix
 
 
 class NotATensor:
@@ -51,6 +51,16 @@ def test_official_state_dict_loads_strictly(tmp_path, fname, cls, kind, prefix):
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd[k]), k
     assert len(model.info.sha256) == 64
+
+
+def test_module_prefix_is_removed_only_when_every_key_has_it():
+    """A DataParallel state dict loses its ``module.`` prefix; a dict where only some keys carry
+    it is left as it is (cutting 7 characters off the others would invent keys)."""
+    t = torch.zeros(1)
+    assert strip_prefix({"module.norm.weight": t, "module.modulex": t}) == {"norm.weight": t, "modulex": t}
+    mixed = {"module.norm.weight": t, "norm.bias": t}
+    assert strip_prefix(mixed) == mixed
+    assert strip_prefix({"modules.norm.weight": t}) == {"modules.norm.weight": t}
 
 
 @pytest.mark.parametrize("cls,kwargs", [(SocialMAEFT, {"label_dim": 6}), (SocialMAE, {}),

@@ -10,6 +10,7 @@ index permutations exactly. Every ``cavmae_*.pt`` / ``socialmae_*.pt`` in the fi
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -134,6 +135,42 @@ def test_encode_gives_all_embeddings_in_one_pass(ref):
 
 
 @torch.no_grad()
+def test_encode_tokens_are_the_reference_streams(ref):
+    """``encode(return_tokens=True)`` hands out the reference's token sequences, not only their
+    means: the audio and visual streams are forward_feat's (CAV-MAE fixtures), the joint stream is
+    forward_encoder's unified stream (fixture-checked above) without masking, audio tokens first.
+    A joint stream with the video tokens first has the same mean (the unified blocks carry no
+    position), so the means alone cannot tell; the token order can."""
+    family, d, pre, ft = ref
+    a, v = d["input_audio"], d["input_video"]
+    kinds = ("joint", "audio", "visual") if family == "cav" else ("joint",)  # (no Social-MAE fixture for these)
+    enc = pre.encode(a, v, return_tokens=True, kinds=kinds)
+    if family == "cav":
+        close(enc.tokens["audio"], d["pretrain_forward_feat_audio"], what="audio tokens")
+        close(enc.tokens["visual"], d["pretrain_forward_feat_video"], what="visual tokens")
+        tokens = ft.encode(a, v, return_tokens=True).tokens
+        close(tokens["audio"], d["ft_forward_feat_av_audio"], what="ft audio tokens")
+        close(tokens["visual"], d["ft_forward_feat_av_video"], what="ft visual tokens")
+    n = a.shape[0]
+
+    def in_order(length):  # masking noise that keeps every token in its place
+        return torch.arange(length, dtype=torch.float32).expand(n, length)
+
+    joint = pre.forward_encoder(a, v, 0.0, 0.0, noise_a=in_order(pre.num_audio_tokens),
+                                noise_v=in_order(pre.num_video_tokens))[0]
+    close(enc.tokens["joint"], joint, what="joint tokens")
+
+
+def test_masking_keeps_the_reference_count():
+    """The reference keeps int(L * (1 - ratio)) tokens: rounded down where that is not whole (196
+    tokens at ratio 0.9: 19, not 20). The fixtures' ratio 0.75 gives whole counts and cannot tell."""
+    d = torch.load(FIXTURES / "cavmae_shared.pt", weights_only=False)
+    pre = CAVMAE(**d["config_pretrain"])
+    kept, mask, _ = pre.random_masking(torch.zeros(2, 196, 4), 0.9)
+    assert kept.shape[1] == 19 and (mask.sum(1) == 196 - 19).all()
+
+
+@torch.no_grad()
 def test_forward_feat(ref):
     family, d, pre, ft = ref
     a, v = d["input_audio"], d["input_video"]
@@ -163,6 +200,45 @@ def test_social_mae_tubelet_token_order():
     tokens = pre.patch_embed_v(d["input_video"][:1])[0]
     wrong_order = tokens.view(14, 14, 4, -1).permute(2, 0, 1, 3).reshape(-1, tokens.shape[-1])
     assert model_error(wrong_order[:8], d["patch_embed_v_tokens_sample0"])[0] > 100 * MODEL_REL_RMS
+
+
+def reference_sincos_table(variant: str, dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """The references' pos_embed.py in closed form, float64; rows (h, w) row-major.
+    CAV-MAE (MAE's recipe): channels [sin(w om), cos(w om), sin(h om), cos(h om)], om_i =
+    10000 ** (-i / (D/4)). Social-MAE: [sin(w om), cos(w om)] in both halves, om_i = i / (D/4) / 1000."""
+    q = dim // 4
+    i = torch.arange(q, dtype=torch.float64)
+    omega = 10000.0 ** (-i / q) if variant == "cav-mae" else i / q / 1000
+    h, w = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
+                          indexing="ij")
+    h, w = h.reshape(-1, 1) * omega, w.reshape(-1, 1) * omega
+    second = h if variant == "cav-mae" else w
+    return torch.cat([w.sin(), w.cos(), second.sin(), second.cos()], 1)
+
+
+@pytest.mark.parametrize("fname", FIXTURE_FILES)
+def test_fresh_position_tables_are_the_references(fname):
+    """A model built from scratch starts from the reference's sin-cos tables (the fixtures'
+    weight rule overwrites them, so only this test sees them): audio on the (8, T/16) grid, video
+    on the square grid of side sqrt(tokens) (Social-MAE: 28 x 28 for 784 tubelets). Measured on
+    the shared configurations: float32 rounding <= 3e-8 from the float64 closed form (atol 1e-6);
+    a wrong base (1000 / 10000) or h and w swapped differ by 1.3 - 2, the Social-MAE video table
+    on a (196, 4) space-time grid by 0.023 (its frequencies are small)."""
+    d = torch.load(FIXTURES / fname, weights_only=False)
+    pre_cls, ft_cls = CLASSES[fname.split("_")[0]]
+    variant = "cav-mae" if d["family"] == "cav" else "social-mae"
+    torch.manual_seed(0)
+    for model in (pre_cls(**d["config_pretrain"]), ft_cls(**d["config_finetune"])):
+        side = math.isqrt(model.num_video_tokens)
+        assert side * side == model.num_video_tokens  # the reference's own configurations
+        audio = (128 // 16, d["config_pretrain"]["audio_length"] // 16)  # (frequency, time) patches
+        grids = {"pos_embed_a": audio, "pos_embed_v": (side, side),
+                 "decoder_pos_embed_a": audio, "decoder_pos_embed_v": (side, side)}
+        for name, grid in grids.items():
+            if hasattr(model, name):
+                table = getattr(model, name)[0]
+                expected = reference_sincos_table(variant, table.shape[-1], *grid)
+                torch.testing.assert_close(table.double(), expected, atol=1e-6, rtol=0, msg=name)
 
 
 def test_social_mae_defaults_are_the_released_configuration():
