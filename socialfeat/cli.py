@@ -449,17 +449,35 @@ def finetune(inputs, task, labels, tiers, keep_empty, annotation_map, output, pr
         raise click.UsageError("give the labelled videos (or --probe --features FEATS.h5)")
     if not features:
         weights_to_load(model, weights)
-    with _fatal_errors_as_one_line():
-        metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
-                               tiers=_names(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
-                               probe_only=probe_only, features=features, embedding=embedding,
-                               task_type=task_type, label_columns=_names(label_columns) or None,
-                               group_columns=_names(group_columns), cv=cv, val_fraction=val_fraction,
-                               epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
-                               regression_loss=regression_loss, workers=workers, seed=seed,
-                               overwrite=overwrite, progress=not no_progress)
+    try:
+        with _fatal_errors_as_one_line(), _sigterm_as_interrupt():
+            metrics = run_finetune(list(inputs), labels, output, task, model=model, weights=weights,
+                                   tiers=_names(tiers) or None, keep_empty=keep_empty, annotation_map=annotation_map,
+                                   probe_only=probe_only, features=features, embedding=embedding,
+                                   task_type=task_type, label_columns=_names(label_columns) or None,
+                                   group_columns=_names(group_columns), cv=cv, val_fraction=val_fraction,
+                                   epochs=epochs, lr=lr, head_lr_mult=head_lr_mult, batch_size=batch_size,
+                                   regression_loss=regression_loss, workers=workers, seed=seed,
+                                   overwrite=overwrite, progress=not no_progress)
+    except KeyboardInterrupt as e:
+        _finetune_stopped(e, output, probe_only, features)
     click.echo(json.dumps(json_safe({"held_out": metrics["held_out"], "baseline": metrics["baseline"]}), indent=1,
                           allow_nan=False), err=True)
+
+
+def _finetune_stopped(e: KeyboardInterrupt, output: str, probe_only: bool, features: str | None) -> None:
+    """One line after Ctrl-C / SIGTERM: what a rerun of the same command takes up again; exit 130 / 143."""
+    from socialfeat.finetune_progress import progress_path
+
+    terminated = isinstance(e, Terminated)
+    if not probe_only:
+        kept = f"; every finished epoch is kept ({progress_path(output)}): run the same command again to resume"
+    elif features is None:
+        kept = "; the clips' features extracted so far are kept: run the same command again to resume"
+    else:
+        kept = ""  # (a probe on a features file takes seconds)
+    click.echo(f"\nsocialfeat: {'terminated (SIGTERM)' if terminated else 'interrupted'}{kept}", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 @main.command()

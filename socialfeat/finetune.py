@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import OutputExistsError, SocialfeatError, UsageError
+from socialfeat.finetune_progress import FinetuneProgress, fingerprint
 from socialfeat.heads import TaskHead, fitted_settings, save_head
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
@@ -474,7 +475,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                   workers: int = 0, seed: int = 0) -> dict[str, Any]:
     """Train backbone + head (initialised from the loaded backbone ``base``) on the labelled
     clips (rows of a clips table with targets)."""
-    from pretraining.data import collate_readable
+    from pretraining.data import SkippedClip, collate_readable
     from pretraining.init import copy_matching_weights
     from socialfeat.models import save_checkpoint
     from socialfeat.models.checkpoint import ModelInfo, build_model
@@ -486,13 +487,19 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                                                y.tolist())]
     groups = group_ids(clips, labelling.group_columns)
     skipped = SkippedClips()
+    settings = dict(task=task, labelling=labelling.__dict__, cv=cv, val_fraction=val_fraction, epochs=epochs, lr=lr,
+                    head_lr_mult=head_lr_mult, batch_size=batch_size, regression_loss=regression_loss, seed=seed)
+    progress = FinetuneProgress(output, fingerprint({"weights": base.info.sha256, "rows": rows,
+                                                     "groups": groups.tolist(), "settings": settings}))
+    saved = progress.load()
+    if saved is not None:
+        skipped.clips = {(c["path"], c["start_s"]): SkippedClip(**c) for c in saved["skipped"]}
 
-    def loader(idx: np.ndarray, shuffle: bool) -> DataLoader:
-        """Batches of the clips ``idx``; damaged clips are left out (and recorded)."""
+    def loader(idx: np.ndarray, generator: torch.Generator | None = None) -> DataLoader:
+        """Batches of the clips ``idx``, shuffled with ``generator``; damaged clips are left out (and recorded)."""
         return DataLoader(LabelledClips([rows[i] for i in idx], infos, base.info.preprocess),
-                          batch_size=batch_size, shuffle=shuffle, num_workers=workers, worker_init_fn=worker_init,
-                          collate_fn=collate_readable,
-                          generator=torch.Generator().manual_seed(seed) if shuffle else None)
+                          batch_size=batch_size, shuffle=generator is not None, num_workers=workers,
+                          worker_init_fn=worker_init, collate_fn=collate_readable, generator=generator)
 
     def new_model():
         family_kwargs = model_kwargs(base.info.model_kwargs, "finetune", len(labelling.label_names))
@@ -504,15 +511,25 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
         copy_matching_weights(model, base_weights, "reference")  # encoder weights; a fresh head
         return model
 
-    def train(idx: np.ndarray):
+    def train(idx: np.ndarray, stage: int, folds_done: list[dict[str, Any]]):
+        """The model trained on the clips ``idx``; training ``stage`` of the run (the folds', then the
+        final one) goes on from its saved epoch, and its state is saved after every epoch."""
         model = new_model().train()
         head = [p for n, p in model.named_parameters() if n.startswith("mlp_head.")]
         body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head.") and p.requires_grad]
         opt = torch.optim.Adam([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}],
                                weight_decay=5e-7, betas=(0.95, 0.999))
         crit = loss_fn(labelling.task_type, regression_loss)
-        batches = loader(idx, shuffle=True)
-        for _ in range(epochs):
+        shuffling = torch.Generator().manual_seed(seed)
+        batches = loader(idx, shuffling)
+        first = 0
+        if saved is not None and saved["stage"] == stage and saved["epoch"]:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            shuffling.set_state(saved["shuffling"])
+            torch.set_rng_state(saved["torch_rng"])
+            first = saved["epoch"]
+        for epoch in range(first, epochs):
             for batch, skipped_here in batches:
                 skipped.add(skipped_here)
                 if batch is None:
@@ -522,13 +539,16 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            progress.save({"stage": stage, "epoch": epoch + 1, "folds_done": folds_done, "model": model.state_dict(),
+                           "optimizer": opt.state_dict(), "shuffling": shuffling.get_state(),
+                           "torch_rng": torch.get_rng_state(), "skipped": skipped.records()})
         return model.eval()
 
     def predict(model, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions for the clips of ``idx`` that could be read, and which those are."""
         outputs, read = [], []
         with torch.no_grad():
-            for batch, skipped_here in loader(idx, shuffle=False):
+            for batch, skipped_here in loader(idx):
                 skipped.add(skipped_here)
                 if batch is not None:
                     audio, video, _, position = batch
@@ -539,24 +559,31 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
         return np.concatenate(outputs), np.concatenate(read)
 
     splits = grouped_folds(groups, cv, seed) if cv else [grouped_split(groups, val_fraction, seed)]
-    scores, base_scores, held_out = [], [], []
+    folds_done: list[dict[str, Any]] = saved["folds_done"] if saved is not None else []  # scores, held-out targets
     for fold, (train_idx, test_idx) in enumerate(splits, 1):
-        model = train(train_idx)
+        if fold <= len(folds_done):
+            continue
+        model = train(train_idx, fold - 1, folds_done)
         pred, read = predict(model, test_idx)
         if not len(read):
             raise UnreadableFoldError(unreadable_fold_message(fold, len(splits), clips["path"].to_numpy()[test_idx],
                                                               skipped, infos))
-        held_out.append(y[test_idx][read])
-        scores.append(evaluate(labelling.task_type, held_out[-1], pred, labelling.label_names))
+        truth = y[test_idx][read]
         base_pred = baseline_predictions(labelling.task_type, y[train_idx], len(read), len(labelling.label_names))
-        base_scores.append(evaluate(labelling.task_type, held_out[-1], base_pred, labelling.label_names))
-    final = train(np.arange(len(rows)))
+        folds_done.append({"score": evaluate(labelling.task_type, truth, pred, labelling.label_names),
+                           "baseline": evaluate(labelling.task_type, truth, base_pred, labelling.label_names),
+                           "held_out": truth})
+        progress.save({"stage": fold, "epoch": 0, "folds_done": folds_done, "skipped": skipped.records()})
+    final = train(np.arange(len(rows)), len(splits), folds_done)
+    scores, base_scores = [f["score"] for f in folds_done], [f["baseline"] for f in folds_done]
+    held_out = [f["held_out"] for f in folds_done]
     metrics = {"mode": "full", "task_type": labelling.task_type, "n_clips": len(rows),
                "n_groups": int(len(np.unique(groups))), "folds": len(splits),
                "held_out": summarise(scores), "baseline": summarise(base_scores),
                "skipped_clips": skipped.records()}
     add_single_class_folds(metrics, labelling, held_out)
     save_checkpoint(final, output, extra={"finetuned_from": base.info.sha256, "metrics": metrics})
+    progress.remove()
     return metrics
 
 

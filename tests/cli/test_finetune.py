@@ -346,3 +346,49 @@ def test_labels_after_the_end_of_a_video_are_named_in_a_warning(sound_probe, tas
                    "--no-progress")
     assert "1 labelled segment(s) start after the end of their video (line 4: speech_0.mp4 7-9 s, video 6.00 s)" \
         in proc.stderr, proc.stderr
+
+
+def test_full_finetuning_killed_by_sigterm_resumes_from_its_last_epoch_and_ends_as_if_never_stopped(
+        task_media, tiny_ckpt, tmp_path):
+    """A cluster job at its time limit: SIGTERM once the first epoch is saved, the same command again goes on
+    from there (it does not train from the start) and writes the model and metrics of a run never stopped."""
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from conftest import SOCIALFEAT
+
+    root, sound, _ = task_media
+    labels = tmp_path / "two_speakers.csv"  # (6 of the 12 recordings: a short run)
+    labels.write_text("".join(line for line in sound.read_text().splitlines(keepends=True)
+                              if not line.rstrip().endswith(("s2", "s3"))))
+    args = ["--task", "sound", "--labels", str(labels), "--weights", str(tiny_ckpt), "--group-columns", "speaker",
+            "--val-fraction", "0.5", "--epochs", "2", "--lr", "5e-4", "--batch-size", "6", "--workers", "0",
+            "--no-progress"]
+    straight = tmp_path / "straight.pt"
+    run_cli("finetune", root, "-o", straight, *args)
+
+    model = tmp_path / "cut.pt"
+    progress = Path(str(model) + ".progress.pt")
+    proc = subprocess.Popen([str(SOCIALFEAT), "finetune", str(root), "-o", str(model), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not progress.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert f"every finished epoch is kept ({progress})" in stderr
+    assert progress.exists() and not model.exists()
+    saved = torch.load(progress, weights_only=False)
+    assert (saved["stage"], saved["epoch"]) < (1, 2)  # (stopped before the last training's last epoch)
+
+    again = run_cli("finetune", root, "-o", model, *args)
+    assert f"resuming full finetuning from {progress}: training {saved['stage'] + 1}, {saved['epoch']}" in again.stderr
+    assert not progress.exists()
+    a, b = torch.load(straight, weights_only=False), torch.load(model, weights_only=False)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert metrics_of(model)["held_out"] == metrics_of(straight)["held_out"]
