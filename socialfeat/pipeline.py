@@ -45,7 +45,7 @@ from socialfeat.media import (
 from socialfeat.model_inputs import build_clip_inputs, requested_times
 from socialfeat.preprocess import PreprocessSpec, frames_tensor
 from socialfeat.store import Failure, VideoStatus
-from socialfeat.vad import speech_fraction, speech_regions
+from socialfeat.vad import SpeechDetector, speech_fraction
 from socialfeat.walk import VideoRef
 
 log = logging.getLogger(__name__)
@@ -404,14 +404,30 @@ class VideoRun:
         if self.audio is None:
             self.problem("plan", "no audio to detect speech in", VideoStatus.NO_CLIPS)
             return False
-        audio = self.audio
-        audio.ensure()  # voice activity needs the whole track (held once, 16 kHz mono)
-        self.regions = speech_regions(audio.window(0, audio.cursor), audio.sample_rate,
-                                      self.plan.vad_min_gap, self.plan.vad_min_speech)
+        self.regions = self.detect_speech(self.audio)
         if not self.regions:
             self.problem("plan", "no speech detected", VideoStatus.NO_CLIPS)
             return False
         return [{"start": a, "end": b} for a, b in self.regions]
+
+    def detect_speech(self, audio: AudioStream) -> list[tuple[float, float]]:
+        """Speech regions of the whole track (voice activity needs all of it before any clip is planned),
+        from a decoding pass of its own that keeps the detector's probabilities, not the track: the
+        clips' audio is then decoded again as they need it (``audio``, untouched here)."""
+        track = AudioStream(audio.info, audio.sample_rate, chunk_seconds=audio.chunk_seconds)
+        detector = SpeechDetector()
+        try:
+            at = 0
+            while True:
+                track.ensure(at + int(SPAN_SECONDS * track.sample_rate))
+                if track.cursor <= at:
+                    break
+                detector.feed(track.window(at, track.cursor))
+                at = track.cursor
+                track.release(at)
+        finally:
+            track.close()
+        return detector.regions(self.plan.vad_min_gap, self.plan.vad_min_speech)
 
     def within_video(self, segments: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
         """Segments that start before the video's end (those running past it are cut there by the
