@@ -159,13 +159,17 @@ def own_duration(container, video, streams: list, duration: float) -> float:
     """The video stream's own duration, what its decoded extent is held against: the stream's stated
     one when the streams' stated ends account for the container's (a camera that stopped before
     the microphone), else the container's (a header that claims more than any track holds, or a
-    stream that states none)."""
+    stream that states none). A stream lasts at most from its start to the container's end: ffmpeg's
+    Matroska muxer tags a track with where it ends, not how long it lasts, so a picture that starts
+    after the sound would otherwise be held against more than it holds (and called truncated)."""
     stated = stream_duration(video)
     ends = [stream_start(s) + d for s in streams if (d := stream_duration(s)) is not None]
     if stated is None or not ends:
         return duration
     container_end = (container.start_time or 0) / av.time_base + duration
-    return stated if container_end <= max(ends) + TRUNCATION_TOLERANCE_S else duration
+    if container_end > max(ends) + TRUNCATION_TOLERANCE_S:
+        return duration
+    return min(stated, container_end - stream_start(video))
 
 
 def stream_start(stream) -> float:
@@ -174,7 +178,8 @@ def stream_start(stream) -> float:
 
 def stream_duration(stream) -> float | None:
     """A stream's own duration (s) as the container states it: MP4/MOV for every track, Matroska
-    and WebM as a DURATION tag (ffmpeg writes one per track); None when it states none (MPEG-TS)."""
+    and WebM as a DURATION tag (ffmpeg writes one per track: where the track ends, which own_duration
+    bounds); None when it states none (MPEG-TS)."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)

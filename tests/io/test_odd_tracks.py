@@ -59,6 +59,25 @@ def test_audio_gap_is_how_much_earlier_than_the_picture_the_audio_ends(source, t
     assert row["status"] == "ok" and row["audio_gap_s"] == 0.0 and row["audio_duration_s"] < 8.5
 
 
+@pytest.mark.parametrize("container", ["mkv", "webm"])
+def test_a_matroska_picture_that_starts_after_the_sound_is_not_truncation(source, tmp_path, container):
+    # ffmpeg's Matroska muxer tags each track with the time its last frame ends (DURATION), not with
+    # how long the track lasts: the picture starting 3 s late is tagged 15 s, but it holds 12 s
+    late_picture = tmp_path / f"video_late.{container}"
+    codecs = ["-c", "copy"] if container == "mkv" else ["-c:v", "libvpx", "-deadline", "realtime",
+                                                        "-cpu-used", "8", "-c:a", "libopus"]
+    ffmpeg("-itsoffset", "3", "-i", str(source), "-i", str(source), "-map", "0:v", "-map", "1:a", *codecs,
+           str(late_picture))
+    row = verdict(late_picture)
+    assert row["status"] == "ok" and row["error"] == "" and row["n_clips"] == 6
+    assert row["decoded_duration_s"] == pytest.approx(12.0, abs=0.05)
+    assert row["audio_gap_s"] == pytest.approx(3.0, abs=0.1)
+    cut = tmp_path / f"cut.{container}"  # half of it: still truncated, against the picture's 12 s
+    cut.write_bytes(late_picture.read_bytes()[: late_picture.stat().st_size // 2])
+    row = verdict(cut)
+    assert row["status"] == "truncated" and "of 12.0" in row["error"]
+
+
 def test_a_truncated_file_is_still_truncated(source, tmp_path):
     cut = tmp_path / "cut.mp4"
     data = source.read_bytes()
