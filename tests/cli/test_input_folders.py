@@ -1,0 +1,75 @@
+"""Input folders as labs keep them: sessions linked in from elsewhere (a link that points back up
+included), a folder the run may not read, a Matroska recording whose picture starts after its
+sound; through the real CLI, results read back from HDF5."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import SOCIALFEAT
+from media_factory import talking_video
+
+import socialfeat
+
+
+def _as_permissions_say() -> list[str]:
+    """A command prefix under which root too is refused what file permissions refuse (root reads a
+    mode-000 folder otherwise); none for another user."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "the tests run as root: setpriv (util-linux) is needed to drop root's permission override"
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+@pytest.fixture(scope="module")
+def lab_tree(tiny_ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("lab")
+    source = talking_video(base / "source.mp4", seconds=6.0, size="160x120")
+    project, elsewhere = base / "project", base / "storage" / "site2"
+    (project / "site1").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    shutil.copy(source, project / "site1" / "a.mp4")
+    # the picture starts 2 s after the sound (ffmpeg's Matroska muxer: DURATION tags say where tracks end)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-itsoffset", "2", "-i", str(source), "-i", str(source),
+                    "-map", "0:v", "-map", "1:a", "-c", "copy", str(elsewhere / "late picture.mkv")], check=True)
+    (project / "site2").symlink_to(elsewhere, target_is_directory=True)  # a session folder linked in
+    (elsewhere / "up").symlink_to(project, target_is_directory=True)  # a link back up: a loop
+    locked = project / "locked"
+    locked.mkdir()
+    shutil.copy(source, locked / "b.mp4")
+    locked.chmod(0)
+    out = base / "feats.h5"
+    try:
+        proc = subprocess.run([*_as_permissions_say(), str(SOCIALFEAT), "extract", str(project), "-o", str(out),
+                               "--weights", str(tiny_ckpt), "--workers", "1", "--no-progress"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        locked.chmod(0o755)
+    assert out.exists(), proc.stderr
+    return out, proc
+
+
+def test_linked_folders_are_walked_once_even_through_a_loop(lab_tree):
+    out, proc = lab_tree
+    videos = socialfeat.load_videos(out).set_index("path")
+    # every video once, under the path it has in the project (the loop does not add project/site2/up/...)
+    assert sorted(videos.index) == ["site1/a.mp4", "site2/late picture.mkv"], proc.stderr
+    assert set(socialfeat.load_features(out).path) == set(videos.index)
+
+
+def test_a_folder_that_cannot_be_read_is_named(lab_tree):
+    out, proc = lab_tree
+    line = next((ln for ln in proc.stderr.splitlines() if "could not be read" in ln), "")
+    assert "locked" in line and "Permission denied" in line, proc.stderr
+
+
+def test_a_matroska_picture_that_starts_after_the_sound_is_ok(lab_tree):
+    out, proc = lab_tree
+    assert proc.returncode == 0, proc.stderr
+    row = socialfeat.load_videos(out).set_index("path").loc["site2/late picture.mkv"]
+    assert row.status == "ok" and row.n_clips == 3 and row.audio_gap_s == pytest.approx(2.0, abs=0.1)
