@@ -334,6 +334,7 @@ class AudioStream:
                                  stream=stream, backward=True)
         self._resampler = av.AudioResampler(format="fltp", layout=layout or stream.codec_context.layout.name,
                                             rate=self.sample_rate)
+        self._setup: tuple[str, str, int] | None = None  # (format, layout, rate) of the frames it takes
         self._time_base: tuple[int, int] | None = None
         self._packets = self._container.demux(stream)
         if self.chunk_samples:
@@ -385,6 +386,19 @@ class AudioStream:
             self.inner_gap_samples += to - self.cursor
         self.cursor = to
 
+    def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        """``frame`` at the model's rate. Sound whose rate or layout changes midway (a broadcast, a
+        camcorder's files joined into one MPEG-TS) gets a fresh resampler from the change on: PyAV's
+        refuses such a frame (the video was an error), or hands it on unconverted when it was set up
+        as a passthrough (a first part already at the model's rate: the rest was garbled)."""
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self._setup is not None and setup != self._setup:
+            self._take(self._resampler.resample(None))
+            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=self.sample_rate)
+            self._time_base = None
+        self._setup = setup
+        return self._resampler.resample(frame)
+
     def _take(self, frames) -> None:
         for out in frames:
             if self._time_base is None:  # the resampler's, the same for all its frames (read once: a Fraction
@@ -424,7 +438,7 @@ class AudioStream:
             self.decode_errors += 1
             return
         for frame in frames:
-            self._take(self._resampler.resample(frame))
+            self._take(self._resample(frame))
 
     def _at_chunk_end(self) -> bool:
         return (self._decoder_end is not None and self.cursor >= self._decoder_end
