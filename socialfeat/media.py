@@ -87,12 +87,15 @@ class MediaInfo:
 
 
 def _open(path: Path):
+    """The container; a file that cannot be read (permissions, a share gone) is not called a bad
+    media file: the cure is elsewhere, and a rerun tries it again."""
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise MediaError(path, "open", f"not a readable media file ({e.__class__.__name__}: "
-                                       f"{getattr(e, 'strerror', None) or e})",
-                         in_file=not isinstance(e, OSError)) from None
+        cause = f"{e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"
+        if isinstance(e, OSError):
+            raise MediaError(path, "open", f"cannot be read ({cause})", in_file=False) from None
+        raise MediaError(path, "open", f"not a readable media file ({cause})") from None
 
 
 def probe(path: str | Path) -> MediaInfo:

@@ -1,5 +1,5 @@
 """Input folders as labs keep them: sessions linked in from elsewhere (a link that points back up
-included), a folder the run may not read, a Matroska recording whose picture starts after its
+included), a folder and a file the run may not read, a Matroska recording whose picture starts after its
 sound, a broadcast recording whose sound changes layout midway; through the real CLI, results read
 back from HDF5."""
 
@@ -52,6 +52,9 @@ def lab_tree(tiny_ckpt, tmp_path_factory):
     locked.mkdir()
     shutil.copy(source, locked / "b.mp4")
     locked.chmod(0)
+    unreadable = project / "site1" / "no access.mp4"  # a file the run may not read
+    shutil.copy(source, unreadable)
+    unreadable.chmod(0)
     out = base / "feats.h5"
     try:
         proc = subprocess.run([*_as_permissions_say(), str(SOCIALFEAT), "extract", str(project), "-o", str(out),
@@ -59,6 +62,7 @@ def lab_tree(tiny_ckpt, tmp_path_factory):
                               capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(0o755)
+        unreadable.chmod(0o644)
     assert out.exists(), proc.stderr
     return out, proc
 
@@ -67,8 +71,9 @@ def test_linked_folders_are_walked_once_even_through_a_loop(lab_tree):
     out, proc = lab_tree
     videos = socialfeat.load_videos(out).set_index("path")
     # every video once, under the path it has in the project (the loop does not add project/site2/up/...)
-    assert sorted(videos.index) == ["site1/a.mp4", "site1/broadcast.ts", "site2/late picture.mkv"], proc.stderr
-    assert set(socialfeat.load_features(out).path) == set(videos.index)
+    assert sorted(videos.index) == ["site1/a.mp4", "site1/broadcast.ts", "site1/no access.mp4",
+                                    "site2/late picture.mkv"], proc.stderr
+    assert set(socialfeat.load_features(out).path) == set(videos.index) - {"site1/no access.mp4"}
 
 
 def test_a_folder_that_cannot_be_read_is_named(lab_tree):
@@ -77,9 +82,17 @@ def test_a_folder_that_cannot_be_read_is_named(lab_tree):
     assert "locked" in line and "Permission denied" in line, proc.stderr
 
 
+def test_a_file_that_cannot_be_read_says_so(lab_tree):
+    out, proc = lab_tree
+    assert proc.returncode == 3  # finished, one input could not be used
+    row = socialfeat.load_videos(out).set_index("path").loc["site1/no access.mp4"]
+    # the file's permissions, not its content: a rerun tries it again
+    assert row.status == "error" and row.error == "open: cannot be read (PermissionError: Permission denied)"
+    assert "no access.mp4: open: cannot be read" in proc.stderr
+
+
 def test_a_matroska_picture_that_starts_after_the_sound_is_ok(lab_tree):
     out, proc = lab_tree
-    assert proc.returncode == 0, proc.stderr
     row = socialfeat.load_videos(out).set_index("path").loc["site2/late picture.mkv"]
     assert row.status == "ok" and row.n_clips == 3 and row.audio_gap_s == pytest.approx(2.0, abs=0.1)
 
