@@ -259,12 +259,15 @@ def channel_layout(codec_context) -> tuple[str, int]:
 
 
 def native_layout(codec_context, path: str) -> str | None:
-    """A named layout with the track's channel count for a track whose own layout has no name
-    (see channel_layout); None for every other track. Frames decoded with a custom layout
+    """A named layout with the track's channel count for a track whose own layout is in a custom
+    order (see channel_layout); None for every other track. Frames decoded with a custom layout
     crash PyAV the same way, so those tracks are decoded by a context of ours that carries the
-    named layout instead: the same samples, and only the first channel is used (the reference's)."""
+    named layout instead: the same samples, and only the first channel is used (the reference's).
+    A layout of no stated order ("2 channels": WMA, PCM in MXF) has no channel map to free twice
+    and is decoded as it is: a context of ours cannot open every decoder (WMA needs the stream's
+    block size), and each of its packets then failed."""
     described, n = channel_layout(codec_context)
-    if "channels" not in described:
+    if "channels" not in described or described == f"{n} channels":
         return None
     if n not in DEFAULT_LAYOUTS:
         raise MediaError(path, "decode-audio", f"{described}: an audio layout socialfeat cannot decode")
