@@ -131,7 +131,7 @@ def probe(path: str | Path) -> MediaInfo:
         durations = [s.duration * s.time_base for s in c.streams if s.duration and s.time_base]
         duration = float(c.duration / av.time_base) if c.duration else float(max(durations, default=0.0))
         video_duration = own_duration(c, vs, [s for s in (vs, a) if s is not None], duration)
-        fps = float(vs.average_rate) if vs.average_rate else 0.0
+        fps = frame_rate(vs)
         a_start = float(a.start_time * a.time_base) if a is not None and a.start_time is not None else first_time
         return MediaInfo(path=str(path), size_bytes=st.st_size, mtime=st.st_mtime, duration=duration,
                          video_duration=video_duration,
@@ -140,6 +140,15 @@ def probe(path: str | Path) -> MediaInfo:
                          audio_stream=a.index if a is not None else -1, audio_start=a_start,
                          audio_sample_rate=a.codec_context.sample_rate if a is not None else 0,
                          audio_channels=channel_layout(a.codec_context)[1] if a is not None else 0)
+
+
+def frame_rate(stream) -> float:
+    """The average frame rate, at most the stream's base rate (the lowest rate that represents its
+    timestamps): PyAV's FFmpeg (8.1) states an average of 60000 for NTSC DV, 29.97 fps, and the
+    last frame was then shown for 1/60000 s."""
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    base = float(stream.base_rate) if stream.base_rate else 0.0
+    return base if 0 < base < rate else rate
 
 
 def main_stream(streams, kind: str):

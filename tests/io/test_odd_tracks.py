@@ -144,6 +144,17 @@ def test_multichannel_pcm_in_a_custom_channel_order_is_decoded(source, tmp_path)
     np.testing.assert_allclose(ours[:n], theirs[:n], atol=1e-6)
 
 
+def test_a_dv_camcorder_file_has_its_frame_rate(source, tmp_path):
+    # the DV demuxer of PyAV's FFmpeg (8.1) states an average rate of 60000 fps for NTSC DV: the last
+    # frame was shown for 1/60000 s, so the video was a frame short
+    dv = tmp_path / "tape.dv"
+    ffmpeg("-i", str(source), "-t", "6", "-vf", "scale=720:480", "-r", "30000/1001", "-c:v", "dvvideo",
+           "-pix_fmt", "yuv411p", "-c:a", "pcm_s16le", "-ar", "48000", "-ac", "2", str(dv))
+    row = verdict(dv)
+    assert row["status"] == "ok" and row["fps"] == pytest.approx(29.97, abs=0.01)
+    assert row["decoded_duration_s"] == pytest.approx(row["duration_s"], abs=0.005)
+
+
 def test_windows_media_sound_is_decoded(source, tmp_path):
     # WMA states a channel count but no channel order, as the custom layouts of multichannel PCM do not
     # name theirs: decoded by a context of our own, which WMA cannot open without the stream's block
