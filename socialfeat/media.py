@@ -700,6 +700,8 @@ class FrameStream:
                     self.io_error = isinstance(e, OSError)
                     return None
                 at = self._packet_time(packet)
+                if packet.size == 0 and packet.pts is not None:
+                    continue  # "the frame before, again" (libtheora); the end's empty packet (no time) flushes
                 if skipper is not None:
                     skipper.before(packet, self._wanted)
                 try:

@@ -155,6 +155,18 @@ def test_a_dv_camcorder_file_has_its_frame_rate(source, tmp_path):
     assert row["decoded_duration_s"] == pytest.approx(row["duration_s"], abs=0.005)
 
 
+def test_theora_packets_that_repeat_a_frame_are_not_damage(source, tmp_path):
+    # libtheora writes an empty packet where a frame repeats the one before; sent to the decoder, each
+    # failed and was counted as a damaged packet (the video damaged)
+    ogv = tmp_path / "web.ogv"
+    ffmpeg("-i", str(source), "-an", "-c:v", "libtheora", "-q:v", "4", str(ogv))
+    with av.open(str(ogv)) as c:
+        assert any(p.size == 0 and p.pts is not None for p in c.demux(video=0))
+    row = verdict(ogv)
+    assert row["status"] == "ok" and row["decode_errors"] == 0, row["error"]
+    assert row["decoded_duration_s"] == pytest.approx(12.0, abs=0.05) and row["n_clips"] == 6
+
+
 def test_windows_media_sound_is_decoded(source, tmp_path):
     # WMA states a channel count but no channel order, as the custom layouts of multichannel PCM do not
     # name theirs: decoded by a context of our own, which WMA cannot open without the stream's block
