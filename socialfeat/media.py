@@ -317,6 +317,7 @@ class AudioStream:
         self.decoded_in_chunk: dict[int, int] = {}  # grid chunk (0 without a grid) -> samples really decoded
         self.decode_errors = 0
         self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
+        self._pending: tuple[int, np.ndarray] | None = None  # a frame timed ahead of the cursor (see _place)
         self.failure_at: float | None = None  # ... at this time (s, video clock)
         self.finished = False
         self._container = None
@@ -373,7 +374,28 @@ class AudioStream:
 
     # ------------------------------------------------------------ decoding
     def _place(self, t: float | None, data: np.ndarray) -> None:
+        """Place a frame by its timestamp. A frame timed after the cursor by less than its own length
+        waits for the next: if that one follows on from the cursor, the timestamp alone jumped (the Ogg
+        demuxer times a Vorbis packet after a long block up to 448 samples late and the next right
+        again), and the frame goes at the cursor; otherwise audio was lost before it."""
         pos = self.cursor if t is None else int(round((t - self.info.video_start) * self.sample_rate))
+        if self._pending is not None:
+            held_pos, held = self._pending
+            self._pending = None
+            self._put(self.cursor if pos <= self.cursor + len(held) + AUDIO_JITTER_SAMPLES else held_pos, held)
+        elif AUDIO_JITTER_SAMPLES < pos - self.cursor < len(data):
+            self._pending = (pos, data)
+            return
+        self._put(pos, data)
+
+    def _place_pending(self) -> None:
+        """The frame still waiting, where its timestamp says (nothing follows it)."""
+        if self._pending is not None:
+            held_pos, held = self._pending
+            self._pending = None
+            self._put(held_pos, held)
+
+    def _put(self, pos: int, data: np.ndarray) -> None:
         if abs(pos - self.cursor) <= AUDIO_JITTER_SAMPLES:
             pos = self.cursor
         limit = self._limit()
@@ -437,6 +459,7 @@ class AudioStream:
         except av.error.FFmpegError as e:
             if self.failure is None:
                 self.failure, self.failure_at = e, self.cursor / self.sample_rate
+            self._place_pending()
             if self._decoder_end is not None and (self.end_limit is None or self._decoder_end < self.end_limit):
                 if self._decoder_end > self.cursor:
                     self._gap(self._decoder_end)
@@ -445,6 +468,7 @@ class AudioStream:
             packet = None
         if packet is None:
             self._take(self._resampler.resample(None))
+            self._place_pending()
             self.close()
             return
         try:
@@ -460,6 +484,7 @@ class AudioStream:
                 and (self.end_limit is None or self.cursor < self.end_limit))
 
     def _next_chunk(self) -> None:
+        self._place_pending()
         self._open_decoder(self.cursor // self.chunk_samples * self.chunk_seconds)
 
     def _reached_end(self) -> bool:

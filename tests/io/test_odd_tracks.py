@@ -167,6 +167,23 @@ def test_theora_packets_that_repeat_a_frame_are_not_damage(source, tmp_path):
     assert row["decoded_duration_s"] == pytest.approx(12.0, abs=0.05) and row["n_clips"] == 6
 
 
+def test_ogg_vorbis_timestamps_that_jump_and_come_back_lose_no_audio(source, tmp_path):
+    # the Ogg demuxer times a Vorbis packet after a long block up to 448 samples late, and the next one
+    # right again: read as audio lost, it made gaps of silence, cut as much real sound, and the video damaged
+    ogv = tmp_path / "web.ogv"
+    ffmpeg("-i", str(source), "-c:v", "libtheora", "-q:v", "4", "-c:a", "libvorbis", "-ar", "48000", str(ogv))
+    row = verdict(ogv)
+    assert row["status"] == "ok", row["error"]
+    track = load_audio(probe(ogv))
+    assert [g for g in track.gaps if g[0] > 0] == []
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(ogv), "-ac", "1", "-ar", "16000", "-f", "f32le", "-"],
+                         capture_output=True, check=True).stdout
+    theirs, ours = np.frombuffer(raw, np.float32), track.samples
+    window = slice(2 * 16000, 11 * 16000)
+    lag = min(range(-400, 401), key=lambda k: np.abs(ours[window] - np.roll(theirs, k)[window]).mean())
+    assert np.abs(ours[window] - np.roll(theirs, lag)[window]).max() < 1e-3
+
+
 def test_windows_media_sound_is_decoded(source, tmp_path):
     # WMA states a channel count but no channel order, as the custom layouts of multichannel PCM do not
     # name theirs: decoded by a context of our own, which WMA cannot open without the stream's block
