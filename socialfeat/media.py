@@ -87,12 +87,15 @@ class MediaInfo:
 
 
 def _open(path: Path):
+    """The container; a file that cannot be read (permissions, a share gone) is not called a bad
+    media file: the cure is elsewhere, and a rerun tries it again."""
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise MediaError(path, "open", f"not a readable media file ({e.__class__.__name__}: "
-                                       f"{getattr(e, 'strerror', None) or e})",
-                         in_file=not isinstance(e, OSError)) from None
+        cause = f"{e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"
+        if isinstance(e, OSError):
+            raise MediaError(path, "open", f"cannot be read ({cause})", in_file=False) from None
+        raise MediaError(path, "open", f"not a readable media file ({cause})") from None
 
 
 def probe(path: str | Path) -> MediaInfo:
@@ -128,7 +131,7 @@ def probe(path: str | Path) -> MediaInfo:
         durations = [s.duration * s.time_base for s in c.streams if s.duration and s.time_base]
         duration = float(c.duration / av.time_base) if c.duration else float(max(durations, default=0.0))
         video_duration = own_duration(c, vs, [s for s in (vs, a) if s is not None], duration)
-        fps = float(vs.average_rate) if vs.average_rate else 0.0
+        fps = frame_rate(vs)
         a_start = float(a.start_time * a.time_base) if a is not None and a.start_time is not None else first_time
         return MediaInfo(path=str(path), size_bytes=st.st_size, mtime=st.st_mtime, duration=duration,
                          video_duration=video_duration,
@@ -137,6 +140,15 @@ def probe(path: str | Path) -> MediaInfo:
                          audio_stream=a.index if a is not None else -1, audio_start=a_start,
                          audio_sample_rate=a.codec_context.sample_rate if a is not None else 0,
                          audio_channels=channel_layout(a.codec_context)[1] if a is not None else 0)
+
+
+def frame_rate(stream) -> float:
+    """The average frame rate, at most the stream's base rate (the lowest rate that represents its
+    timestamps): PyAV's FFmpeg (8.1) states an average of 60000 for NTSC DV, 29.97 fps, and the
+    last frame was then shown for 1/60000 s."""
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    base = float(stream.base_rate) if stream.base_rate else 0.0
+    return base if 0 < base < rate else rate
 
 
 def main_stream(streams, kind: str):
@@ -159,13 +171,17 @@ def own_duration(container, video, streams: list, duration: float) -> float:
     """The video stream's own duration, what its decoded extent is held against: the stream's stated
     one when the streams' stated ends account for the container's (a camera that stopped before
     the microphone), else the container's (a header that claims more than any track holds, or a
-    stream that states none)."""
+    stream that states none). A stream lasts at most from its start to the container's end: ffmpeg's
+    Matroska muxer tags a track with where it ends, not how long it lasts, so a picture that starts
+    after the sound would otherwise be held against more than it holds (and called truncated)."""
     stated = stream_duration(video)
     ends = [stream_start(s) + d for s in streams if (d := stream_duration(s)) is not None]
     if stated is None or not ends:
         return duration
     container_end = (container.start_time or 0) / av.time_base + duration
-    return stated if container_end <= max(ends) + TRUNCATION_TOLERANCE_S else duration
+    if container_end > max(ends) + TRUNCATION_TOLERANCE_S:
+        return duration
+    return min(stated, container_end - stream_start(video))
 
 
 def stream_start(stream) -> float:
@@ -174,7 +190,8 @@ def stream_start(stream) -> float:
 
 def stream_duration(stream) -> float | None:
     """A stream's own duration (s) as the container states it: MP4/MOV for every track, Matroska
-    and WebM as a DURATION tag (ffmpeg writes one per track); None when it states none (MPEG-TS)."""
+    and WebM as a DURATION tag (ffmpeg writes one per track: where the track ends, which own_duration
+    bounds); None when it states none (MPEG-TS)."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
@@ -251,12 +268,15 @@ def channel_layout(codec_context) -> tuple[str, int]:
 
 
 def native_layout(codec_context, path: str) -> str | None:
-    """A named layout with the track's channel count for a track whose own layout has no name
-    (see channel_layout); None for every other track. Frames decoded with a custom layout
+    """A named layout with the track's channel count for a track whose own layout is in a custom
+    order (see channel_layout); None for every other track. Frames decoded with a custom layout
     crash PyAV the same way, so those tracks are decoded by a context of ours that carries the
-    named layout instead: the same samples, and only the first channel is used (the reference's)."""
+    named layout instead: the same samples, and only the first channel is used (the reference's).
+    A layout of no stated order ("2 channels": WMA, PCM in MXF) has no channel map to free twice
+    and is decoded as it is: a context of ours cannot open every decoder (WMA needs the stream's
+    block size), and each of its packets then failed."""
     described, n = channel_layout(codec_context)
-    if "channels" not in described:
+    if "channels" not in described or described == f"{n} channels":
         return None
     if n not in DEFAULT_LAYOUTS:
         raise MediaError(path, "decode-audio", f"{described}: an audio layout socialfeat cannot decode")
@@ -297,6 +317,7 @@ class AudioStream:
         self.decoded_in_chunk: dict[int, int] = {}  # grid chunk (0 without a grid) -> samples really decoded
         self.decode_errors = 0
         self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
+        self._pending: tuple[int, np.ndarray] | None = None  # a frame timed ahead of the cursor (see _place)
         self.failure_at: float | None = None  # ... at this time (s, video clock)
         self.finished = False
         self._container = None
@@ -329,6 +350,7 @@ class AudioStream:
                                  stream=stream, backward=True)
         self._resampler = av.AudioResampler(format="fltp", layout=layout or stream.codec_context.layout.name,
                                             rate=self.sample_rate)
+        self._setup: tuple[str, str, int] | None = None  # (format, layout, rate) of the frames it takes
         self._time_base: tuple[int, int] | None = None
         self._packets = self._container.demux(stream)
         if self.chunk_samples:
@@ -352,7 +374,28 @@ class AudioStream:
 
     # ------------------------------------------------------------ decoding
     def _place(self, t: float | None, data: np.ndarray) -> None:
+        """Place a frame by its timestamp. A frame timed after the cursor by less than its own length
+        waits for the next: if that one follows on from the cursor, the timestamp alone jumped (the Ogg
+        demuxer times a Vorbis packet after a long block up to 448 samples late and the next right
+        again), and the frame goes at the cursor; otherwise audio was lost before it."""
         pos = self.cursor if t is None else int(round((t - self.info.video_start) * self.sample_rate))
+        if self._pending is not None:
+            held_pos, held = self._pending
+            self._pending = None
+            self._put(self.cursor if pos <= self.cursor + len(held) + AUDIO_JITTER_SAMPLES else held_pos, held)
+        elif AUDIO_JITTER_SAMPLES < pos - self.cursor < len(data):
+            self._pending = (pos, data)
+            return
+        self._put(pos, data)
+
+    def _place_pending(self) -> None:
+        """The frame still waiting, where its timestamp says (nothing follows it)."""
+        if self._pending is not None:
+            held_pos, held = self._pending
+            self._pending = None
+            self._put(held_pos, held)
+
+    def _put(self, pos: int, data: np.ndarray) -> None:
         if abs(pos - self.cursor) <= AUDIO_JITTER_SAMPLES:
             pos = self.cursor
         limit = self._limit()
@@ -380,6 +423,19 @@ class AudioStream:
             self.inner_gap_samples += to - self.cursor
         self.cursor = to
 
+    def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        """``frame`` at the model's rate. Sound whose rate or layout changes midway (a broadcast, a
+        camcorder's files joined into one MPEG-TS) gets a fresh resampler from the change on: PyAV's
+        refuses such a frame (the video was an error), or hands it on unconverted when it was set up
+        as a passthrough (a first part already at the model's rate: the rest was garbled)."""
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self._setup is not None and setup != self._setup:
+            self._take(self._resampler.resample(None))
+            self._resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=self.sample_rate)
+            self._time_base = None
+        self._setup = setup
+        return self._resampler.resample(frame)
+
     def _take(self, frames) -> None:
         for out in frames:
             if self._time_base is None:  # the resampler's, the same for all its frames (read once: a Fraction
@@ -403,6 +459,7 @@ class AudioStream:
         except av.error.FFmpegError as e:
             if self.failure is None:
                 self.failure, self.failure_at = e, self.cursor / self.sample_rate
+            self._place_pending()
             if self._decoder_end is not None and (self.end_limit is None or self._decoder_end < self.end_limit):
                 if self._decoder_end > self.cursor:
                     self._gap(self._decoder_end)
@@ -411,6 +468,7 @@ class AudioStream:
             packet = None
         if packet is None:
             self._take(self._resampler.resample(None))
+            self._place_pending()
             self.close()
             return
         try:
@@ -419,13 +477,14 @@ class AudioStream:
             self.decode_errors += 1
             return
         for frame in frames:
-            self._take(self._resampler.resample(frame))
+            self._take(self._resample(frame))
 
     def _at_chunk_end(self) -> bool:
         return (self._decoder_end is not None and self.cursor >= self._decoder_end
                 and (self.end_limit is None or self.cursor < self.end_limit))
 
     def _next_chunk(self) -> None:
+        self._place_pending()
         self._open_decoder(self.cursor // self.chunk_samples * self.chunk_seconds)
 
     def _reached_end(self) -> bool:
@@ -666,6 +725,8 @@ class FrameStream:
                     self.io_error = isinstance(e, OSError)
                     return None
                 at = self._packet_time(packet)
+                if packet.size == 0 and packet.pts is not None:
+                    continue  # "the frame before, again" (libtheora); the end's empty packet (no time) flushes
                 if skipper is not None:
                     skipper.before(packet, self._wanted)
                 try:

@@ -90,11 +90,32 @@ def _unique_relpaths(found: dict[Path, tuple[Path, str]]) -> list[VideoRef]:
 
 
 def _walk_dir(root: Path, include: tuple[str, ...], exclude: tuple[str, ...], extensions: tuple[str, ...],
-              skipped: collections.Counter[str]) -> list[tuple[Path, str]]:
+              skipped: collections.Counter[str], unreadable: list[str]) -> list[tuple[Path, str]]:
     """Video files under ``root`` with their relative paths; other files are counted in ``skipped``
-    by extension (hidden files aside)."""
+    by extension (hidden files aside), folders that cannot be listed go to ``unreadable`` ("name
+    (cause)"): their videos would otherwise be missing without a word.
+
+    Linked folders are followed (sessions linked in from other storage are under the root as the
+    user sees it), each folder once: a link back up, or a second link to the same folder, adds nothing.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    walked: set[tuple[int, int]] = set()  # (device, inode) of the folders listed so far
+
+    def cannot_list(e: OSError) -> None:
+        name = Path(e.filename).relative_to(root).as_posix() if e.filename else "."
+        unreadable.append(f"{root if name == '.' else name} ({e.strerror or e})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:
+            cannot_list(e)
+            dirnames.clear()
+            continue
+        if (st.st_dev, st.st_ino) in walked:
+            dirnames.clear()
+            continue
+        walked.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for fn in sorted(filenames):
             if not fn.lower().endswith(extensions):
@@ -130,16 +151,20 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             except ValueError:
                 found.setdefault(ap, (ap.parent, ap.name))
     skipped: collections.Counter[str] = collections.Counter()  # extensions not taken from folders
+    unreadable: list[str] = []  # folders that could not be listed
     for p in map(Path, inputs):
         if p.is_dir():
             root = p.resolve()
-            for ap, rel in _walk_dir(root, include, exclude, extensions, skipped):
+            for ap, rel in _walk_dir(root, include, exclude, extensions, skipped, unreadable):
                 found.setdefault(ap, (root, rel))
         elif p.exists():
             ap = p.resolve()
             found.setdefault(ap, (ap.parent, ap.name))
         else:
             raise InputNotFoundError(f"{p}: no such file or directory")
+    if unreadable:
+        log.warning("%d folder(s) in the inputs could not be read, their videos are not included: %s",
+                    len(unreadable), ", ".join(unreadable))
     if skipped:
         log.warning("%d file(s) in the input folders skipped, not a video extension: %s (name such files "
                     "explicitly, or in --file-list, to read them anyway)", sum(skipped.values()),
