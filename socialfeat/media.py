@@ -316,6 +316,8 @@ class AudioStream:
         self.audio_end = 0  # timeline sample after the last sample really decoded
         self.decoded_in_chunk: dict[int, int] = {}  # grid chunk (0 without a grid) -> samples really decoded
         self.decode_errors = 0
+        self.channel_power: np.ndarray | None = None  # sum of squares per channel (2 channels or more) ...
+        self.channel_samples = 0  # ... over this many samples
         self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
         self._pending: tuple[int, np.ndarray] | None = None  # a frame timed ahead of the cursor (see _place)
         self.failure_at: float | None = None  # ... at this time (s, video clock)
@@ -445,7 +447,23 @@ class AudioStream:
             # pts * num / den: integer division correctly rounded, as float(pts * time_base)
             t = out.pts * num / den if out.pts is not None and num else None
             # the first channel only (as the reference reads it), copied out of the frame
-            self._place(t, np.frombuffer(out.planes[0], np.float32, count=out.samples).copy())
+            first = np.frombuffer(out.planes[0], np.float32, count=out.samples).copy()
+            self._measure_channels(out, first)
+            self._place(t, first)
+
+    def _measure_channels(self, out: av.AudioFrame, first: np.ndarray) -> None:
+        """Add up each channel's power (see quiet_first_channel): a recording whose sound is on
+        another channel than the first (a stereo interview with one lavalier microphone per channel)
+        must not pass silently as audio."""
+        planes = out.planes
+        if len(planes) < 2:
+            return
+        power = [float(np.dot(first, first))]
+        power += [float(np.dot(c, c)) for c in (np.frombuffer(p, np.float32, count=out.samples) for p in planes[1:])]
+        if self.channel_power is None or len(self.channel_power) != len(power):  # (a layout that changes midway
+            self.channel_power, self.channel_samples = np.zeros(len(power)), 0  # counts from the change on)
+        self.channel_power += power
+        self.channel_samples += out.samples
 
     def _pull(self) -> None:
         """Decode the next packet; at the end (or the window's end), flush and close; at a grid
@@ -550,6 +568,21 @@ class AudioStream:
         first = self.chunks[0][0] if self.chunks else self.start_sample
         return AudioTrack(samples=samples, sample_rate=self.sample_rate, decode_errors=self.decode_errors,
                           gaps=list(self.gaps), start_sample=first)
+
+
+QUIET_FIRST_CHANNEL_DB = 30.0  # the first channel this far below the loudest other: its sound is elsewhere
+SOUND_FLOOR_DBFS = -50.0  # ... and that channel really carries sound (not two near-silent channels)
+
+
+def quiet_first_channel(channel_power: np.ndarray | None, n_samples: int) -> int | None:
+    """The channel (1-based) that carries the sound when the first channel, the only one the models
+    hear, is near-silent beside it; None otherwise (mono, sound on the first channel, or no sound)."""
+    if channel_power is None or len(channel_power) < 2 or n_samples <= 0:
+        return None
+    loudest = int(np.argmax(channel_power[1:])) + 1
+    level_dbfs = 10 * np.log10(max(channel_power[loudest] / n_samples, 1e-30))
+    quiet = channel_power[0] < channel_power[loudest] * 10 ** (-QUIET_FIRST_CHANNEL_DB / 10)
+    return loudest + 1 if quiet and level_dbfs > SOUND_FLOOR_DBFS else None
 
 
 def load_audio(info: MediaInfo, sample_rate: int = 16000, start: float | None = None,

@@ -32,6 +32,7 @@ from socialfeat.faces import (
     link_tracks,
 )
 from socialfeat.media import (
+    QUIET_FIRST_CHANNEL_DB,
     TRUNCATION_TOLERANCE_S,
     AudioStream,
     FrameStream,
@@ -40,6 +41,7 @@ from socialfeat.media import (
     available_cores,
     keyframe_gap,
     probe,
+    quiet_first_channel,
     use_decoder_threads,
 )
 from socialfeat.model_inputs import build_clip_inputs, requested_times
@@ -386,7 +388,20 @@ class VideoRun:
                     # silently past damage: Matroska, MPEG-TS)
                     self.problem("decode-audio", f"{audio.inner_gap_samples / audio.sample_rate:.2f} s of audio "
                                  "missing inside the track (lost or damaged packets)")
+        if audio is not None and self.audio is not None:
+            self.note_quiet_first_channel(audio)
         self.video["has_audio"] = self.audio is not None and self.audio.n_samples > 0
+
+    def note_quiet_first_channel(self, audio: AudioStream) -> None:
+        """A note (not damage) when the sound is on another channel than the first, which is all the
+        models hear (the reference's choice): an interview with one microphone per stereo channel, say."""
+        channel = quiet_first_channel(audio.channel_power, audio.channel_samples)
+        if channel is not None:
+            self.notes.append(error_row(self.ref, "audio-channels", (
+                f"the first audio channel, the only one the models hear, is near-silent while channel {channel} "
+                f"carries sound (over {QUIET_FIRST_CHANNEL_DB:.0f} dB louder): that sound is not in the audio "
+                f"embeddings; to use it, make a file with it on the first channel (ffmpeg -af "
+                f"'pan=mono|c0=c{channel - 1}')")))
 
     def segments_to_plan(self, segments: list[dict[str, Any]] | None,
                          duration: float) -> list[dict[str, Any]] | None | bool:
@@ -728,8 +743,8 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
         if verdict:
             break
     errors = [e for d in parts for e in d.errors]
-    errors = [e for i, e in enumerate(errors) if e["stage"] != "segments" or e not in errors[:i]]  # (every part
-    # reads the whole segments file: its notes on segments past the video's end come once per part)
+    # (notes that every part makes alike come once: segments past the video's end, sound off the first channel)
+    errors = [e for i, e in enumerate(errors) if e["stage"] not in ("segments", "audio-channels") or e not in errors[:i]]
     if verdict is None and n_clips == 0:
         verdict = (VideoStatus.NO_CLIPS, "plan: no clip could be formed")
         errors.append({"video_id": video["video_id"], "path": video["path"], "stage": "plan",

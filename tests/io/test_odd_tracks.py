@@ -280,3 +280,26 @@ def test_frame_gaps_are_holes_in_the_picture_not_a_slow_frame_rate(source, tmp_p
            "-c:a", "copy", str(hole))
     flagged = [r["start_s"] for r in clip_rows(hole) if "frame_gap" in r["qc_flags"]]
     assert flagged and all(4.0 <= s < 7.0 for s in flagged)
+
+
+def notes_of(path: Path) -> list[tuple[str, str]]:
+    spec = create_model("social-mae-tiny").info.preprocess
+    plan = PlanSettings(clip_seconds=spec.clip_seconds, hop_seconds=None, missing_audio="nan")
+    done = [x for x in video_items(0, VideoRef(path, path.name), spec, plan, None) if isinstance(x, VideoDone)]
+    return [(e["stage"], e["message"]) for e in done[0].errors]
+
+
+@pytest.mark.parametrize("pan,channel", [("stereo|c0=0*c0|c1=c0", 2), ("stereo|c0=c0|c1=c0", None),
+                                         ("stereo|c0=c0|c1=0*c0", None), ("mono|c0=c0", None),
+                                         ("3c|c0=0*c0|c1=0.001*c0|c2=c0", 3)])
+def test_sound_on_another_channel_than_the_first_is_noted(source, tmp_path, pan, channel):
+    """One lavalier microphone per stereo channel: the models hear the first channel only (the reference's
+    choice), so a recording whose sound is elsewhere gets a note naming the channel; the verdict stays ok."""
+    out = tmp_path / "panned.mkv"
+    ffmpeg("-i", str(source), "-c:v", "copy", "-af", f"pan={pan}", "-c:a", "pcm_s16le", str(out))
+    rows = [message for stage, message in notes_of(out) if stage == "audio-channels"]
+    assert verdict(out)["status"] == "ok"
+    if channel is None:
+        assert not rows
+    else:
+        assert len(rows) == 1 and f"channel {channel} carries sound" in rows[0] and f"c0=c{channel - 1}" in rows[0]
