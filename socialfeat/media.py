@@ -318,6 +318,7 @@ class AudioStream:
         self.decode_errors = 0
         self.channel_power: np.ndarray | None = None  # sum of squares per channel (2 channels or more) ...
         self.channel_samples = 0  # ... over this many samples
+        self._measures_channels = True
         self.failure: Exception | None = None  # the demuxer gave up (the first time it did)
         self._pending: tuple[int, np.ndarray] | None = None  # a frame timed ahead of the cursor (see _place)
         self.failure_at: float | None = None  # ... at this time (s, video clock)
@@ -345,6 +346,7 @@ class AudioStream:
         layout = native_layout(stream.codec_context, self.info.path)
         if layout is not None:  # see native_layout: decoded by a context of ours, with a named layout
             fresh_context = True
+            self._measures_channels = False  # (reading its frames' other channels crashes PyAV too)
         self._decode = self._fresh_context(stream, layout).decode if fresh_context else stream.decode
         if at:
             margin = 0.5  # seek lands on an earlier packet; decode a little before the window
@@ -456,7 +458,7 @@ class AudioStream:
         another channel than the first (a stereo interview with one lavalier microphone per channel)
         must not pass silently as audio."""
         planes = out.planes
-        if len(planes) < 2:
+        if len(planes) < 2 or not self._measures_channels:
             return
         power = [float(np.dot(first, first))]
         power += [float(np.dot(c, c)) for c in (np.frombuffer(p, np.float32, count=out.samples) for p in planes[1:])]
