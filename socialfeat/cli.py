@@ -338,7 +338,9 @@ def extract(inputs, output, file_list, include, exclude, model, weights, clip_se
     if not quiet:
         click.echo(f"{summary.output if not as_csv else out}: {summary.n_videos} videos, {summary.n_clips} clips, "
                    f"{summary.n_failed} with problems ({summary.n_reused} reused from an earlier run"
-                   + (f", {summary.n_resumed} resumed part-way" if summary.n_resumed else "") + ")", err=True)
+                   + (f", {summary.n_resumed} resumed part-way" if summary.n_resumed else "") + ")"
+                   + (f"; {summary.n_unreadable_folders} input folder(s) could not be read (see the errors table)"
+                      if summary.n_unreadable_folders else ""), err=True)
     if csv_dir and not quiet:
         click.echo(f"CSVs in {csv_dir}: videos.csv, clips.csv ("
                    + ("with embeddings" if csv_embeddings else "no embeddings; add --csv-embeddings for them")

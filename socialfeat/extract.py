@@ -135,10 +135,11 @@ class ExtractSummary:
     n_reused: int  # videos taken from the journal of an earlier run
     statuses: dict[str, int] = field(default_factory=dict)
     n_resumed: int = 0  # long recordings taken up after the parts an earlier run finished
+    n_unreadable_folders: int = 0  # input folders that could not be listed (their videos are missing)
 
     @property
     def all_ok(self) -> bool:
-        return self.n_failed == 0
+        return self.n_failed == 0 and self.n_unreadable_folders == 0
 
 
 MAX_STRIKES = 2  # a video that crashed or stalled its worker in this many runs is not retried unasked
@@ -353,7 +354,8 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
             workers = max(1, available_cores() - 1) if dev.type == "cuda" else 2
         speech = str(segments) == "speech"
         # videos and annotations first: a bad segments or annotation file fails before the model loads
-        refs = select_videos(inputs, file_list, include, exclude)
+        unreadable: list[tuple[str, str]] = []
+        refs = select_videos(inputs, file_list, include, exclude, unreadable)
         found = inputs_record(inputs, file_list, refs)
         seg_table, seg_annotations, labels = read_annotations(segments, annotate, refs, tiers, keep_empty,
                                                               annotation_map)
@@ -410,8 +412,10 @@ def extract(inputs: str | Path | list[str | Path], output: str | Path, model: st
                     "int8_engine": getattr(net, "int8_engine", ""), "embeddings": list(embeddings),
                     "compile": compiling,
                     "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors]}
-        write_output(ordered, output, net, predictors, settings, shard, found, command_line, started)
-        return summarise(ordered, output, n_reused=len(refs) - len(jobs), n_resumed=len(resumed[0]))
+        write_output(ordered, output, net, predictors, settings, shard, found, command_line, started,
+                     [folder_row(path, cause) for path, cause in unreadable])
+        return summarise(ordered, output, n_reused=len(refs) - len(jobs), n_resumed=len(resumed[0]),
+                         n_unreadable_folders=len(unreadable))
 
 
 def check_arguments(*, require_face: bool, batch_size: int | None, workers: int | None,
@@ -455,9 +459,10 @@ def check_optional_extras(plan: PlanSettings) -> None:
 
 
 def select_videos(inputs: list[str | Path], file_list: str | Path | None, include: tuple[str, ...],
-                  exclude: tuple[str, ...]) -> list[VideoRef]:
-    """The input videos, in a stable order; none is a usage error."""
-    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude)
+                  exclude: tuple[str, ...], unreadable: list[tuple[str, str]] | None = None) -> list[VideoRef]:
+    """The input videos, in a stable order; none is a usage error. ``unreadable``: gets the input
+    folders that could not be listed (walk.find_videos)."""
+    refs = find_videos(list(inputs), file_list=file_list, include=include, exclude=exclude, unreadable=unreadable)
     if not refs:
         raise UsageError(f"no videos found in {', '.join(map(str, inputs)) or file_list} (file types read: "
                          f"{' '.join(VIDEO_EXTENSIONS)}; see also --include/--exclude)")
@@ -636,11 +641,19 @@ def journalled(res: VideoResult, journal: Journal) -> JournalledVideo:
                            part=journal.part_path(res.video["video_id"]))
 
 
+def folder_row(path: str, cause: str) -> dict[str, Any]:
+    """The errors-table row of an input folder that could not be listed (no video of its own: the
+    videos in it are missing from the run, which the row says where the data are read)."""
+    return {"video_id": "", "path": path, "stage": "walk",
+            "message": f"folder could not be read ({cause}): the videos in it are not included"}
+
+
 def write_output(ordered: list[JournalledVideo], output: Path, net, predictors: list, settings: dict[str, Any],
                  shard: tuple[int, int] | None, inputs: dict[str, Any], command_line: str | None,
-                 started: str) -> None:
+                 started: str, run_errors: list[dict[str, Any]] = ()) -> None:
     """Assemble the journalled videos, in input order, into the output file with its provenance
-    (``inputs``: inputs_record, which merge compares between shards)."""
+    (``inputs``: inputs_record, which merge compares between shards; ``run_errors``: rows of no
+    video, folder_row)."""
     info = net.info
     attrs = {"socialfeat_version": __version__, "model_name": info.name, "model_class": info.model_class,
              "weights_sha256": info.sha256 or "", "weights_source": info.source or "",
@@ -649,16 +662,18 @@ def write_output(ordered: list[JournalledVideo], output: Path, net, predictors: 
              "command_line": command_line or " ".join(sys.argv), "started_at": started,
              "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     assemble_output(ordered, output, attrs, embedding_dim=net.norm.normalized_shape[0],
-                    prediction_labels={p.name: p.meta() for p in predictors})
+                    prediction_labels={p.name: p.meta() for p in predictors}, run_errors=list(run_errors))
 
 
-def summarise(ordered: list[JournalledVideo], output: Path, n_reused: int, n_resumed: int = 0) -> ExtractSummary:
+def summarise(ordered: list[JournalledVideo], output: Path, n_reused: int, n_resumed: int = 0,
+              n_unreadable_folders: int = 0) -> ExtractSummary:
     statuses: dict[str, int] = {}
     for r in ordered:
         statuses[r.video["status"]] = statuses.get(r.video["status"], 0) + 1
     n_failed = sum(v for k, v in statuses.items() if not VideoStatus(k).clean)
     return ExtractSummary(output=output, n_videos=len(ordered), n_clips=sum(r.n_clips for r in ordered),
-                          n_failed=n_failed, n_reused=n_reused, statuses=statuses, n_resumed=n_resumed)
+                          n_failed=n_failed, n_reused=n_reused, statuses=statuses, n_resumed=n_resumed,
+                          n_unreadable_folders=n_unreadable_folders)
 
 
 class _Recorder:

@@ -91,6 +91,7 @@ def read_results(path: str | Path) -> tuple[list[ShardVideo], dict]:
     errors_of: dict[str, list[dict]] = {}
     for e in errors:
         errors_of.setdefault(e["video_id"], []).append(e)
+    meta["run_errors"] = errors_of.get("", [])  # rows of no video (folders the shard could not read)
     return [ShardVideo(v, errors_of.get(v["video_id"], []), Path(path), np.array(by_video.get(v["video_id"], []),
                                                                                   dtype=np.int64))
             for v in videos], meta
@@ -194,9 +195,10 @@ def _merge(parts: list[str | Path], output: Path, command_line: str) -> Path:
     check_shards(parts, attrs)
     check_same(parts, attrs)
     check_inputs(parts, attrs)
-    results, metas, seen = [], [], {}
+    results, metas, seen, run_errors = [], [], {}, []
     for p in parts:
         res, meta = read_results(p)
+        run_errors += [e for e in meta.pop("run_errors") if e not in run_errors]  # (every shard walks every folder)
         for r in res:
             if r.video["video_id"] in seen:
                 raise MergeError(f"video {r.video['path']} is in both {seen[r.video['video_id']]} and {p}")
@@ -211,4 +213,4 @@ def _merge(parts: list[str | Path], output: Path, command_line: str) -> Path:
     out_attrs.update(command_line=command_line or out_attrs.get("command_line", ""), shard="",
                      started_at=min(a["started_at"] for a in attrs), finished_at=max(a["finished_at"] for a in attrs),
                      merged_from=json.dumps([str(p) for p in parts]))
-    return assemble_output(results, output, out_attrs, int(first["embedding_dim"]), metas[0])
+    return assemble_output(results, output, out_attrs, int(first["embedding_dim"]), metas[0], run_errors)

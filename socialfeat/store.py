@@ -363,14 +363,16 @@ class Assembled(Protocol):
 
 
 def assemble_output(results: list[Assembled], output: str | Path, attrs: dict[str, Any],
-                    embedding_dim: int, prediction_labels: dict[str, dict[str, Any]]) -> Path:
+                    embedding_dim: int, prediction_labels: dict[str, dict[str, Any]],
+                    run_errors: list[dict[str, Any]] = ()) -> Path:
     """Write the final HDF5 (atomically, on disk before it takes the name) from per-video
     results in input order, one video at a time: a first pass reads the clips' columns and the
     arrays' shapes, a second fills datasets made at their final size, so that peak memory is one
-    video's, not the corpus's."""
+    video's, not the corpus's. ``run_errors``: rows of no video (an input folder that could not be
+    read), first in the errors table."""
     output = Path(output)
     videos = [r.video for r in results]
-    errors = [e for r in results for e in r.errors]
+    errors = list(run_errors) + [e for r in results for e in r.errors]
     clip_columns, shapes = list(CLIP_COLUMNS), []
     for r in results:  # first pass: no arrays read
         res = r.load(arrays=False)

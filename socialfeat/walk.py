@@ -90,10 +90,10 @@ def _unique_relpaths(found: dict[Path, tuple[Path, str]]) -> list[VideoRef]:
 
 
 def _walk_dir(root: Path, include: tuple[str, ...], exclude: tuple[str, ...], extensions: tuple[str, ...],
-              skipped: collections.Counter[str], unreadable: list[str]) -> list[tuple[Path, str]]:
+              skipped: collections.Counter[str], unreadable: list[tuple[str, str]]) -> list[tuple[Path, str]]:
     """Video files under ``root`` with their relative paths; other files are counted in ``skipped``
-    by extension (hidden files aside), folders that cannot be listed go to ``unreadable`` ("name
-    (cause)"): their videos would otherwise be missing without a word.
+    by extension (hidden files aside), folders that cannot be listed go to ``unreadable`` (path,
+    cause): their videos would otherwise be missing without a word.
 
     Linked folders are followed (sessions linked in from other storage are under the root as the
     user sees it), each folder once: a link back up, or a second link to the same folder, adds nothing.
@@ -102,8 +102,7 @@ def _walk_dir(root: Path, include: tuple[str, ...], exclude: tuple[str, ...], ex
     walked: set[tuple[int, int]] = set()  # (device, inode) of the folders listed so far
 
     def cannot_list(e: OSError) -> None:
-        name = Path(e.filename).relative_to(root).as_posix() if e.filename else "."
-        unreadable.append(f"{root if name == '.' else name} ({e.strerror or e})")
+        unreadable.append((str(e.filename or root), str(e.strerror or e)))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list, followlinks=True):
         try:
@@ -134,12 +133,14 @@ def _walk_dir(root: Path, include: tuple[str, ...], exclude: tuple[str, ...], ex
 
 def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
                 include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> list[VideoRef]:
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+                unreadable: list[tuple[str, str]] | None = None) -> list[VideoRef]:
     """Videos under the given directories/files, each once, sorted by relative path.
 
     Files named explicitly (arguments or list entries) are taken whatever their
     extension, so a bad file given on purpose is reported rather than ignored; their
-    root is their own folder (or the list's folder for list entries under it).
+    root is their own folder (or the list's folder for list entries under it). Folders
+    that could not be listed are warned about and added to ``unreadable`` (path, cause).
     """
     found: dict[Path, tuple[Path, str]] = {}  # absolute path -> (root, path relative to it)
     if file_list is not None:
@@ -151,7 +152,7 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             except ValueError:
                 found.setdefault(ap, (ap.parent, ap.name))
     skipped: collections.Counter[str] = collections.Counter()  # extensions not taken from folders
-    unreadable: list[str] = []  # folders that could not be listed
+    unreadable = [] if unreadable is None else unreadable  # folders that could not be listed
     for p in map(Path, inputs):
         if p.is_dir():
             root = p.resolve()
@@ -164,7 +165,7 @@ def find_videos(inputs: list[str | Path], file_list: str | Path | None = None,
             raise InputNotFoundError(f"{p}: no such file or directory")
     if unreadable:
         log.warning("%d folder(s) in the inputs could not be read, their videos are not included: %s",
-                    len(unreadable), ", ".join(unreadable))
+                    len(unreadable), ", ".join(f"{path} ({cause})" for path, cause in unreadable))
     if skipped:
         log.warning("%d file(s) in the input folders skipped, not a video extension: %s (name such files "
                     "explicitly, or in --file-list, to read them anyway)", sum(skipped.values()),

@@ -61,10 +61,10 @@ def _old_write_table(group, rows, columns):
     group.attrs["int_missing"] = json.dumps(with_missing)
 
 
-def old_assemble_output(results, output, attrs, embedding_dim, prediction_labels):
+def old_assemble_output(results, output, attrs, embedding_dim, prediction_labels, run_errors=()):
     videos = [r.video for r in results]
     clips = [c for r in results for c in r.clips]
-    errors = [e for r in results for e in r.errors]
+    errors = list(run_errors) + [e for r in results for e in r.errors]
     with atomic_path(Path(output), fsync=True) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in attrs.items():

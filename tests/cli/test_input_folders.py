@@ -80,6 +80,12 @@ def test_a_folder_that_cannot_be_read_is_named(lab_tree):
     out, proc = lab_tree
     line = next((ln for ln in proc.stderr.splitlines() if "could not be read" in ln), "")
     assert "locked" in line and "Permission denied" in line, proc.stderr
+    # in the output too (a stderr line scrolls by in a cluster job's log), and in the run's summary
+    rows = socialfeat.load_errors(out)
+    folder = rows[rows["stage"] == "walk"]
+    assert len(folder) == 1 and folder["path"].iloc[0].endswith("/locked") and folder["video_id"].iloc[0] == ""
+    assert "Permission denied" in folder["message"].iloc[0] and "not included" in folder["message"].iloc[0]
+    assert "1 input folder(s) could not be read (see the errors table)" in proc.stderr
 
 
 def test_a_file_that_cannot_be_read_says_so(lab_tree):
@@ -103,3 +109,29 @@ def test_sound_that_changes_layout_midway_is_used(lab_tree):
     assert row.status == "ok" and row.n_clips == 3 and row.audio_duration_s == pytest.approx(6.0, abs=0.1)
     clips = socialfeat.load_features(out).query("path == 'site1/broadcast.ts'")
     assert clips.has_audio.all() and (clips.coverage_audio > 0.95).all()
+
+
+def test_an_unreadable_folder_alone_makes_the_run_partial_and_stays_in_merged_shards(tiny_ckpt, tmp_path):
+    """Every video read cleanly, but a site folder could not be listed: exit status 3 (some of the input is
+    missing), and the folder's row survives `socialfeat merge` of the shards (once, not once per shard)."""
+    source = talking_video(tmp_path / "source.mp4", seconds=4.0, size="96x64")
+    project = tmp_path / "project"
+    for site in ("site1", "site2", "site3"):
+        (project / site).mkdir(parents=True)
+        shutil.copy(source, project / site / "a.mp4")
+    (project / "site3").chmod(0)
+    shards = [tmp_path / f"part-{i}.h5" for i in (1, 2)]
+    try:
+        for i, out in enumerate(shards, 1):
+            proc = subprocess.run([*_as_permissions_say(), str(SOCIALFEAT), "extract", str(project), "-o", str(out),
+                                   "--weights", str(tiny_ckpt), "--workers", "0", "--shard", f"{i}/2",
+                                   "--no-progress"], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 3, proc.stderr
+            assert set(socialfeat.load_videos(out)["status"]) <= {"ok"}
+    finally:
+        (project / "site3").chmod(0o755)
+    merged = tmp_path / "feats.h5"
+    subprocess.run([str(SOCIALFEAT), "merge", *map(str, shards), "-o", str(merged)], check=True, capture_output=True)
+    assert sorted(socialfeat.load_videos(merged)["path"]) == ["site1/a.mp4", "site2/a.mp4"]
+    rows = socialfeat.load_errors(merged)
+    assert rows["stage"].tolist() == ["walk"] and rows["path"].iloc[0] == str((project / "site3").resolve())
