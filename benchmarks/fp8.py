@@ -19,8 +19,6 @@ order of the additions: ``python benchmarks/fp8.py`` prints the embeddings' cosi
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
@@ -74,20 +72,9 @@ def main() -> None:
     import copy
 
     import torch.nn.functional as F
+    from _inputs import model_and_inputs
 
-    from socialfeat.models import create_model
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="social-mae")
-    p.add_argument("--batch", type=int, default=4)
-    args = p.parse_args()
-    torch.manual_seed(0)
-    model = create_model(args.arch).eval()
-    kw = model.info.model_kwargs
-    vshape = (3, kw["img_size"], kw["img_size"]) + ((kw["n_frame"],) if "n_frame" in kw else ())
-    g = torch.Generator().manual_seed(0)
-    audio = torch.randn(args.batch, kw["audio_length"], 128, generator=g)
-    video = torch.randn(args.batch, *vshape, generator=g)
+    model, audio, video = model_and_inputs(__doc__)
     variants = [("bf16 weights", copy.deepcopy(model).to(torch.bfloat16))]
     variants += [(f"fp8 {', '.join(layers)}", to_fp8(copy.deepcopy(model).to(torch.bfloat16), layers))
                  for layers in (MLP, ALL)]

@@ -18,7 +18,8 @@ Sections, in the order ``--sections`` gives (default: end to end first, the figu
   CUDA), bf16 weights with the attention kernel forced (cuDNN, flash, memory-efficient), and
   ``--compile`` (bf16 weights + torch.compile, with PyTorch's kernel choice and with the fastest
   forced kernel), FP8 linear layers in the blocks' MLPs or in all their linear layers (fp8.py,
-  an experiment), eager and compiled: peak memory and embedding cosine to fp32 per kind for each,
+  an experiment), GELU fused into the fc1 product (fused_gelu.py, tanh-approximate: an
+  experiment), eager and compiled: peak memory and embedding cosine to fp32 per kind for each,
   compile time and whether a padded partial batch recompiled;
 - pretrain: pretraining step rate (bf16 autocast, batch 16).
 - profile (asked for by name): where the GPU's time goes in the model call, eager and compiled (kernel time
@@ -181,11 +182,15 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
         MLP,
         to_fp8,
     )
-    for layers in (MLP, ALL):
-        name = "fp8 " + "+".join(layers)
+    from fused_gelu import (
+        fuse_gelu,  # GELU in the fc1 product's epilogue (tanh; an experiment)
+    )
+    conversions = [("fp8 " + "+".join(layers), lambda m, layers=layers: to_fp8(m, layers)) for layers in (MLP, ALL)]
+    conversions.append(("bf16_weights fused_gelu", fuse_gelu))
+    for name, convert in conversions:
         try:
             call = ModelCall(model, dev, "bf16", bs, bf16_weights=True)
-            to_fp8(call.model, layers)
+            convert(call.model)
             rows.append(row(name, call))
         except Exception as e:
             rows.append({"variant": name, "batch": bs, "error": f"{type(e).__name__}: {e}"[:300]})
@@ -198,9 +203,9 @@ def measure_encode(model, a64: torch.Tensor, v64: torch.Tensor, dev: torch.devic
     eager = {r["variant"]: r["clips_per_s"] for r in rows if r["batch"] == bs and "clips_per_s" in r}
     best = max((v for v in eager if "sdpa=" in v), key=eager.get, default=None)
     attentions = [None] + ([best.split("=")[1]] if best else [])
-    for attention, convert in [(a, None) for a in attentions] + [(None, lambda m: to_fp8(m, MLP))]:
-        name = ("fp8 " + "+".join(MLP) if convert else "bf16_weights") + " +compile" + \
-            (f" sdpa={attention}" if attention else "")
+    for attention, (label, convert) in [(a, ("bf16_weights", None)) for a in attentions] + \
+            [(None, conversions[0]), (None, conversions[-1])]:
+        name = label + " +compile" + (f" sdpa={attention}" if attention else "")
         try:
             rows.append(measure_compiled(name, model, a64, v64, dev, attention, row, convert))
         except Exception as e:

@@ -33,9 +33,10 @@ def test_the_gpu_script_runs_every_section_on_a_cpu(tmp_path):
                                                    "max_abs_diff": 0.0}
 
     encode = {r["variant"]: r for r in figures["encode"] if r["batch"] == 64}
-    for variant in ("fp32", "bf16_weights", "fp8 fc1+fc2", "fp8 qkv+proj+fc1+fc2"):
+    for variant in ("fp32", "bf16_weights", "fp8 fc1+fc2", "fp8 qkv+proj+fc1+fc2", "bf16_weights fused_gelu"):
         assert "error" not in encode[variant], encode[variant]
     assert min(encode["bf16_weights"]["cosine_min_to_fp32"].values()) > 0.9999
+    assert min(encode["bf16_weights fused_gelu"]["cosine_min_to_fp32"].values()) > 0.9999  # (tanh GELU)
     # fp8 (simulated on the CPU) is close to fp32, and the MLPs alone closer than every layer
     mlp, every = (min(encode[v]["cosine_min_to_fp32"].values()) for v in ("fp8 fc1+fc2", "fp8 qkv+proj+fc1+fc2"))
     assert 0.99 < every < mlp < 1.0
