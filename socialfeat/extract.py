@@ -57,6 +57,7 @@ from socialfeat.heads import check_fitted_settings, released_task_model
 from socialfeat.media import available_cores
 from socialfeat.models import load_model
 from socialfeat.models.checkpoint import own_memory
+from socialfeat.models.digest import canonical_json, payload_digest
 from socialfeat.outputs import claim_output, refuse_foreign_output
 from socialfeat.pipeline import (
     SPAN_SECONDS,
@@ -174,7 +175,7 @@ def run_record(info, plan: PlanSettings, predictors: list, device: str) -> str:
     payload = {"weights": info.sha256, "model": info.to_dict(), "plan": asdict(plan),
                "tasks": [dict(p.meta(), sha256=task_digest(p)) for p in predictors],
                "versions": library_versions(), "device": device}
-    return _canonical(payload)
+    return canonical_json(payload)
 
 
 def run_fingerprint(info, plan: PlanSettings, predictors: list, device: str) -> str:
@@ -206,28 +207,20 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 24 else text[:16] + '..."'
 
 
-def _canonical(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, default=str)
-
-
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _digest(payload: Any) -> str:
-    return _sha256(_canonical(payload))
 
 
 def inputs_record(inputs: list[str | Path], file_list: str | Path | None, refs: list[VideoRef]) -> dict[str, Any]:
     """What the run was given and found, before ``--shard``: the resolved inputs, the number of videos and
     a digest of their relative paths. Every shard of a split must have found the same videos (merge)."""
     roots = [str(Path(p).resolve()) for p in inputs] + ([str(Path(file_list).resolve())] if file_list else [])
-    return {"roots": roots, "n_videos": len(refs), "sha256": _digest([r.relpath for r in refs])}
+    return {"roots": roots, "n_videos": len(refs), "sha256": payload_digest([r.relpath for r in refs])}
 
 
 def video_fingerprint(run_key: str, ref: VideoRef, segments, size: int, mtime: float) -> str:
     """The run's fingerprint with one video's file (path, size, mtime) and its segments."""
-    return _digest({"run": run_key, "path": ref.relpath, "segments": segments, "size": size, "mtime": mtime})
+    return payload_digest({"run": run_key, "path": ref.relpath, "segments": segments, "size": size, "mtime": mtime})
 
 
 def worth_retrying(done: VideoResult, retry_failed: bool) -> bool:

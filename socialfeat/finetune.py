@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from socialfeat.atomic import atomic_path
 from socialfeat.errors import OutputExistsError, SocialfeatError, UsageError
-from socialfeat.finetune_progress import FinetuneProgress, fingerprint
+from socialfeat.finetune_progress import FinetuneProgress
 from socialfeat.heads import TaskHead, fitted_settings, save_head
+from socialfeat.models.digest import payload_digest
 from socialfeat.pipeline import worker_init
 from socialfeat.store import load_features, read_attrs
 
@@ -489,7 +490,7 @@ def finetune_full(clips: pd.DataFrame, infos: dict[str, Any], base: nn.Module, t
     skipped = SkippedClips()
     settings = dict(task=task, labelling=labelling.__dict__, cv=cv, val_fraction=val_fraction, epochs=epochs, lr=lr,
                     head_lr_mult=head_lr_mult, batch_size=batch_size, regression_loss=regression_loss, seed=seed)
-    progress = FinetuneProgress(output, fingerprint({"weights": base.info.sha256, "rows": rows,
+    progress = FinetuneProgress(output, payload_digest({"weights": base.info.sha256, "rows": rows,
                                                      "groups": groups.tolist(), "settings": settings}))
     saved = progress.load()
     if saved is not None:

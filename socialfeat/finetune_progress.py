@@ -12,8 +12,6 @@ settings it is not used (and is replaced, with a warning). The file goes once th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,12 +26,6 @@ log = logging.getLogger(__name__)
 
 def progress_path(output: str | Path) -> Path:
     return Path(str(output) + ".progress.pt")
-
-
-def fingerprint(payload: dict[str, Any]) -> str:
-    """The digest of what makes the run's result (canonical JSON)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class FinetuneProgress:

@@ -76,9 +76,9 @@ class ShardVideo:
         return res
 
 
-def read_results(path: str | Path) -> tuple[list[ShardVideo], dict]:
+def read_results(path: str | Path) -> tuple[list[ShardVideo], dict, list[dict[str, Any]]]:
     """A features file's videos (the journal's unit, clips and arrays left in the file until they are
-    written) plus its prediction metadata."""
+    written), its prediction metadata, and its error rows of no video (folders it could not read)."""
     with h5py.File(path, "r") as f:
         videos, errors = (_rows(read_table(f[g])) for g in ("videos", "errors"))
         clip_videos = [x.decode() if isinstance(x, bytes) else str(x) for x in f["clips"]["video_id"][()]]
@@ -91,10 +91,9 @@ def read_results(path: str | Path) -> tuple[list[ShardVideo], dict]:
     errors_of: dict[str, list[dict]] = {}
     for e in errors:
         errors_of.setdefault(e["video_id"], []).append(e)
-    meta["run_errors"] = errors_of.get("", [])  # rows of no video (folders the shard could not read)
     return [ShardVideo(v, errors_of.get(v["video_id"], []), Path(path), np.array(by_video.get(v["video_id"], []),
                                                                                   dtype=np.int64))
-            for v in videos], meta
+            for v in videos], meta, errors_of.get("", [])
 
 
 def check_shards(parts: list[str | Path], attrs: list[dict]) -> None:
@@ -197,8 +196,8 @@ def _merge(parts: list[str | Path], output: Path, command_line: str) -> Path:
     check_inputs(parts, attrs)
     results, metas, seen, run_errors = [], [], {}, []
     for p in parts:
-        res, meta = read_results(p)
-        run_errors += [e for e in meta.pop("run_errors") if e not in run_errors]  # (every shard walks every folder)
+        res, meta, no_video = read_results(p)
+        run_errors += [e for e in no_video if e not in run_errors]  # (every shard walks every folder)
         for r in res:
             if r.video["video_id"] in seen:
                 raise MergeError(f"video {r.video['path']} is in both {seen[r.video['video_id']]} and {p}")

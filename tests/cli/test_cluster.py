@@ -46,7 +46,7 @@ def test_merge_holds_a_shards_rows_not_its_embeddings(single):
     file is written (one video at a time): what it loads is what the file holds at that video's rows."""
     from socialfeat.merge import read_results
 
-    videos, _ = read_results(single)
+    videos, _, _ = read_results(single)
     assert videos and not any(hasattr(v, "embeddings") for v in videos)
     feats = socialfeat.load_features(single, embeddings="all")
     columns = [c for c in feats.columns if c.startswith(("joint_", "audio_", "visual_"))]
