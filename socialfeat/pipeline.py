@@ -760,6 +760,17 @@ def merge_parts(parts: list[VideoDone], sample_rate: int) -> VideoDone:
     return VideoDone(parts[0].video_pos, video, errors, n_clips, failure)
 
 
+def closing_items(parts: list[VideoDone], sample_rate: int) -> list[PartDone | VideoDone]:
+    """What closes a video decoded in parts, ``parts[-1]`` the one that finished last: the merged
+    record, preceded by that part's PartDone when the video failed in another part, so that its
+    work is journalled for the retry as the earlier parts' was (a failed video keeps the files of
+    its finished parts: store.Journal.write)."""
+    merged = merge_parts(parts, sample_rate)
+    if len(parts) > 1 and merged.video["status"] == VideoStatus.ERROR:
+        return [PartDone(parts[-1].video_pos, parts[-1]), merged]
+    return [merged]
+
+
 def worker_init(_: int) -> None:
     """Parallelism comes from the workers themselves: one torch thread each, and the
     cores shared out among their decoders (many workers each starting a decoding

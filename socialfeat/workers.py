@@ -48,9 +48,9 @@ from socialfeat.pipeline import (
     PlanSettings,
     VideoDone,
     VideoStarted,
+    closing_items,
     error_row,
     guarded_video_items,
-    merge_parts,
     span_of,
     video_row,
 )
@@ -118,7 +118,7 @@ def in_process_items(jobs: list[Job], spec: PreprocessSpec, plan: PlanSettings, 
                         yield PartDone(pos, item)
                 elif not isinstance(item, VideoStarted):
                     yield item
-        yield merge_parts(records, spec.sample_rate)
+        yield from closing_items(records, spec.sample_rate)
 
 
 # ---------------------------------------------------------------- worker side
@@ -273,7 +273,7 @@ class WorkerPool:
         workers = self.start().workers
         for index in [i for i, n in self.open_parts.items() if n == 0]:  # every part finished before
             self.open_parts[index] = 1
-            yield self._part_done(index, self.part_records[index].pop())
+            yield from self._part_done(index, self.part_records[index].pop())
         try:
             while self.pending or any(w.videos for w in workers):
                 self._hand_out_all(workers)
@@ -347,13 +347,14 @@ class WorkerPool:
         end = part.end if part.end is not None else span_of(max(0.0, w.duration - 1e-6)) + 1
         return end - max(part.first, span_of(w.progress_s))
 
-    def _part_done(self, index: int, done: VideoDone) -> VideoDone | PartDone:
-        """The video's record (merged) once its last part is done; before, the part's."""
+    def _part_done(self, index: int, done: VideoDone) -> list[VideoDone | PartDone]:
+        """The part's record while other parts are open; once the last is done, what closes the
+        video (pipeline.closing_items)."""
         self.part_records.setdefault(index, []).append(done)
         self.open_parts[index] -= 1
         if self.open_parts[index]:
-            return PartDone(done.video_pos, done)
-        return merge_parts(self.part_records.pop(index), self.spec.sample_rate)
+            return [PartDone(done.video_pos, done)]
+        return closing_items(self.part_records.pop(index), self.spec.sample_rate)
 
     def _shut_down(self, workers: list[_Worker]) -> None:
         for w in workers:
@@ -388,9 +389,8 @@ class WorkerPool:
                     for _ in range(PREFETCH + 2):  # what it has sent so far; then the others' turn
                         if not w.out.poll():
                             break
-                        item, lent = self._received(w, w.out.recv())
-                        if item is not None:
-                            yield item
+                        items, lent = self._received(w, w.out.recv())
+                        yield from items
                         if lent:  # its tensors were views of its slot, taken by now:
                             w.credits.release()  # the worker may write the slot again
                 except (EOFError, OSError):  # the end of its pipe: the worker is gone
@@ -409,22 +409,22 @@ class WorkerPool:
                 yield from self._replace(w, workers, Failure.TIMEOUT, f"no progress for {w.limit:.0f} s (stalled "
                                          "decoding: a network file system or a pathological file); stopped")
 
-    def _received(self, w: _Worker, item) -> tuple[ClipItem | PartDone | VideoDone | None, bool]:
-        """Book-keeping for one message: the item to pass on, if any, and whether it is lent (a
+    def _received(self, w: _Worker, item) -> tuple[list[ClipItem | PartDone | VideoDone], bool]:
+        """Book-keeping for one message: the items to pass on, and whether the message is lent (a
         clip whose tensors are views of its slot: its credit goes back, in _collect, once the
         consumer has taken it, that is, when the next item is asked for)."""
         w.last_heard = time.monotonic()
         if isinstance(item, ClipItem):
             w.progress_s = item.clip["start_s"]
             if self.slots is not None and in_slot(item):
-                return unpack(item, self.slots), True
+                return [unpack(item, self.slots)], True
         w.credits.release()
         if isinstance(item, VideoStarted):
             w.started = True
             if item.duration is not None:
                 w.limit = stall_limit(item.duration, self.timeout)
                 w.duration, w.splittable = item.duration, item.splittable
-            return None, False
+            return [], False
         if isinstance(item, PartCut):  # the rest of its part is for another worker
             part = w.videos[0]
             log.debug("%s: spans %d-%s go to another worker", self.jobs[part.index][1].relpath, item.at,
@@ -432,13 +432,13 @@ class WorkerPool:
             self.pending.appendleft(_Part(part.index, item.at, part.end))
             self.open_parts[part.index] += 1
             part.end, w.cut_asked = item.at, False
-            return None, False
+            return [], False
         if isinstance(item, VideoDone):
             part = w.videos.popleft()
             w.started, w.limit = False, stall_limit(None, self.timeout)
             w.splittable, w.cut_asked, w.progress_s = False, False, 0.0
             return self._part_done(part.index, item), False
-        return item, False
+        return [item], False
 
     def _replace(self, w: _Worker, workers: list[_Worker], failure: Failure, message: str
                  ) -> Iterator[VideoDone | PartDone]:
@@ -466,5 +466,5 @@ class WorkerPool:
             message += f" (the part from {head.first * SPAN_SECONDS:g} s)"
         log.debug("%s: %s: %s", ref.path, stage, message)
         video = video_row(ref, VideoStatus.ERROR, f"{stage}: {message}")
-        yield self._part_done(head.index, VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure,
-                                                    (head.first, head.end)))
+        yield from self._part_done(head.index, VideoDone(pos, video, [error_row(ref, stage, message)], 0, failure,
+                                                         (head.first, head.end)))

@@ -14,7 +14,13 @@ import socialfeat.pipeline as pipeline
 from socialfeat.demo import synthetic_video
 from socialfeat.extract import extract
 from socialfeat.media import AudioStream, probe
-from socialfeat.pipeline import VideoDone, damaged_packets, merge_parts
+from socialfeat.pipeline import (
+    PartDone,
+    VideoDone,
+    closing_items,
+    damaged_packets,
+    merge_parts,
+)
 from socialfeat.store import (
     Journal,
     VideoStatus,
@@ -196,6 +202,18 @@ def test_a_truncated_video_tells_its_own_extent_whichever_part_ends_where_the_da
         assert [(e["stage"], e["message"]) for e in merged.errors] == [("decode-video", expected)]
 
 
+def test_a_video_failed_in_one_part_is_closed_after_the_part_that_finished_last_is_passed_on():
+    """Whichever part finishes last, its record reaches the journal as the others' did when the video
+    failed elsewhere (the retry resumes from it); a video that did not fail is closed by its merged record."""
+    failed = _part(1, 2, "error", clips=0, failure="crash")
+    for parts in ([_part(0, 1), failed], [failed, _part(0, 1)]):
+        items = closing_items(parts, 16000)
+        assert [type(i) for i in items] == [PartDone, VideoDone] and items[0].done is parts[-1]
+        assert items[1].video["status"] == VideoStatus.ERROR
+    fine = closing_items([_part(1, None, decoded=8.0), _part(0, 1, decoded=4.0)], 16000)
+    assert [type(i) for i in fine] == [VideoDone] and fine[0].video["status"] == VideoStatus.OK
+
+
 def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_resumes_from_its_finished_parts(
         long_and_short, tiny_ckpt, tmp_path, monkeypatch, caplog):
     """The decoding worker of a part (not the first) dies: the recording becomes one error row (its other
@@ -203,6 +221,7 @@ def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_resu
     decodes only the parts that did not finish and gives the numbers of decoding it whole."""
     import os
     import signal
+    import time
 
     monkeypatch.setattr(pipeline, "SPAN_SECONDS", SPAN)
     whole = _run(long_and_short, tmp_path / "whole.h5", tiny_ckpt, workers=0)
@@ -211,7 +230,8 @@ def test_a_worker_killed_on_a_part_makes_the_video_an_error_row_and_a_rerun_resu
     def dies_on_later_parts(self, info, plan):
         if self.first > 0:
             os.kill(os.getpid(), signal.SIGKILL)
-        return clips_in_order(self, info, plan)
+        yield from clips_in_order(self, info, plan)
+        time.sleep(2)  # the first part finishes after the others were reported dead: its record closes the video
 
     monkeypatch.setattr(pipeline.VideoRun, "clips_in_order", dies_on_later_parts)  # (the workers fork with it)
     out = tmp_path / "shared.h5"
